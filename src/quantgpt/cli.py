@@ -1,0 +1,181 @@
+"""The ``quantgpt`` command: a thin layer over the Python API. Bad input is one line on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from .errors import QuantGPTError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise QuantGPTError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise QuantGPTError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: bf16 autocast on GPU, float32 on CPU, unless asked otherwise."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise QuantGPTError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+def _common(p, seed=True):
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="compute dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _emit(args, result: dict, text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+def cmd_quantize(args) -> int:
+    from .checkpoint import save_fakequant
+    from .config import Bits
+    from .data import blocks, tokenize_files
+    from .models import load_float
+    from .ptq import gptq_quantize, rtn_quantize
+    from .ptq.rtn import rtn_config
+
+    bits = Bits.parse(args.bits)
+    if args.method not in ("rtn", "gptq"):
+        raise QuantGPTError(f"unknown method {args.method!r}: choose rtn or gptq (training methods: quantgpt compress)")
+    cfg = rtn_config(bits, args.group_size, symmetric=args.symmetric, skip=tuple(args.skip or ()))
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    model, tok = load_float(args.model)
+    calib = None
+    if args.method == "gptq":  # read the data before the slow part, so bad data fails fast
+        calib = blocks(tokenize_files(args.calib_data or ["sample"], tok), args.calib_seq_len, what="calibration data")
+        g = torch.Generator().manual_seed(args.seed)
+        calib = calib[torch.randperm(calib.shape[0], generator=g)[: args.calib_samples]]
+    model.to(device)
+    rtn_quantize(model, cfg)
+    if calib is not None:
+        gptq_quantize(model, calib, act_order=args.act_order, percdamp=args.damp,
+                      autocast_dtype=dtype if dtype != torch.float32 else None, progress=not args.quiet)
+    model.to("cpu")
+    save_fakequant(model, tok, args.out, extra={"method": args.method, "source": args.model})
+    result = {"out": str(args.out), "method": args.method, "bits": str(bits), "group_size": args.group_size,
+              "seconds": round(time.time() - t0, 2)}
+    _emit(args, result, f"wrote {args.method} {bits} model to {args.out} ({result['seconds']} s)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .data import tokenize_files
+    from .evaluate import evaluate
+    from .models import load_any
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    model, tok = load_any(args.model)
+    ids = tokenize_files(args.data, tok)
+    model.to(device)
+    r = evaluate(model, ids, seq_len=args.seq_len, stride=args.stride, batch_size=args.batch_size,
+                 limit_tokens=args.limit_tokens, dtype=dtype, progress=not args.quiet)
+    r.update(model=args.model, data=[str(d) for d in args.data], device=str(device), dtype=str(dtype).replace("torch.", ""))
+    _emit(args, r, f"perplexity {r['perplexity']:.3f}  accuracy {r['accuracy']:.4f}  "
+                   f"({r['tokens']} tokens, {r['windows']} windows of {r['seq_len']})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .models import load_any
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    torch.manual_seed(args.seed)
+    model, tok = load_any(args.model)
+    model.to(device)
+    enc = tok(args.prompt, return_tensors="pt").to(device)
+    sample = args.temperature > 0
+    kw = dict(do_sample=sample, temperature=args.temperature, top_p=args.top_p) if sample else dict(do_sample=False)
+    from .evaluate import autocast_for
+
+    with torch.no_grad(), autocast_for(device, dtype):
+        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id, **kw)
+    text = tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    _emit(args, {"prompt": args.prompt, "completion": text}, args.prompt + text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantgpt", description="Compress generative language models to 2-8 bits.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="post-training quantization (rtn, gptq)")
+    q.add_argument("model", help="HF id, model folder, .gguf file, or smollm2-135m")
+    q.add_argument("--method", default="rtn", help="rtn | gptq")
+    q.add_argument("--bits", required=True, help="W-E-A, e.g. 4-16-16 (4-bit weights only) or 2-2-8")
+    q.add_argument("--group-size", type=int, default=None, help="input columns per scale (default: one per row)")
+    q.add_argument("--symmetric", action="store_true", help="symmetric grid (default: asymmetric min-max)")
+    q.add_argument("--calib-data", nargs="+", default=None, help="calibration text for gptq (default: built-in sample)")
+    q.add_argument("--calib-samples", type=int, default=128)
+    q.add_argument("--calib-seq-len", type=int, default=2048)
+    q.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    q.add_argument("--damp", type=float, default=0.01, help="gptq: damping, fraction of the mean Hessian diagonal")
+    q.add_argument("--skip", nargs="*", help="module-name patterns to leave in floating point (fnmatch)")
+    q.add_argument("--out", required=True)
+    _common(q)
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("eval", help="perplexity and next-token accuracy")
+    e.add_argument("model")
+    e.add_argument("--data", nargs="+", required=True, help=".txt/.jsonl files or folders, or 'sample'")
+    e.add_argument("--seq-len", type=int, default=2048)
+    e.add_argument("--stride", type=int, default=None, help="sliding windows moving by STRIDE tokens")
+    e.add_argument("--limit-tokens", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=4)
+    _common(e, seed=False)
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="continue a prompt")
+    g.add_argument("model")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=50)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=0.95)
+    _common(g)
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except QuantGPTError as e:
+        print(f"quantgpt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantgpt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

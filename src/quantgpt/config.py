@@ -1,0 +1,109 @@
+"""Typed configuration: the paper's ``W-E-A`` bit notation and the quantization config of a model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import QuantGPTError
+
+WEIGHT_BITS = (2, 3, 4, 8)
+OFF_BITS = (16, 32)  # "16 or 32 bits" means: leave it in floating point
+ACT_BITS = (2, 3, 4, 8)
+WEIGHT_QUANTIZERS = ("mds", "pact", "lsq", "laq", "minmax")
+
+
+@dataclass(frozen=True)
+class Bits:
+    """Bits for weights, token embedding and activations, written ``W-E-A`` as in the paper (``2-2-8``)."""
+
+    weight: int
+    embedding: int
+    activation: int
+
+    @classmethod
+    def parse(cls, spec: "str | Bits") -> "Bits":
+        if isinstance(spec, Bits):
+            return spec
+        parts = str(spec).strip().split("-")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise QuantGPTError(
+                f"bad bit setting {spec!r}: write it as W-E-A, e.g. 2-2-8 (2-bit weights, 2-bit embedding, 8-bit activations)"
+            )
+        w, e, a = (int(p) for p in parts)
+        for name, value, allowed in (("weight", w, WEIGHT_BITS), ("embedding", e, WEIGHT_BITS), ("activation", a, ACT_BITS)):
+            if value not in allowed + OFF_BITS:
+                raise QuantGPTError(
+                    f"bad bit setting {spec!r}: {name} bits must be one of {', '.join(map(str, allowed))} "
+                    f"(or 16/32 for floating point), got {value}"
+                )
+        if w in OFF_BITS and e in OFF_BITS:
+            raise QuantGPTError(f"bad bit setting {spec!r}: neither weights nor embedding are quantized")
+        return cls(w, e, a)
+
+    def __str__(self) -> str:
+        return f"{self.weight}-{self.embedding}-{self.activation}"
+
+    @property
+    def quantize_weights(self) -> bool:
+        return self.weight not in OFF_BITS
+
+    @property
+    def quantize_embedding(self) -> bool:
+        return self.embedding not in OFF_BITS
+
+    @property
+    def quantize_activations(self) -> bool:
+        return self.activation not in OFF_BITS
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize a model; the argument of :func:`quantgpt.quantize_model`.
+
+    ``quantizer`` is the weight quantizer family (``mds`` is the paper's module-wise dynamic scaling).
+    ``granularity`` is ``tensor`` (one scale per matrix, the paper's), ``channel`` (one per output row)
+    or ``group`` (``group_size`` consecutive input columns of a row share a scale).
+    """
+
+    bits: Bits = field(default_factory=lambda: Bits(2, 2, 8))
+    quantizer: str = "mds"
+    embedding_quantizer: str | None = None  # default: the weight quantizer
+    granularity: str = "tensor"
+    group_size: int | None = None
+    symmetric: bool = True  # minmax only; the learned quantizers are symmetric
+    act_granularity: str = "token"  # dynamic per-token scales
+    act_learned_clip: bool = False
+    mean_grad: bool = False  # mds: let mean|w| pass gradient to w
+    init_gamma: float | None = None  # mds/pact: None = search the clip factor that minimises the rounding error
+    skip: tuple[str, ...] = ()  # fnmatch patterns of module names to leave in floating point
+
+    def __post_init__(self):
+        self.bits = Bits.parse(self.bits)
+        self.skip = tuple(self.skip)
+        if self.quantizer not in WEIGHT_QUANTIZERS:
+            raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
+        if self.embedding_quantizer is not None and self.embedding_quantizer not in WEIGHT_QUANTIZERS:
+            raise QuantGPTError(
+                f"unknown embedding quantizer {self.embedding_quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}"
+            )
+        if self.group_size is not None:
+            if self.group_size <= 0:
+                raise QuantGPTError(f"bad group size {self.group_size}: it must be a positive number of input columns")
+            self.granularity = "group"
+        if self.granularity not in ("tensor", "channel", "group"):
+            raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
+        if self.granularity == "group" and self.group_size is None:
+            raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
+        if self.act_granularity not in ("token", "tensor"):
+            raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token or tensor")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["bits"] = str(self.bits)
+        d["skip"] = list(self.skip)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

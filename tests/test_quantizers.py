@@ -1,0 +1,235 @@
+"""Quantizer grids and backward passes, each against the formula it implements."""
+import math
+
+import pytest
+import torch
+
+from quantgpt.config import Bits, QuantConfig
+from quantgpt.errors import QuantGPTError
+from quantgpt.quantizers import (ActQuantizer, LAQQuantizer, LSQQuantizer, MDSQuantizer, MinMaxQuantizer,
+                                 PACTQuantizer)
+from quantgpt.quantizers.activation import ClippedActFunction
+
+torch.manual_seed(0)
+
+
+def W(out=24, inp=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, inp, generator=g) * 0.05
+
+
+@pytest.mark.parametrize("gran", ["tensor", "channel", "group"])
+def test_mds_two_bit_is_exactly_ternary(gran):
+    w = W()
+    q = MDSQuantizer(2, w.shape, gran, 8 if gran == "group" else None)
+    q.initialize(w)
+    wq = q(w).detach()
+    alpha = q.alpha(q.to_rows(w))  # one alpha per scale row
+    rows = q.to_rows(wq)
+    for r in range(rows.shape[0]):
+        levels = set(torch.unique(rows[r]).tolist())
+        a = alpha[r].item()
+        assert levels <= {-a, 0.0, a}, (levels, a)
+    if gran == "tensor":
+        assert len(torch.unique(wq)) == 3
+
+
+def test_mds_four_bit_has_at_most_15_levels_and_clip_is_gamma_mean_abs():
+    w = W()
+    q = MDSQuantizer(4, w.shape, init_gamma=2.0)
+    q.initialize(w)
+    wq = q(w).detach()
+    assert len(torch.unique(wq)) <= 15
+    alpha = 2.0 * w.abs().mean()
+    assert torch.allclose(wq.abs().max(), alpha)
+    # the grid is alpha * j / 7
+    assert torch.allclose(torch.round(wq / alpha * 7), wq / alpha * 7, atol=1e-5)
+
+
+def _mds_surrogate(w, gamma, k, mean_grad):
+    """The same forward written with a straight-through round; autograd of it is the issue's formula."""
+    m = w.abs().mean(1, keepdim=True)
+    alpha = gamma * (m if mean_grad else m.detach())
+    v = k * torch.clamp(w / alpha, -1, 1)
+    return alpha * (v + (torch.round(v) - v).detach()) / k
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("mean_grad", [False, True])
+@pytest.mark.parametrize("gran", ["tensor", "channel"])
+def test_mds_backward_matches_formula(bits, mean_grad, gran):
+    w = W(seed=bits).requires_grad_()
+    q = MDSQuantizer(bits, w.shape, gran, mean_grad=mean_grad)
+    q.initialize(w.detach())
+    with torch.no_grad():
+        q.gamma.mul_(torch.linspace(0.6, 1.4, q.gamma.numel()).reshape(q.gamma.shape))  # some weights clipped
+    g = torch.randn_like(w)
+    (q(w) * g).sum().backward()
+
+    # hand-derived: STE for round; d wq/d alpha = Q(u) - u inside, sign(w) outside; d/d gamma = mean|w| * that
+    w2, gamma = w.detach().reshape(q.rows, -1), q.gamma.detach()
+    k = 2 ** (bits - 1) - 1
+    m = w2.abs().mean(1, keepdim=True)
+    alpha = gamma * m
+    u = w2 / alpha
+    inside = u.abs() <= 1
+    Qu = torch.round(k * u.clamp(-1, 1)) / k
+    g2 = g.reshape(q.rows, -1)
+    dalpha = (g2 * torch.where(inside, Qu - u, torch.sign(w2))).sum(1, keepdim=True)
+    dw = g2 * inside + (dalpha * gamma * torch.sign(w2) / w2.shape[1] if mean_grad else 0)
+    assert torch.allclose(q.gamma.grad, m * dalpha, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(w.grad, dw.reshape(w.shape), rtol=1e-4, atol=1e-7)
+
+    # and the same numbers from autograd through a straight-through surrogate of the forward
+    w_s, gamma_s = w.detach().clone().requires_grad_(), gamma.clone().requires_grad_()
+    (_mds_surrogate(w_s.reshape(q.rows, -1), gamma_s, k, mean_grad).reshape(w.shape) * g).sum().backward()
+    assert torch.allclose(gamma_s.grad, q.gamma.grad, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(w_s.grad, w.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_mds_alpha_follows_the_weights():
+    w = W()
+    q = MDSQuantizer(2, w.shape, init_gamma=1.5)
+    q.initialize(w)
+    assert torch.allclose(q(2 * w), 2 * q(w))  # dynamic: doubling w doubles the clip value
+
+
+def test_mds_init_search_minimises_rounding_error():
+    w = W(64, 64)
+    q = MDSQuantizer(2, w.shape)
+    q.initialize(w)
+    def err_at(gamma):
+        qq = MDSQuantizer(2, w.shape, init_gamma=gamma)
+        qq.initialize(w)
+        return (w - qq(w).detach()).square().sum().item()
+
+    best = err_at(q.gamma.item())
+    assert all(best <= err_at(g) + 1e-9 for g in (0.5, 1.0, 2.0, 3.0))
+
+
+def test_pact_only_clipped_weights_move_alpha():
+    w = W().requires_grad_()
+    q = PACTQuantizer(2, w.shape, init_gamma=1.0)
+    q.initialize(w.detach())
+    g = torch.randn_like(w)
+    (q(w) * g).sum().backward()
+    alpha = q.alpha.detach()
+    clipped = w.detach().abs() > alpha
+    assert clipped.any() and (~clipped).any()
+    assert torch.allclose(q.alpha.grad, (g * torch.sign(w.detach()) * clipped).sum().reshape(1, 1), rtol=1e-5)
+    assert torch.equal(w.grad, g * ~clipped)
+    assert set(torch.unique(q(w).detach()).tolist()) <= {-alpha.item(), 0.0, alpha.item()}
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_lsq_init_grid_and_gradient(bits):
+    w = W().requires_grad_()
+    q = LSQQuantizer(bits, w.shape)
+    q.initialize(w.detach())
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    assert torch.allclose(q.step, 2 * w.detach().abs().mean() / math.sqrt(qp) * torch.ones(1, 1))
+    wq = q(w)
+    codes = wq.detach() / q.step.detach()
+    assert torch.allclose(codes, torch.round(codes), atol=1e-5)
+    assert codes.min() >= -qn and codes.max() <= qp
+    g = torch.randn_like(w)
+    (wq * g).sum().backward()
+    v = w.detach() / q.step.detach()
+    lo, hi = v < -qn, v > qp
+    inside = ~(lo | hi)
+    ds = torch.where(inside, torch.round(v) - v, torch.where(lo, -float(qn), float(qp)))
+    gscale = 1 / math.sqrt(w.numel() * qp)
+    assert torch.allclose(q.step.grad, (g * ds).sum().reshape(1, 1) * gscale, rtol=1e-4)
+    assert torch.equal(w.grad, g * inside)
+
+
+def test_laq_alpha_is_weighted_least_squares_and_gradient_is_straight_through():
+    w = W().requires_grad_()
+    q = LAQQuantizer(2, w.shape)
+    q.initialize(w.detach())
+    d = torch.rand_like(w) + 0.5
+    q.set_curvature(d.square() * (1 - 0.999), step=1, beta2=0.999, eps=0.0)  # v_hat = d^2, so curvature = d
+    q.train()
+    wq = q(w)
+    alpha = q.alpha.item()
+    b = torch.round((w.detach() / alpha).clamp(-1, 1))
+    # alternating minimisation converges: alpha is optimal for its own b under the weighted error
+    for _ in range(20):
+        q(w)
+    alpha = q.alpha.item()
+    b = torch.round((w.detach() / alpha).clamp(-1, 1))
+    assert alpha == pytest.approx(((d * w.detach() * b).sum() / (d * b * b).sum()).item(), rel=1e-4)
+    g = torch.randn_like(w)
+    (q(w) * g).sum().backward()
+    assert torch.equal(w.grad, g)
+    assert len(torch.unique(wq.detach())) <= 3
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_minmax_grid(bits, symmetric):
+    w = W(16, 64)
+    q = MinMaxQuantizer(bits, w.shape, "group", 16, symmetric=symmetric)
+    q.initialize(w)
+    wq = q(w)
+    enc = q.encode(w)
+    assert torch.allclose(enc.dequantize(), wq, atol=1e-6)
+    assert enc.codes.min() >= enc.qmin and enc.codes.max() <= enc.qmax
+    assert enc.qmax - enc.qmin == (2**bits - 1 if not symmetric else 2 ** bits - 2)
+    # round to nearest: error at most half a step everywhere (the range covers every weight)
+    step = q.scale.reshape(16, 4).repeat_interleave(16, 1)  # (out, groups) -> (out, in)
+    assert ((w - wq).abs() <= step / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("cls", [MDSQuantizer, PACTQuantizer, LSQQuantizer, LAQQuantizer])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_encode_dequantize_equals_forward(cls, bits):
+    w = W(12, 48, seed=bits)
+    q = cls(bits, w.shape, "group", 16)
+    q.initialize(w)
+    q.eval()
+    enc = q.encode(w)
+    assert torch.allclose(enc.dequantize(), q(w).detach(), atol=1e-6)
+    assert enc.codes.min() >= enc.qmin and enc.codes.max() <= enc.qmax
+    assert enc.qmax - enc.qmin + 1 <= 2**bits
+
+
+def test_activation_quantizer_per_token():
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    aq = ActQuantizer(8)
+    y = aq(x)
+    scale = x.detach().abs().amax(-1, keepdim=True) / 127
+    assert torch.allclose(torch.round(y.detach() / scale), y.detach() / scale, atol=1e-4)
+    assert ((y - x).abs() <= scale / 2 + 1e-6).all()
+    g = torch.randn_like(x)
+    (y * g).sum().backward()
+    assert torch.equal(x.grad, g)
+
+
+def test_activation_learned_clip_gradient():
+    x = torch.randn(4, 32, requires_grad=True)
+    alpha = torch.tensor([1.0], requires_grad=True)
+    y = ClippedActFunction.apply(x, alpha, 127)
+    g = torch.randn_like(x)
+    (y * g).sum().backward()
+    out = x.detach().abs() > 1.0
+    assert out.any()
+    assert torch.allclose(alpha.grad, (g * torch.sign(x.detach()) * out).sum().reshape(1))
+    assert torch.equal(x.grad, g * ~out)
+    assert y.detach().abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("spec", ["5-2-8", "2-2", "a-b-c", "2-2-7", "16-16-8", "1-2-8"])
+def test_bad_bit_settings(spec):
+    with pytest.raises(QuantGPTError):
+        Bits.parse(spec)
+
+
+def test_bit_settings():
+    b = Bits.parse("2-16-8")
+    assert (b.weight, b.embedding, b.activation) == (2, 16, 8)
+    assert b.quantize_weights and not b.quantize_embedding and b.quantize_activations
+    assert str(b) == "2-16-8"
+    assert not Bits.parse("4-16-32").quantize_activations
+    with pytest.raises(QuantGPTError):
+        QuantConfig(quantizer="nope")
