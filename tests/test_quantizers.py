@@ -233,3 +233,39 @@ def test_bit_settings():
     assert not Bits.parse("4-16-32").quantize_activations
     with pytest.raises(QuantGPTError):
         QuantConfig(quantizer="nope")
+
+
+@pytest.mark.parametrize("cls", [MDSQuantizer, PACTQuantizer, LSQQuantizer, LAQQuantizer, MinMaxQuantizer])
+def test_ragged_last_group(cls):
+    w = W(6, 40)  # groups of 16: 16 + 16 + 8
+    with pytest.raises(QuantGPTError, match="does not divide"):
+        cls(4, w.shape, "group", 16)
+    q = cls(4, w.shape, "group", 16, ragged=True)
+    assert q.rows == 6 * 3
+    q.initialize(w)
+    q.eval()
+    wr = w.clone().requires_grad_()
+    out = q(wr)
+    assert out.shape == w.shape
+    out.sum().backward()
+    assert wr.grad.shape == w.shape
+    enc = q.encode(w)
+    assert enc.codes.shape == w.shape
+    assert torch.allclose(enc.dequantize(), out.detach(), atol=1e-6)
+    # the short group has its own scale: quantizing it alone gives the same numbers
+    if cls is MinMaxQuantizer:
+        tail = MinMaxQuantizer(4, (6, 8), "channel")
+        tail.initialize(w[:, 32:])
+        assert torch.allclose(tail(w[:, 32:]), out.detach()[:, 32:], atol=1e-6)
+
+
+def test_gptq_ragged_groups():
+    from quantgpt.ptq import gptq_layer
+
+    w = W(8, 40)
+    X = torch.randn(256, 40)
+    Q, s, z = gptq_layer(w, X.t() @ X, 4, 16)
+    q = MinMaxQuantizer(4, w.shape, "group", 16, ragged=True)
+    q.set_params(s, z)
+    assert s.shape == (8 * 3, 1)
+    assert torch.allclose(q(Q), Q, atol=1e-6)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -59,7 +58,8 @@ def cmd_quantize(args) -> int:
     bits = Bits.parse(args.bits)
     if args.method not in ("rtn", "gptq"):
         raise QuantGPTError(f"unknown method {args.method!r}: choose rtn or gptq (training methods: quantgpt compress)")
-    cfg = rtn_config(bits, args.group_size, symmetric=args.symmetric, skip=tuple(args.skip or ()))
+    cfg = rtn_config(bits, args.group_size, symmetric=args.symmetric, skip=tuple(args.skip or ()),
+                     ragged_groups=args.ragged_groups)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", default="rtn", help="rtn | gptq")
     q.add_argument("--bits", required=True, help="W-E-A, e.g. 4-16-16 (4-bit weights only) or 2-2-8")
     q.add_argument("--group-size", type=int, default=None, help="input columns per scale (default: one per row)")
+    q.add_argument("--ragged-groups", action="store_true",
+                   help="allow a group size that does not divide a layer's width: the last group of a row is shorter")
     q.add_argument("--symmetric", action="store_true", help="symmetric grid (default: asymmetric min-max)")
     q.add_argument("--calib-data", nargs="+", default=None, help="calibration text for gptq (default: built-in sample)")
     q.add_argument("--calib-samples", type=int, default=128)
@@ -165,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False) or getattr(args, "json", False):
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        logging.getLogger("transformers").setLevel(logging.ERROR)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except QuantGPTError as e:

@@ -70,6 +70,7 @@ class QuantConfig:
     embedding_quantizer: str | None = None  # default: the weight quantizer
     granularity: str = "tensor"
     group_size: int | None = None
+    ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
     symmetric: bool = True  # minmax only; the learned quantizers are symmetric
     act_granularity: str = "token"  # dynamic per-token scales
     act_learned_clip: bool = False

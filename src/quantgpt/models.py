@@ -77,9 +77,9 @@ def load_float(spec: str, dtype: torch.dtype | None = None):
         tokenizer = AutoTokenizer.from_pretrained(loc, **kwargs)
     except QuantGPTError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QuantGPTError(f"could not load model {spec!r}: {first}") from None
+    except Exception as e:  # corrupt files fail deep inside transformers with many exception types
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise QuantGPTError(f"could not load model {spec!r} ({type(e).__name__}): {first}") from None
     model.eval()
     return model, tokenizer
 

@@ -14,17 +14,17 @@ FAMILIES = {"mds": MDSQuantizer, "pact": PACTQuantizer, "lsq": LSQQuantizer, "la
 
 
 def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: QuantConfig) -> WeightQuantizer:
-    gran, gs = cfg.granularity, cfg.group_size
+    common = dict(granularity=cfg.granularity, group_size=cfg.group_size, ragged=cfg.ragged_groups)
     if family == "mds":
-        return MDSQuantizer(bits, shape, gran, gs, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma)
+        return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, **common)
     if family == "pact":
-        return PACTQuantizer(bits, shape, gran, gs, init_gamma=cfg.init_gamma)
+        return PACTQuantizer(bits, shape, init_gamma=cfg.init_gamma, **common)
     if family == "lsq":
-        return LSQQuantizer(bits, shape, gran, gs)
+        return LSQQuantizer(bits, shape, **common)
     if family == "laq":
-        return LAQQuantizer(bits, shape, gran, gs)
+        return LAQQuantizer(bits, shape, **common)
     if family == "minmax":
-        return MinMaxQuantizer(bits, shape, gran, gs, symmetric=cfg.symmetric)
+        return MinMaxQuantizer(bits, shape, symmetric=cfg.symmetric, **common)
     raise ValueError(f"unknown quantizer family {family!r}")
 
 

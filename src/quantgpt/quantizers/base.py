@@ -16,20 +16,31 @@ from torch import nn
 from ..errors import QuantGPTError
 
 
-def scale_rows(shape: tuple[int, int], granularity: str, group_size: int | None) -> int:
+def scale_rows(shape: tuple[int, int], granularity: str, group_size: int | None, ragged: bool = False) -> int:
+    """Number of scales. With ``ragged`` the last group of a row may be shorter than ``group_size``."""
     out_f, in_f = shape
     if granularity == "tensor":
         return 1
     if granularity == "channel":
         return out_f
     if granularity == "group":
-        if group_size is None or in_f % group_size:
+        if group_size is None or group_size <= 0:
+            raise QuantGPTError(f"bad group size {group_size}")
+        if in_f % group_size and not ragged:
+            divisors = [d for d in range(8, in_f + 1, 8) if in_f % d == 0][:8]
             raise QuantGPTError(
                 f"group size {group_size} does not divide the input width {in_f} of a {out_f}x{in_f} matrix: "
-                f"pick a divisor of {in_f}"
+                f"pick a divisor of {in_f} (e.g. {', '.join(map(str, divisors))}) or allow a shorter last group "
+                f"with --ragged-groups"
             )
-        return out_f * (in_f // group_size)
+        return out_f * -(-in_f // group_size)
     raise QuantGPTError(f"unknown granularity {granularity!r}")
+
+
+def pad_to_groups(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """Zero-pad the input dimension of ``(out, in)`` to a multiple of ``group_size`` (ragged last group)."""
+    pad = (-w.shape[1]) % group_size if group_size else 0
+    return torch.nn.functional.pad(w, (0, pad)) if pad else w
 
 
 @dataclass
@@ -50,10 +61,10 @@ class Encoded:
 
     def dequantize(self) -> torch.Tensor:
         rows = self.scale.shape[0]
-        c = self.codes.reshape(rows, -1).to(self.scale.dtype)
+        c = pad_to_groups(self.codes, self.group_size).reshape(rows, -1).to(self.scale.dtype)
         if self.zero is not None:
             c = c - self.zero
-        return (c * self.scale).reshape(self.codes.shape)
+        return (c * self.scale).reshape(self.codes.shape[0], -1)[:, : self.codes.shape[1]]
 
 
 class WeightQuantizer(nn.Module):
@@ -62,26 +73,32 @@ class WeightQuantizer(nn.Module):
     family = "base"
     symmetric = True
 
-    def __init__(self, bits: int, shape: tuple[int, int], granularity: str = "tensor", group_size: int | None = None):
+    def __init__(self, bits: int, shape: tuple[int, int], granularity: str = "tensor", group_size: int | None = None,
+                 ragged: bool = False):
         super().__init__()
         self.bits = int(bits)
         self.shape = tuple(shape)
         self.granularity = granularity
         self.group_size = group_size if granularity == "group" else None
-        self.rows = scale_rows(self.shape, granularity, self.group_size)
+        self.rows = scale_rows(self.shape, granularity, self.group_size, ragged)
 
     def to_rows(self, w: torch.Tensor) -> torch.Tensor:
+        """The ``(rows, cols)`` view; a ragged last group is zero-padded (zeros quantize to zero exactly)."""
         if tuple(w.shape) != self.shape:
             raise ValueError(f"quantizer built for shape {self.shape} got a weight of shape {tuple(w.shape)}")
-        return w.reshape(self.rows, -1)
+        return pad_to_groups(w, self.group_size).reshape(self.rows, -1)
+
+    def from_rows(self, w2: torch.Tensor) -> torch.Tensor:
+        out_f, in_f = self.shape
+        return w2.reshape(out_f, -1)[:, :in_f]
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.quantize_rows(self.to_rows(w)).reshape(w.shape)
+        return self.from_rows(self.quantize_rows(self.to_rows(w)))
 
     @torch.no_grad()
     def encode(self, w: torch.Tensor) -> Encoded:
         codes, scale, zero, qmin, qmax = self.encode_rows(self.to_rows(w))
-        return Encoded(codes.reshape(w.shape), scale, zero, qmin, qmax, self.granularity, self.group_size)
+        return Encoded(self.from_rows(codes), scale, zero, qmin, qmax, self.granularity, self.group_size)
 
     @torch.no_grad()
     def initialize(self, w: torch.Tensor) -> None:

@@ -30,8 +30,8 @@ class STEFunction(torch.autograd.Function):
 class LAQQuantizer(WeightQuantizer):
     family = "laq"
 
-    def __init__(self, bits, shape, granularity="tensor", group_size=None, iters: int = 2):
-        super().__init__(bits, shape, granularity, group_size)
+    def __init__(self, bits, shape, granularity="tensor", group_size=None, ragged=False, iters: int = 2):
+        super().__init__(bits, shape, granularity, group_size, ragged)
         self.k = sym_levels(self.bits)
         self.iters = iters
         self.register_buffer("alpha", torch.ones(self.rows, 1))
@@ -44,7 +44,7 @@ class LAQQuantizer(WeightQuantizer):
 
     @torch.no_grad()
     def _solve(self, w2):
-        d = self.curvature.reshape(self.rows, -1) if self.curvature.numel() else torch.ones_like(w2)
+        d = self.to_rows(self.curvature) if self.curvature.numel() else torch.ones_like(w2)
         alpha = self.alpha.clamp_min(1e-12)
         for _ in range(self.iters):
             b = torch.round(self.k * (w2 / alpha).clamp(-1, 1)) / self.k

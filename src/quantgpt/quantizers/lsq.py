@@ -37,11 +37,11 @@ class LSQFunction(torch.autograd.Function):
 class LSQQuantizer(WeightQuantizer):
     family = "lsq"
 
-    def __init__(self, bits, shape, granularity="tensor", group_size=None):
-        super().__init__(bits, shape, granularity, group_size)
+    def __init__(self, bits, shape, granularity="tensor", group_size=None, ragged=False):
+        super().__init__(bits, shape, granularity, group_size, ragged)
         self.qn, self.qp = 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
         self.step = nn.Parameter(torch.ones(self.rows, 1))
-        cols = shape[0] * shape[1] // self.rows
+        cols = self.to_rows(torch.empty(self.shape, device="meta")).shape[1]  # weights sharing one step
         self.gscale = 1.0 / math.sqrt(cols * self.qp)
 
     @torch.no_grad()

@@ -48,8 +48,8 @@ class MDSFunction(torch.autograd.Function):
 class MDSQuantizer(WeightQuantizer):
     family = "mds"
 
-    def __init__(self, bits, shape, granularity="tensor", group_size=None, mean_grad=False, init_gamma=None):
-        super().__init__(bits, shape, granularity, group_size)
+    def __init__(self, bits, shape, granularity="tensor", group_size=None, mean_grad=False, init_gamma=None, ragged=False):
+        super().__init__(bits, shape, granularity, group_size, ragged)
         self.k = sym_levels(self.bits)
         self.mean_grad = mean_grad
         self.init_gamma = init_gamma

@@ -43,8 +43,8 @@ def minmax_params(w2: torch.Tensor, bits: int, symmetric: bool):
 class MinMaxQuantizer(WeightQuantizer):
     family = "minmax"
 
-    def __init__(self, bits, shape, granularity="channel", group_size=None, symmetric=False):
-        super().__init__(bits, shape, granularity, group_size)
+    def __init__(self, bits, shape, granularity="channel", group_size=None, symmetric=False, ragged=False):
+        super().__init__(bits, shape, granularity, group_size, ragged)
         self.symmetric = symmetric
         self.qmin, self.qmax = (-sym_levels(self.bits), sym_levels(self.bits)) if symmetric else (0, 2**self.bits - 1)
         self.register_buffer("scale", torch.ones(self.rows, 1))

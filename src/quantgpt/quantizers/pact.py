@@ -29,8 +29,8 @@ class PACTFunction(torch.autograd.Function):
 class PACTQuantizer(WeightQuantizer):
     family = "pact"
 
-    def __init__(self, bits, shape, granularity="tensor", group_size=None, init_gamma=None):
-        super().__init__(bits, shape, granularity, group_size)
+    def __init__(self, bits, shape, granularity="tensor", group_size=None, init_gamma=None, ragged=False):
+        super().__init__(bits, shape, granularity, group_size, ragged)
         self.k = sym_levels(self.bits)
         self.init_gamma = init_gamma
         self.alpha = nn.Parameter(torch.ones(self.rows, 1))

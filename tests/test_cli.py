@@ -1,0 +1,111 @@
+"""The quantgpt command end to end on a tiny model folder, and every bad input it must refuse cleanly."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from quantgpt import load
+from quantgpt.cli import main
+
+SMALL = ["--calib-seq-len", "64", "--calib-samples", "8", "--device", "cpu", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_quantize_eval_generate(capsys, tmp_path, model_dir, method):
+    out = tmp_path / method
+    code, stdout, err = run(capsys, "quantize", model_dir, "--method", method, "--bits", "4-4-8", "--group-size", "16",
+                            "--out", out, "--json", *SMALL)
+    assert code == 0, err
+    assert json.loads(stdout)["method"] == method
+    assert (out / "quantgpt.json").is_file() and (out / "model.safetensors").is_file()
+    code, stdout, err = run(capsys, "eval", out, "--data", "sample", "--seq-len", "64", "--limit-tokens", "2000", "--json",
+                            "--device", "cpu", "--quiet")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert {"perplexity", "accuracy", "tokens", "seq_len"} <= set(r) and r["seq_len"] == 64 and r["tokens"] == 31 * 63
+    code, stdout, err = run(capsys, "generate", out, "--prompt", "The people", "--max-new-tokens", "5", "--device", "cpu",
+                            "--quiet")
+    assert code == 0, err
+    assert stdout.startswith("The people")
+
+
+def test_saved_model_reloads_to_identical_logits(tmp_path, model_dir, tokenizer):
+    from quantgpt import QuantConfig, quantize_model, save_fakequant
+    from quantgpt.models import load_float
+
+    m, tok = load_float(str(model_dir))
+    quantize_model(m, QuantConfig(bits="2-2-8"))
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight_quantizer.gamma.fill_(1.7)  # a "trained" parameter
+    save_fakequant(m, tok, tmp_path / "q")
+    m2 = load(tmp_path / "q")
+    x = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(m(x).logits, m2(x).logits)
+    assert m2.lm_head.weight is m2.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--bits", "5-2-8"], "bad bit setting"),
+    (["--bits", "2-2"], "bad bit setting"),
+    (["--bits", "4-16-16", "--method", "awq"], "unknown method"),
+    (["--bits", "4-16-16", "--group-size", "24"], "does not divide"),
+])
+def test_quantize_bad_settings(capsys, tmp_path, model_dir, argv, match):
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "quantize", model_dir, *argv, "--out", out, *SMALL)
+    assert code == 2
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not any(tmp_path.iterdir())  # nothing left behind
+
+
+def test_bad_models(capsys, tmp_path, model_dir):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage" * 10)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    for model in (tmp_path / "missing", "./nowhere/model", bad, broken, tmp_path):
+        code, _, err = run(capsys, "quantize", model, "--bits", "4-16-16", "--out", tmp_path / "o", *SMALL)
+        assert code == 2, (model, err)
+        assert err.startswith("quantgpt: error:") and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_quantized_folder(capsys, tmp_path, model_dir):
+    out = tmp_path / "q"
+    assert run(capsys, "quantize", model_dir, "--bits", "4-16-16", "--out", out, *SMALL)[0] == 0
+    f = out / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    code, _, err = run(capsys, "eval", out, "--data", "sample", "--seq-len", "64", "--device", "cpu")
+    assert code == 2 and "model.safetensors" in err and "checksum" in err
+
+
+def test_bad_data(capsys, tmp_path, model_dir):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, _, err = run(capsys, "eval", model_dir, "--data", empty, "--seq-len", "64", "--device", "cpu")
+    assert code == 2 and "empty" in err
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words")
+    code, _, err = run(capsys, "eval", model_dir, "--data", short, "--seq-len", "64", "--device", "cpu")
+    assert code == 2 and "fewer than one window" in err
+    code, _, err = run(capsys, "quantize", model_dir, "--method", "gptq", "--bits", "4-16-16", "--calib-data", empty,
+                       "--out", tmp_path / "o", *SMALL)
+    assert code == 2 and "empty" in err and not (tmp_path / "o").exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "quantgpt.cli", "quantize", str(tmp_path / "nope"), "--bits", "2-2-8",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such" in r.stderr

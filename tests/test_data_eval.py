@@ -1,0 +1,108 @@
+"""Data loading, block packing, caching and the perplexity protocol."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quantgpt import QuantConfig, evaluate, quantize_model
+from quantgpt.data import blocks, cache_dir, tokenize_files
+from quantgpt.errors import QuantGPTError
+
+
+def test_txt_jsonl_and_folder(tmp_path, tokenizer):
+    (tmp_path / "a.txt").write_text("Hello world. " * 20)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": "Hi there " * 10}) for _ in range(3)))
+    a = tokenize_files(tmp_path / "a.txt", tokenizer)
+    b = tokenize_files(tmp_path / "b.jsonl", tokenizer)
+    both = tokenize_files(tmp_path, tokenizer)
+    assert both.numel() == a.numel() + b.numel() + 1  # joined by one end-of-text token
+    assert torch.equal(both[: a.numel()], a)
+
+
+def test_cache_is_keyed_by_content(tmp_path, tokenizer):
+    f = tmp_path / "a.txt"
+    f.write_text("one two three " * 30)
+    first = tokenize_files(f, tokenizer)
+    assert len(list((cache_dir() / "tokens").iterdir())) >= 1
+    assert torch.equal(tokenize_files(f, tokenizer), first)
+    f.write_text("four five six " * 30)
+    assert not torch.equal(tokenize_files(f, tokenizer)[:5], first[:5])
+
+
+@pytest.mark.parametrize("content,match", [("", "empty"), ("   \n", "empty")])
+def test_empty_data(tmp_path, tokenizer, content, match):
+    f = tmp_path / "e.txt"
+    f.write_text(content)
+    with pytest.raises(QuantGPTError, match=match):
+        tokenize_files(f, tokenizer)
+
+
+def test_bad_jsonl_and_missing(tmp_path, tokenizer):
+    f = tmp_path / "e.jsonl"
+    f.write_text('{"txt": 1}\n')
+    with pytest.raises(QuantGPTError, match="'text' field"):
+        tokenize_files(f, tokenizer)
+    with pytest.raises(QuantGPTError, match="no such"):
+        tokenize_files(tmp_path / "nope.txt", tokenizer)
+
+
+def test_blocks_drop_remainder_and_reject_short():
+    ids = torch.arange(25)
+    b = blocks(ids, 8)
+    assert b.shape == (3, 8) and torch.equal(b.flatten(), ids[:24])
+    with pytest.raises(QuantGPTError, match="fewer than one block"):
+        blocks(ids, 32)
+
+
+def _manual_ppl(model, ids, seq_len):
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for a in range(0, ids.numel() - seq_len + 1, seq_len):
+            x = ids[a:a + seq_len][None]
+            logits = model(x).logits[0, :-1]
+            nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+            n += seq_len - 1
+    return math.exp(nll / n), n
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("quant", [False, True])
+def test_perplexity_matches_full_logits(tiny, arch, quant):
+    m = tiny(arch)
+    if quant:
+        quantize_model(m, QuantConfig(bits="2-2-8"))
+    ids = torch.randint(0, 300, (300,))
+    r = evaluate(m, ids, seq_len=64, batch_size=2, progress=False)
+    ppl, n = _manual_ppl(m, ids, 64)
+    assert r["tokens"] == n == 4 * 63 and r["windows"] == 4
+    assert r["perplexity"] == pytest.approx(ppl, rel=1e-4)
+    assert 0 <= r["accuracy"] <= 1
+
+
+def test_sliding_window_scores_each_token_once(tiny):
+    m = tiny("llama")
+    ids = torch.randint(0, 300, (200,))
+    r = evaluate(m, ids, seq_len=64, stride=16, progress=False)
+    starts = list(range(0, 200 - 64 + 1, 16))
+    assert r["tokens"] == 63 + 16 * (len(starts) - 1)
+    # the same windows scored by hand
+    nll = 0.0
+    with torch.no_grad():
+        for i, a in enumerate(starts):
+            x = ids[a:a + 64][None]
+            lp = F.cross_entropy(m(x).logits[0, :-1], x[0, 1:], reduction="none")
+            nll += (lp if i == 0 else lp[-16:]).sum().item()
+    assert r["nll"] == pytest.approx(nll / r["tokens"], rel=1e-5)
+
+
+def test_bart_is_scored_on_reconstruction(tiny):
+    m = tiny("bart")
+    r = evaluate(m, torch.randint(3, 300, (130,)), seq_len=64, progress=False)
+    assert r["tokens"] == 2 * 63 and math.isfinite(r["perplexity"])
+
+
+def test_eval_text_too_short(tiny):
+    with pytest.raises(QuantGPTError, match="fewer than one window"):
+        evaluate(tiny("llama"), torch.arange(10), seq_len=64, progress=False)
