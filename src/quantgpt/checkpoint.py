@@ -78,10 +78,30 @@ def read_manifest(folder: Path, verify: bool = True) -> dict:
     return manifest
 
 
-def save_fakequant(model, tokenizer, out, extra: dict | None = None) -> Path:
-    """Write a quantized model (from :func:`quantize_model`) to ``out``; returns the folder."""
+@contextmanager
+def atomic_files(out: str | os.PathLike):
+    """Like :func:`atomic_dir`, but keeps what else ``out`` holds (a training run's logs and checkpoint):
+    the new files are written to a temporary folder inside it and moved in, the manifest last."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in sorted(names, key=lambda n: n == MANIFEST):
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+
+
+def save_fakequant(model, tokenizer, out, extra: dict | None = None, merge: bool = False) -> Path:
+    """Write a quantized model (from :func:`quantize_model`) to ``out``; returns the folder.
+
+    ``merge=True`` adds the model's files to an existing folder instead of replacing it."""
     cfg: QuantConfig = model.quant_config
-    with atomic_dir(out) as tmp:
+    with (atomic_files(out) if merge else atomic_dir(out)) as tmp:
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

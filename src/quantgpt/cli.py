@@ -121,6 +121,90 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from .train_config import TrainConfig
+    from .trainer import compress
+
+    flags = {k: v for k, v in vars(args).items() if k in COMPRESS_KEYS}
+    flags["progress"] = None if not args.quiet else False
+    cfg = TrainConfig.from_sources(args.config, **flags)
+    r = compress(cfg)
+    if r.get("interrupted"):
+        print(f"quantgpt: stopped by {r['interrupted']} at step {r['step']}; state saved in {r['checkpoint']}; "
+              f"continue with the same command and --resume", file=sys.stderr)
+        return 130
+    best = r.get("best") or {}
+    text = (f"wrote {cfg.method} {cfg.bits} model to {r['out']}: {r['steps']} steps, {r['tokens']} tokens, "
+            f"{r['tok_per_s']:.0f} tokens/s" + (f", best held-out perplexity {best['eval_ppl']:.3f} at step {best['step']}"
+                                                if best else ""))
+    _emit(args, r, text)
+    return 0
+
+
+COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "init", "train_data",
+                 "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
+                 "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
+                 "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "init_gamma",
+                 "eval_every", "eval_tokens", "save_every", "log_every", "seed", "compile", "device", "dtype", "out",
+                 "resume", "gen_temperature", "gen_top_p", "calib_samples")
+
+
+def _compress_parser(sub):
+    c = sub.add_parser("compress", help="quantization-aware training with distillation (the paper's method)",
+                       description="Flags override the --config YAML file, whose keys mirror the flags.")
+    c.add_argument("model", nargs="?", default=None, help="teacher: HF id, folder, .gguf or smollm2-135m")
+    c.add_argument("--config", help="YAML file of options (keys as the flags, - or _)")
+    c.add_argument("--bits", help="W-E-A (default 2-2-8)")
+    c.add_argument("--method", help="quantgpt | kd | pact | lsq | laq")
+    c.add_argument("--quantizer", help="override the method's weight quantizer: mds | pact | lsq | laq | minmax")
+    c.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=None,
+                   help="token-level contrastive distillation on/off (default: the method's)")
+    c.add_argument("--granularity", help="tensor (paper) | channel | group")
+    c.add_argument("--group-size", type=int)
+    c.add_argument("--init", help="start from a post-training solution: rtn | gptq")
+    c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
+    c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")
+    c.add_argument("--steps", type=int)
+    c.add_argument("--epochs", type=float)
+    c.add_argument("--seq-len", type=int)
+    c.add_argument("--batch-size", type=int)
+    c.add_argument("--grad-accum", type=int)
+    c.add_argument("--lr", type=float, help="learning rate of the weights")
+    c.add_argument("--quant-lr", type=float, help="learning rate of the quantizer parameters (gamma, alpha, step)")
+    c.add_argument("--weight-decay", type=float)
+    c.add_argument("--warmup", type=float, help="fraction of steps")
+    c.add_argument("--schedule", help="cosine | linear | constant")
+    c.add_argument("--max-grad-norm", type=float)
+    c.add_argument("--temperature", type=float, help="logit distillation temperature")
+    c.add_argument("--cont-weight", type=float, help="lambda, weight of the contrastive loss")
+    c.add_argument("--tau", type=float, help="contrastive temperature")
+    c.add_argument("--negatives", type=int, help="K, negatives per anchor")
+    c.add_argument("--momentum", type=float, help="memory-bank momentum")
+    c.add_argument("--layer", type=int, help="representation layer: -1 final hidden state, i >= 0 block i")
+    c.add_argument("--proj-dim", type=int, help="linear projection heads for the contrastive loss")
+    c.add_argument("--negative-source", help="bank | batch | student")
+    c.add_argument("--lm-weight", type=float, help="weight of the ground-truth LM loss (default 0)")
+    c.add_argument("--mse-weight", type=float, help="weight of the hidden-state MSE (default 0)")
+    c.add_argument("--mean-grad", action=argparse.BooleanOptionalAction, default=None)
+    c.add_argument("--init-gamma", type=float, help="fixed starting clip factor (default: searched)")
+    c.add_argument("--eval-every", type=int)
+    c.add_argument("--eval-tokens", type=int)
+    c.add_argument("--save-every", type=int)
+    c.add_argument("--log-every", type=int)
+    c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    c.add_argument("--resume", action="store_true", default=None)
+    c.add_argument("--gen-temperature", type=float)
+    c.add_argument("--gen-top-p", type=float)
+    c.add_argument("--calib-samples", type=int)
+    c.add_argument("--out")
+    c.add_argument("--device", default=None)
+    c.add_argument("--dtype", default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantgpt", description="Compress generative language models to 2-8 bits.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=4)
     _common(e, seed=False)
     e.set_defaults(func=cmd_eval)
+
+    _compress_parser(sub)
 
     g = sub.add_parser("generate", help="continue a prompt")
     g.add_argument("model")

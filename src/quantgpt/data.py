@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import QuantGPTError
 
-BUILTIN = {"sample": "sotu_sample.txt"}  # public-domain text shipped with the package (quick start, tests)
+BUILTIN = {"sample": "sotu_2011_2018.txt", "sample-eval": "sotu_2019_2021.txt"}  # public-domain text shipped with the package
 
 
 def cache_dir() -> Path:

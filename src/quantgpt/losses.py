@@ -1,0 +1,172 @@
+"""Distillation losses: fused chunked logit distillation, and token-level contrastive distillation with a
+memory bank of teacher token representations (Tao et al. 2022, Sec. 3.1)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _chunk_for(vocab: int) -> int:
+    return max(1, (1 << 26) // vocab)  # ~256 MB of float32 logits per chunk and tensor
+
+
+class FusedLinearKD(torch.autograd.Function):
+    """Soft cross-entropy (KL) between teacher and student next-token distributions, computed from hidden
+    states and head weights chunk by chunk: the full (tokens x vocab) logits never exist, and the gradients
+    for the student's hidden states and head weight are formed in the same pass.
+
+    loss = T^2 / N * sum_i KL(softmax(t_i / T) || softmax(s_i / T)) + lm_weight / N * sum_i CE(s_i, y_i)
+    with s = h_s W_s^T, t = h_t W_t^T; d loss / d s_i = T (p_s - p_t) / N + lm_weight (softmax(s_i) - onehot(y_i)) / N.
+    """
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, temperature: float, labels, lm_weight: float, compute_dtype, chunk: int):
+        n = h_s.shape[0]
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        hs, ws = h_s.to(compute_dtype), w_s.to(compute_dtype)
+        ht, wt = h_t.to(compute_dtype), w_t.to(compute_dtype)
+        dh = torch.empty_like(h_s) if need_grad else None
+        dw = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
+        kd = torch.zeros((), dtype=torch.float32, device=h_s.device)
+        lm = torch.zeros((), dtype=torch.float32, device=h_s.device)
+        T = temperature
+        for i in range(0, n, chunk):
+            s = (hs[i:i + chunk] @ ws.t()).float()
+            with torch.no_grad():
+                t = (ht[i:i + chunk] @ wt.t()).float()
+            log_ps = torch.log_softmax(s / T, -1)
+            log_pt = torch.log_softmax(t / T, -1)
+            p_t = log_pt.exp()
+            kd += (p_t * (log_pt - log_ps)).sum()
+            grad = None
+            if need_grad:
+                grad = (log_ps.exp() - p_t) * (T / n)
+            if labels is not None:  # ground-truth CE: logged always, trained on with lm_weight > 0
+                y = labels[i:i + chunk]
+                log_p1 = log_ps if T == 1 else torch.log_softmax(s, -1)
+                valid = y >= 0
+                lm += -log_p1.gather(1, y.clamp_min(0)[:, None]).squeeze(1)[valid].sum()
+                if need_grad and lm_weight:
+                    g_lm = log_p1.exp()
+                    g_lm[valid, y[valid]] -= 1
+                    g_lm[~valid] = 0
+                    grad += g_lm * (lm_weight / n)
+            if need_grad:
+                g = grad.to(compute_dtype)
+                dh[i:i + chunk] = (g @ ws).to(h_s.dtype)
+                dw += (g.t() @ hs[i:i + chunk]).float()
+        ctx.save_for_backward(dh, dw)
+        ctx.w_dtype = w_s.dtype
+        kd, lm = kd * (T * T / n), lm / n
+        total = kd + lm_weight * lm
+        ctx.mark_non_differentiable(kd, lm)
+        return total, kd, lm
+
+    @staticmethod
+    def backward(ctx, g_total, g_kd, g_lm):
+        dh, dw = ctx.saved_tensors  # the gradient of ``total``, formed in the forward pass
+        return dh * g_total, (dw * g_total).to(ctx.w_dtype), None, None, None, None, None, None, None
+
+
+def fused_kd_loss(h_s, w_s, h_t, w_t, temperature=1.0, labels=None, lm_weight=0.0, chunk=None):
+    """``(total, kd, lm)`` from flattened hidden states ``(N, d)`` and head weights ``(V, d)``:
+    ``total = kd + lm_weight * lm`` carries the gradient; ``kd`` and ``lm`` are detached, for logging."""
+    dtype = torch.get_autocast_dtype(h_s.device.type) if torch.is_autocast_enabled(h_s.device.type) else h_s.dtype
+    with torch.autocast(h_s.device.type, enabled=False):
+        return FusedLinearKD.apply(h_s, w_s, h_t, w_t, float(temperature), labels, float(lm_weight), dtype,
+                                   chunk or _chunk_for(w_s.shape[0]))
+
+
+def kd_loss_reference(s_logits, t_logits, temperature=1.0):
+    """The plain formula on materialised logits (for tests): T^2 * mean_i KL(p_t || p_s)."""
+    T = temperature
+    log_ps = torch.log_softmax(s_logits.float() / T, -1)
+    log_pt = torch.log_softmax(t_logits.float() / T, -1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean() * T * T
+
+
+class TokenContrastive(nn.Module):
+    """Token-level contrastive distillation (InfoNCE over cosine similarity).
+
+    For every token position i the anchor is the student's representation s_i, the positive the teacher's
+    representation t_i of the same token in the same context, and the negatives representations of *other*
+    token ids: by default the momentum-averaged teacher representation (memory bank) of every other distinct
+    token id of the batch, topped up with random bank entries up to ``negatives``.
+
+    loss_i = -log( exp(cos(s_i, t_i)/tau) / (exp(cos(s_i, t_i)/tau) + sum_{j: id_j != id_i} exp(cos(s_i, n_j)/tau)) )
+
+    ``negative_source``: ``bank`` (memory bank, default), ``batch`` (teacher representations of the batch's
+    distinct tokens only, no bank) or ``student`` (the student's own representations of the other tokens).
+    """
+
+    def __init__(self, vocab_size: int, dim_s: int, dim_t: int, proj_dim: int | None = None, tau: float = 0.1,
+                 negatives: int = 4096, momentum: float = 0.9, negative_source: str = "bank"):
+        super().__init__()
+        if negative_source not in ("bank", "batch", "student"):
+            raise ValueError(f"negative_source must be bank, batch or student, got {negative_source!r}")
+        self.tau, self.negatives, self.momentum, self.negative_source = tau, negatives, momentum, negative_source
+        self.proj_s = nn.Linear(dim_s, proj_dim, bias=False) if proj_dim else nn.Identity()
+        self.proj_t = nn.Linear(dim_t, proj_dim, bias=False) if proj_dim else nn.Identity()
+        d = proj_dim or dim_t
+        self.register_buffer("bank", torch.zeros(vocab_size, d))
+        self.register_buffer("seen", torch.zeros(vocab_size, dtype=torch.bool))
+
+    @torch.no_grad()
+    def update_bank(self, ids: torch.Tensor, zt: torch.Tensor):
+        """bank[v] <- normalize(m * bank[v] + (1 - m) * mean of this batch's teacher vectors of token v)
+        (the first sighting of v just takes the batch mean). Returns the batch's distinct ids and means."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        sums = torch.zeros(uniq.numel(), zt.shape[1], device=zt.device, dtype=torch.float32).index_add_(0, inv, zt.float())
+        counts = torch.bincount(inv, minlength=uniq.numel()).clamp_min(1).unsqueeze(1)
+        mean = sums / counts
+        old = self.bank[uniq]
+        new = torch.where(self.seen[uniq].unsqueeze(1), self.momentum * old + (1 - self.momentum) * mean, mean)
+        self.bank[uniq] = F.normalize(new, dim=-1)
+        self.seen[uniq] = True
+        return uniq, inv, mean
+
+    def _draw_negatives(self, uniq: torch.Tensor, generator: torch.Generator | None):
+        k = self.negatives
+        if uniq.numel() >= k:
+            pick = torch.randperm(uniq.numel(), generator=generator, device="cpu")[:k].to(uniq.device)
+            return uniq[pick]
+        if self.negative_source != "bank":
+            return uniq
+        pool = self.seen.clone()
+        pool[uniq] = False
+        extra = pool.nonzero().squeeze(1)
+        if extra.numel() > k - uniq.numel():
+            pick = torch.randperm(extra.numel(), generator=generator, device="cpu")[: k - uniq.numel()].to(extra.device)
+            extra = extra[pick]
+        return torch.cat([uniq, extra])
+
+    def forward(self, s: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None):
+        """``s``, ``t``: ``(N, d)`` student / teacher representations, ``ids``: ``(N,)`` their token ids."""
+        zs = F.normalize(self.proj_s(s).float(), dim=-1)
+        zt = F.normalize(self.proj_t(t).float(), dim=-1)
+        pos = (zs * zt).sum(-1, keepdim=True) / self.tau
+        uniq, inv, mean_t = self.update_bank(ids, zt.detach())
+        if self.negative_source == "bank":
+            neg_ids = self._draw_negatives(uniq, generator)
+            neg = self.bank[neg_ids]
+        else:
+            chosen = self._draw_negatives(uniq, generator)
+            if self.negative_source == "batch":
+                table = F.normalize(mean_t, dim=-1)
+            else:  # the student's own per-token mean representations (with gradient)
+                sums = torch.zeros(uniq.numel(), zs.shape[1], device=zs.device, dtype=zs.dtype).index_add(0, inv, zs)
+                table = F.normalize(sums, dim=-1)
+            where = torch.searchsorted(uniq, chosen)
+            neg_ids, neg = chosen, table[where]
+        logits = zs @ neg.t() / self.tau
+        logits = logits.masked_fill(neg_ids.unsqueeze(0) == ids.unsqueeze(1), float("-inf"))
+        return (torch.logsumexp(torch.cat([pos, logits], 1), 1, keepdim=True) - pos).mean()
+
+
+def mean_pairwise_cosine(h: torch.Tensor, max_tokens: int = 2048) -> float:
+    """Mean cosine similarity between distinct token representations (the paper's homogeneity measure)."""
+    z = F.normalize(h.reshape(-1, h.shape[-1])[:max_tokens].float(), dim=-1)
+    n = z.shape[0]
+    sim = z @ z.t()
+    return ((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))).item()

@@ -1,0 +1,126 @@
+"""The configuration of a ``quantgpt compress`` run, and the method presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import Bits, WEIGHT_QUANTIZERS
+from .errors import QuantGPTError
+
+# Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
+# with logit distillation, so pact / lsq / laq get it too).
+METHODS = {
+    "quantgpt": {"quantizer": "mds", "contrastive": True},
+    "kd": {"quantizer": "mds", "contrastive": False},
+    "pact": {"quantizer": "pact", "contrastive": False},
+    "lsq": {"quantizer": "lsq", "contrastive": False},
+    "laq": {"quantizer": "laq", "contrastive": False},
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m"
+    bits: str = "2-2-8"
+    method: str = "quantgpt"
+    quantizer: str | None = None  # default: the method's
+    contrastive: bool | None = None  # default: the method's
+    granularity: str = "tensor"
+    group_size: int | None = None
+    init: str | None = None  # start the student's weights from a PTQ solution: rtn | gptq
+    train_data: list[str] = field(default_factory=lambda: ["sample"])
+    eval_data: list[str] | None = None
+    steps: int | None = None
+    epochs: float | None = None  # used when steps is not given (default 1)
+    seq_len: int = 1024
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-4
+    quant_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: float = 0.03  # fraction of the steps
+    schedule: str = "cosine"  # cosine | linear | constant
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    cont_weight: float = 0.1  # lambda
+    tau: float = 0.1
+    negatives: int = 4096
+    momentum: float = 0.9
+    layer: int = -1  # -1: the final hidden state (input of the LM head); i >= 0: output of decoder block i
+    proj_dim: int | None = None
+    negative_source: str = "bank"  # bank | batch | student
+    lm_weight: float = 0.0
+    mse_weight: float = 0.0
+    mean_grad: bool = False
+    init_gamma: float | None = None
+    act_learned_clip: bool = False
+    eval_every: int = 0  # 0: five times per run
+    eval_tokens: int = 131072
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    compile: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    out: str = "runs/compress"
+    resume: bool = False
+    gen_temperature: float = 1.0  # data-free mode (train_data generated:N)
+    gen_top_p: float = 0.95
+    calib_samples: int = 128  # for init gptq
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.train_data, str):
+            self.train_data = [self.train_data]
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        self.bits = str(Bits.parse(self.bits))
+        if self.method not in METHODS:
+            raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
+            raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
+        if self.init not in (None, "rtn", "gptq"):
+            raise QuantGPTError(f"unknown init {self.init!r}: choose rtn or gptq")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
+        if self.negative_source not in ("bank", "batch", "student"):
+            raise QuantGPTError(f"unknown negative source {self.negative_source!r}: choose bank, batch or student")
+        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every"):
+            if getattr(self, name) <= 0:
+                raise QuantGPTError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.steps is not None and self.steps <= 0:
+            raise QuantGPTError(f"--steps must be positive, got {self.steps}")
+
+    @property
+    def weight_quantizer(self) -> str:
+        return self.quantizer or METHODS[self.method]["quantizer"]
+
+    @property
+    def use_contrastive(self) -> bool:
+        return METHODS[self.method]["contrastive"] if self.contrastive is None else self.contrastive
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | None = None, **overrides) -> "TrainConfig":
+        """Defaults, then the YAML file, then explicit overrides (flags); unknown keys are an error."""
+        values: dict = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        if yaml_path:
+            try:
+                loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise QuantGPTError(f"{yaml_path}: cannot read the YAML config ({type(e).__name__})") from None
+            if not isinstance(loaded, dict):
+                raise QuantGPTError(f"{yaml_path}: the YAML config must be a mapping of option: value")
+            loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
+            unknown = sorted(set(loaded) - known)
+            if unknown:
+                raise QuantGPTError(f"{yaml_path}: unknown keys {', '.join(unknown)}")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,97 @@
+"""Resumable training state: written atomically to ``OUT/checkpoint`` (safetensors for tensors, JSON for the
+rest), holding model and quantizer parameters, optimizer, scheduler, memory bank, RNG states, step and
+best-so-far. The data position is a function of the step (seeded epoch permutations)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .errors import QuantGPTError
+
+
+def _optimizer_tensors(opt) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
+    for idx, st in sd["state"].items():
+        meta["state_keys"][str(idx)] = sorted(st)
+        for k, v in st.items():
+            tensors[f"optim.{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    return tensors, meta
+
+
+def save_state(tr) -> Path:
+    """Write the trainer's state to ``tr.out/checkpoint`` atomically; returns the folder."""
+    final = tr.out / "checkpoint"
+    final.mkdir(parents=True, exist_ok=True)
+    tmp = final / "state.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(tr.student, str(tmp / "student.safetensors"))
+    tensors, meta = _optimizer_tensors(tr.optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.negatives"] = tr.gen.get_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if tr.contrastive is not None:
+        for k, v in tr.contrastive.state_dict().items():
+            tensors[f"contrastive.{k}"] = v
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+    sched = {k: v for k, v in tr.scheduler.state_dict().items() if k != "lr_lambdas"}
+    meta.update(step=tr.step, total_steps=tr.total_steps, best=tr.best, elapsed=tr.elapsed,
+                fingerprint=tr.fingerprint, scheduler=sched)
+    (tmp / "state.json").write_text(json.dumps(meta))
+    for name in ("student.safetensors", "state.safetensors", "state.json"):  # state.json last: it marks completeness
+        os.replace(tmp / name, final / name)
+    tmp.rmdir()
+    return final
+
+
+def load_state(tr) -> None:
+    """Restore a trainer from ``tr.out/checkpoint`` (the inverse of :func:`save_state`)."""
+    folder = tr.out / "checkpoint"
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "state.safetensors"))
+    except Exception as e:
+        raise QuantGPTError(f"{folder}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    theirs, ours = meta.get("fingerprint", {}), tr.fingerprint
+    diff = [k for k in ours if theirs.get(k) != ours[k]]
+    if diff:
+        what = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours[k]!r})" for k in diff)
+        raise QuantGPTError(f"{folder}: the checkpoint belongs to another setting: {what}")
+    missing, unexpected = load_model(tr.student, str(folder / "student.safetensors"), strict=False)
+    if missing or unexpected:
+        raise QuantGPTError(f"{folder}: the checkpoint does not match the model")
+    tr.student.to(tr.device)
+    state = {}
+    for idx, keys in meta["state_keys"].items():
+        state[int(idx)] = {k: tensors[f"optim.{idx}.{k}"] for k in keys}  # load_state_dict moves them
+    tr.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched = tr.scheduler.state_dict()
+    sched.update(meta["scheduler"])
+    tr.scheduler.load_state_dict(sched)
+    torch.set_rng_state(tensors["rng.torch"])
+    tr.gen.set_state(tensors["rng.negatives"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if tr.contrastive is not None:
+        tr.contrastive.load_state_dict({k[len("contrastive."):]: v for k, v in tensors.items()
+                                        if k.startswith("contrastive.")})
+    tr.step, tr.best, tr.elapsed = meta["step"], meta["best"], meta.get("elapsed", 0.0)
+    if tr.step > tr.total_steps:
+        raise QuantGPTError(f"{folder}: the checkpoint is at step {tr.step}, past this run's {tr.total_steps} steps")
+    tr.update_laq_curvature()
+    _truncate_log(tr.out / "train_log.jsonl", tr.step)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint, so a resumed run's log reads as one run."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(r + "\n" for r in rows))

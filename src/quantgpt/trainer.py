@@ -1,0 +1,399 @@
+"""Quantization-aware training: a quantized student distilled from its frozen float teacher.
+
+Loss = L_dist (logit KD, fused and chunked) + lambda * L_cont (token-level contrastive, memory bank)
+(+ optional ground-truth LM loss and hidden-state MSE). AdamW with separate learning rates for weights
+and quantizer parameters, warmup then cosine / linear decay, gradient accumulation and clipping, bf16
+autocast on GPU, optional torch.compile, periodic evaluation keeping the best model, atomic resumable
+checkpoints (also on Ctrl-C / SIGTERM), NaN guard.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import save_fakequant
+from .config import QuantConfig
+from .convert import quantize_model, weight_quantizers
+from .data import blocks, tokenize_files
+from .errors import QuantGPTError
+from .evaluate import autocast_for, evaluate
+from .lm import Head, supports_chunked_head
+from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
+from .modules import QuantLinear
+from .quantizers import LAQQuantizer
+from .train_config import TrainConfig
+from .train_state import load_state, save_state
+
+def quant_param_value(q) -> float:
+    """The quantizer's learned clip / step as one number (mean over rows): gamma, alpha or step size."""
+    for name in ("gamma", "alpha", "step", "scale"):
+        t = getattr(q, name, None)
+        if isinstance(t, torch.Tensor):
+            return t.detach().float().mean().item()
+    return float("nan")
+
+
+def _lr_lambda(cfg: TrainConfig, total: int):
+    warm = int(cfg.warmup * total)
+
+    def f(step):
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        p = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=None, eval_ids=None):
+        from .cli import pick_device, pick_dtype
+        from .models import load_float
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.out = Path(cfg.out)
+        if (self.out / "checkpoint" / "state.json").is_file() and not cfg.resume:
+            raise QuantGPTError(f"{self.out} holds a checkpoint of an earlier run: pass --resume to continue it, "
+                                f"or choose another --out")
+        if cfg.resume and not (self.out / "checkpoint" / "state.json").is_file():
+            raise QuantGPTError(f"--resume: no checkpoint in {self.out / 'checkpoint'}")
+        torch.manual_seed(cfg.seed)
+        if teacher is None:
+            teacher, tokenizer = load_float(cfg.model)
+        if not supports_chunked_head(teacher):
+            raise QuantGPTError(f"{cfg.model}: compress needs a decoder-only language model with a plain LM head")
+        self.tokenizer = tokenizer
+
+        # data first: bad data fails before any slow work
+        if train_ids is None:
+            train_ids = self._train_tokens(teacher)
+        self.train = blocks(train_ids, cfg.seq_len, what="training data")
+        per_step = cfg.batch_size * cfg.grad_accum
+        if self.train.shape[0] < per_step:
+            raise QuantGPTError(f"the training data gives {self.train.shape[0]} blocks of {cfg.seq_len} tokens, fewer than "
+                                f"one batch ({cfg.batch_size} x {cfg.grad_accum}): give more text or lower --batch-size / --seq-len")
+        if eval_ids is None and cfg.eval_data:
+            eval_ids = tokenize_files(cfg.eval_data, tokenizer)
+        self.eval_ids = eval_ids[: cfg.eval_tokens] if eval_ids is not None else None
+        if self.eval_ids is not None and self.eval_ids.numel() < cfg.seq_len:
+            raise QuantGPTError(f"the evaluation data has {self.eval_ids.numel()} tokens, fewer than one window of {cfg.seq_len}")
+        self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * self.train.shape[0] / per_step))
+
+        self.student = self._build_student(teacher)
+        teacher.requires_grad_(False)
+        self.teacher = teacher.to(self.device, dtype=self.dtype if self.device.type == "cuda" else torch.float32).eval()
+        self.student.to(self.device)
+        self.student.eval()  # no dropout while distilling; quantizers still learn
+        for _, q in weight_quantizers(self.student):
+            q.train()
+        d_s = self.student.config.hidden_size
+        self.contrastive = TokenContrastive(self.student.config.vocab_size, d_s, teacher.config.hidden_size,
+                                            cfg.proj_dim, cfg.tau, cfg.negatives, cfg.momentum,
+                                            cfg.negative_source).to(self.device) if cfg.use_contrastive else None
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # negatives' sampling
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
+        self.step = 0
+        self.best = None
+        self.elapsed = 0.0
+        self._perm_epoch, self._perm = -1, None
+        self._stop_signal = None
+        s_base, t_base = self.student.base_model, self.teacher.base_model
+        if cfg.compile:
+            s_base, t_base = torch.compile(s_base), torch.compile(t_base)
+        self._s_base, self._t_base = s_base, t_base
+        self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
+                            "granularity": cfg.granularity, "group_size": cfg.group_size,
+                            "vocab": self.student.config.vocab_size,
+                            "params": sum(p.numel() for p in self.student.parameters())}
+        if cfg.resume:
+            load_state(self)
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def _train_tokens(self, teacher):
+        cfg = self.cfg
+        gen = [d for d in cfg.train_data if str(d).startswith("generated:")]
+        if gen:
+            from .datafree import generated_tokens
+
+            if len(gen) != len(cfg.train_data):
+                raise QuantGPTError("generated:N cannot be mixed with files in --train-data")
+            try:
+                n = int(gen[0].split(":", 1)[1])
+            except ValueError:
+                raise QuantGPTError(f"bad --train-data {gen[0]!r}: write generated:N with N the number of sequences") from None
+            return generated_tokens(teacher, self.tokenizer, cfg, n)
+        return tokenize_files(cfg.train_data, self.tokenizer)
+
+    def _build_student(self, teacher):
+        cfg = self.cfg
+        student = copy.deepcopy(teacher).requires_grad_(True)
+        if cfg.init is not None:
+            from .ptq import gptq_quantize, rtn_quantize
+            from .ptq.rtn import rtn_config
+
+            ptq = copy.deepcopy(teacher).to(self.device)
+            rtn_quantize(ptq, rtn_config(cfg.bits, cfg.group_size, ragged_groups=True))
+            if cfg.init == "gptq":
+                g = torch.Generator().manual_seed(cfg.seed)
+                calib = self.train[torch.randperm(self.train.shape[0], generator=g)[: cfg.calib_samples]]
+                gptq_quantize(ptq, calib, autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
+                              progress=cfg.progress)
+            # the student's float weights start at the PTQ solution (its dequantized weights)
+            src = dict(ptq.named_modules())
+            for name, m in student.named_modules():
+                p = src.get(name)
+                if isinstance(p, QuantLinear) and not p._tied and p.weight_quantizer is not None:
+                    with torch.no_grad():
+                        q = p.weight_quantizer(p.weight_2d()).cpu()  # (out, in)
+                        m.weight.copy_(q.t() if p.transposed else q)
+            del ptq
+        qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
+                           group_size=cfg.group_size, ragged_groups=cfg.group_size is not None,
+                           mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, act_learned_clip=cfg.act_learned_clip)
+        return quantize_model(student, qcfg)
+
+    def _optimizer(self):
+        qparams, wparams = [], []
+        for name, p in self.student.named_parameters():
+            if not p.requires_grad:
+                continue
+            (qparams if ("weight_quantizer." in name or "act_quantizer." in name) else wparams).append(p)
+        if self.contrastive is not None:
+            wparams += [p for p in self.contrastive.parameters() if p.requires_grad]
+        groups = [{"params": wparams, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}]
+        if qparams:
+            groups.append({"params": qparams, "lr": self.cfg.quant_lr, "weight_decay": 0.0})
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=fused)
+
+    def _laq_links(self):
+        """(weight parameter, LAQ quantizer, transposed) for LAQ's curvature from Adam's second moments."""
+        links = []
+        for m in self.student.modules():
+            q = getattr(m, "weight_quantizer", None)
+            if isinstance(q, LAQQuantizer):
+                links.append((m.weight, q, getattr(m, "transposed", False)))
+        return links
+
+    def update_laq_curvature(self):
+        beta2 = self.optimizer.param_groups[0]["betas"][1]
+        for w, q, transposed in self._laq_links():
+            st = self.optimizer.state.get(w)
+            if st and "exp_avg_sq" in st:
+                v = st["exp_avg_sq"].t() if transposed else st["exp_avg_sq"]
+                q.set_curvature(v, int(st["step"]), beta2)
+
+    # ---- data ------------------------------------------------------------------------------------
+    def batch(self, step: int, micro: int) -> torch.Tensor:
+        """The blocks of micro-batch ``micro`` of ``step``: epochs are seeded permutations, so the data
+        position is a function of the step alone and resuming needs no extra state."""
+        cfg, n = self.cfg, self.train.shape[0]
+        first = (step * cfg.grad_accum + micro) * cfg.batch_size
+        idx = []
+        for i in range(first, first + cfg.batch_size):
+            epoch, off = divmod(i, n)
+            if epoch != self._perm_epoch:
+                self._perm_epoch = epoch
+                self._perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            idx.append(int(self._perm[off]))
+        return self.train[idx]
+
+    # ---- the step ----------------------------------------------------------------------------------
+    def _reps(self, out, layer):
+        return out.last_hidden_state if layer == -1 else out.hidden_states[layer + 1]
+
+    def losses(self, x: torch.Tensor) -> dict:
+        cfg = self.cfg
+        need_hs = self.contrastive is not None and cfg.layer != -1
+        with autocast_for(self.device, self.dtype):
+            with torch.no_grad():
+                t_out = self._t_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
+            s_out = self._s_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
+            h_s, h_t = s_out.last_hidden_state, t_out.last_hidden_state
+            d = h_s.shape[-1]
+            head = Head(self.student)
+            hs_in = head.act(h_s) if head.act is not None else h_s
+            labels = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1).reshape(-1)
+            w_t = self.teacher.get_output_embeddings().weight
+            total, kd, lm = fused_kd_loss(hs_in.reshape(-1, d), head.weight, h_t.reshape(-1, d), w_t,
+                                          cfg.temperature, labels, cfg.lm_weight)
+            parts = {"kd": kd, "lm": lm}
+            loss = total
+            if self.contrastive is not None:
+                r_s, r_t = self._reps(s_out, cfg.layer), self._reps(t_out, cfg.layer)
+                cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), r_t.reshape(-1, r_t.shape[-1]).detach(),
+                                        x.reshape(-1), self.gen)
+                loss = loss + cfg.cont_weight * cont
+                parts["cont"] = cont.detach()
+            if cfg.mse_weight:
+                mse = F.mse_loss(h_s.float(), h_t.float())
+                loss = loss + cfg.mse_weight * mse
+                parts["mse"] = mse.detach()
+        parts["loss"] = loss
+        return parts
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        sums = {}
+        for micro in range(cfg.grad_accum):
+            x = self.batch(self.step, micro).to(self.device, non_blocking=True)
+            parts = self.losses(x)
+            (parts["loss"] / cfg.grad_accum).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
+        names = list(sums)
+        values = torch.stack([sums[k] for k in names]).tolist()  # one sync per step: the NaN guard needs it
+        row = dict(zip(names, values))
+        bad = [k for k in names if not math.isfinite(row[k])]
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            path = save_state(self)  # the weights are still those of the last good step
+            raise QuantGPTError(f"loss part '{bad[0]}' is {row[bad[0]]} at step {self.step + 1}; training stopped and the "
+                                f"last good state (step {self.step}) is saved in {path}; lower --lr / --quant-lr or "
+                                f"check the data")
+        if cfg.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self._laq_links():
+            self.update_laq_curvature()
+        self.step += 1
+        return row
+
+    # ---- evaluation and diagnostics -----------------------------------------------------------------
+    @torch.no_grad()
+    def homogeneity(self) -> dict:
+        """Mean pairwise cosine similarity of token representations, teacher vs student (paper, Fig. 1)."""
+        ids = self.eval_ids if self.eval_ids is not None else self.train[0]
+        x = ids[: self.cfg.seq_len].reshape(1, -1).to(self.device)
+        layer = self.cfg.layer
+        with autocast_for(self.device, self.dtype):
+            t = self._reps(self.teacher.base_model(input_ids=x, output_hidden_states=layer != -1, use_cache=False), layer)
+            s = self._reps(self.student.base_model(input_ids=x, output_hidden_states=layer != -1, use_cache=False), layer)
+        return {"cos_teacher": mean_pairwise_cosine(t[0]), "cos_student": mean_pairwise_cosine(s[0])}
+
+    def evaluate(self) -> dict:
+        r = evaluate(self.student, self.eval_ids, seq_len=min(self.cfg.seq_len, self.eval_ids.numel()), batch_size=4,
+                     dtype=self.dtype, progress=False)
+        for _, q in weight_quantizers(self.student):
+            q.train()
+        return {"eval_ppl": r["perplexity"], "eval_acc": r["accuracy"]}
+
+    # ---- logging ----------------------------------------------------------------------------------
+    def log(self, row: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def quant_params(self) -> dict:
+        return {n: quant_param_value(q) for n, q in weight_quantizers(self.student)}
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signal.Signals(signum).name
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        eval_every = cfg.eval_every or max(1, self.total_steps // 5)
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.step == 0:
+            row = {"step": 0, "tokens": 0, "quant_params": self.quant_params(), **self.homogeneity()}
+            if self.eval_ids is not None:
+                row.update(self.evaluate())
+            self.log(row)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"compress {cfg.method} {cfg.bits}", unit="step",
+                   disable=not cfg.progress, dynamic_ncols=True)
+        t_window, tok_window = time.time(), 0
+        try:
+            while self.step < self.total_steps:
+                t0 = time.time()
+                row = self.train_step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.time() - t0
+                self.elapsed += dt
+                tok_window += tokens_per_step
+                row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.scheduler.get_last_lr()[0])
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    now = time.time()
+                    row["tok_per_s"] = tok_window / max(now - t_window, 1e-9)
+                    t_window, tok_window = now, 0
+                    if self.step % (cfg.log_every * 5) == 0 or self.step == self.total_steps:
+                        row["quant_params"] = self.quant_params()
+                    self.log(row)
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("kd", "cont") if k in row} |
+                                    {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
+                bar.update(1)
+                if self.step % eval_every == 0 or self.step == self.total_steps:
+                    erow = {"step": self.step, "tokens": self.step * tokens_per_step, **self.homogeneity()}
+                    if self.eval_ids is not None:
+                        erow.update(self.evaluate())
+                        if self.best is None or erow["eval_ppl"] < self.best["eval_ppl"]:
+                            self.best = {"step": self.step, "eval_ppl": erow["eval_ppl"]}
+                            self._save_best()
+                    self.log(erow)
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    save_state(self)
+                if self._stop_signal:
+                    path = save_state(self)
+                    bar.close()
+                    return {"interrupted": self._stop_signal, "step": self.step, "checkpoint": str(path)}
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.finish()
+
+    def _save_best(self):
+        from safetensors.torch import save_model
+
+        path = self.out / "checkpoint" / "best.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_model(self.student, str(tmp))
+        os.replace(tmp, path)
+
+    def finish(self) -> dict:
+        from safetensors.torch import load_model
+
+        cfg = self.cfg
+        save_state(self)  # a finished run can still be extended (--resume with more --steps)
+        best = self.out / "checkpoint" / "best.safetensors"
+        final = copy.deepcopy(self.student).cpu()
+        if self.best is not None and best.is_file():
+            load_model(final, str(best))
+        extra = {"method": cfg.method, "source": cfg.model, "train_config": cfg.to_dict(), "steps": self.step,
+                 "best": self.best}
+        save_fakequant(final, self.tokenizer, self.out, extra=extra, merge=True)
+        from .plots import plot_training
+
+        plot_training(self.out / "train_log.jsonl", self.out)
+        tokens = self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
+        return {"out": str(self.out), "steps": self.step, "tokens": tokens, "train_seconds": round(self.elapsed, 1),
+                "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best}
+
+
+def compress(cfg: TrainConfig, **kw) -> dict:
+    """Run ``quantgpt compress``: train, write the model folder, return a summary."""
+    return Trainer(cfg, **kw).run()
+
+
+__all__ = ["Trainer", "compress"]

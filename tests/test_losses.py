@@ -1,0 +1,124 @@
+"""Distillation losses against hand computations."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quantgpt.losses import TokenContrastive, fused_kd_loss, kd_loss_reference, mean_pairwise_cosine
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("lm_weight", [0.0, 0.5])
+def test_fused_kd_equals_plain_formula_and_its_gradients(T, lm_weight):
+    torch.manual_seed(0)
+    N, d, V = 37, 8, 50
+    hs = torch.randn(N, d, requires_grad=True)
+    ws = torch.randn(V, d, requires_grad=True)
+    ht, wt = torch.randn(N, d), torch.randn(V, d)
+    y = torch.randint(0, V, (N,))
+    y[3] = -100  # ignored label
+    total, kd, lm = fused_kd_loss(hs, ws, ht, wt, T, labels=y, lm_weight=lm_weight, chunk=10)
+    total.backward()
+    hs2, ws2 = hs.detach().clone().requires_grad_(), ws.detach().clone().requires_grad_()
+    s = hs2 @ ws2.t()
+    ref_kd = kd_loss_reference(s, ht @ wt.t(), T)
+    ref_lm = F.cross_entropy(s, y, ignore_index=-100, reduction="sum") / N
+    (ref_kd + lm_weight * ref_lm).backward()
+    assert kd.item() == pytest.approx(ref_kd.item(), rel=1e-5)
+    assert lm.item() == pytest.approx(ref_lm.item(), rel=1e-5)
+    assert torch.allclose(hs.grad, hs2.grad, atol=1e-5)
+    assert torch.allclose(ws.grad, ws2.grad, atol=1e-5)
+
+
+def test_kd_is_zero_iff_student_equals_teacher():
+    h, w = torch.randn(5, 4), torch.randn(9, 4)
+    assert fused_kd_loss(h, w, h, w)[1].item() == pytest.approx(0, abs=1e-6)
+    assert fused_kd_loss(h + 0.5, w, h, w)[1].item() > 1e-3
+
+
+def _hand_infonce(s, t, neg, ids, neg_ids, tau):
+    out = []
+    for i in range(s.shape[0]):
+        zs = s[i] / s[i].norm()
+        pos = math.exp(float(zs @ (t[i] / t[i].norm())) / tau)
+        den = pos
+        for j in range(neg.shape[0]):
+            if neg_ids[j] != ids[i]:
+                den += math.exp(float(zs @ (neg[j] / neg[j].norm())) / tau)
+        out.append(-math.log(pos / den))
+    return sum(out) / len(out)
+
+
+def test_contrastive_equals_hand_infonce():
+    torch.manual_seed(0)
+    V, d = 10, 4
+    ids = torch.tensor([1, 2, 2, 5, 7])
+    s, t = torch.randn(5, d), torch.randn(5, d)
+    c = TokenContrastive(V, d, d, tau=0.5, negatives=100, momentum=0.9)
+    loss = c(s, t, ids)
+    # first batch: the bank holds the normalised mean teacher vector of each distinct id; negatives are those
+    zt = F.normalize(t, dim=-1)
+    uniq = [1, 2, 5, 7]
+    table = torch.stack([F.normalize(zt[ids == u].mean(0), dim=0) for u in uniq])
+    assert loss.item() == pytest.approx(_hand_infonce(s, t, table, ids.tolist(), uniq, 0.5), rel=1e-5)
+
+
+def test_memory_bank_momentum_update_is_exact():
+    torch.manual_seed(0)
+    c = TokenContrastive(6, 3, 3, momentum=0.75)
+    t1 = torch.randn(3, 3)
+    c.update_bank(torch.tensor([0, 4, 4]), F.normalize(t1, dim=-1))
+    z = F.normalize(t1, dim=-1)
+    b4 = F.normalize(z[1:].mean(0), dim=0)
+    assert torch.allclose(c.bank[4], b4) and torch.allclose(c.bank[0], z[0])
+    assert c.seen.tolist() == [True, False, False, False, True, False]
+    t2 = F.normalize(torch.randn(1, 3), dim=-1)
+    c.update_bank(torch.tensor([4]), t2)
+    assert torch.allclose(c.bank[4], F.normalize(0.75 * b4 + 0.25 * t2[0], dim=0))
+    assert torch.allclose(c.bank[0], z[0])  # untouched
+
+
+@pytest.mark.parametrize("source", ["bank", "batch", "student"])
+def test_negatives_never_share_the_anchor_id(source):
+    torch.manual_seed(0)
+    V, d = 50, 8
+    c = TokenContrastive(V, d, d, negatives=16, negative_source=source)
+    for _ in range(3):
+        c(torch.randn(40, d), torch.randn(40, d), torch.randint(0, V, (40,)))
+    ids = torch.randint(0, V, (30,))
+    uniq = torch.unique(ids)
+    neg = c._draw_negatives(uniq, torch.Generator().manual_seed(0))
+    assert neg.numel() == (16 if source == "bank" or uniq.numel() >= 16 else uniq.numel())
+    assert neg.unique().numel() == neg.numel()
+    # a loss whose only negatives share the anchor's id is exactly zero-free: -log(1) = 0
+    same = torch.full((5,), 3)
+    s = torch.randn(5, d)
+    c2 = TokenContrastive(V, d, d, negatives=16, negative_source="batch")
+    assert c2(s, s, same).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_contrastive_lowest_when_student_equals_teacher():
+    torch.manual_seed(0)
+    V, d, N = 40, 16, 64
+    ids = torch.randint(0, V, (N,))
+    t = torch.randn(N, d)
+    losses = []
+    for noise in (0.0, 0.5, 2.0):
+        c = TokenContrastive(V, d, d, tau=0.1, negatives=64)
+        losses.append(c(t + noise * torch.randn(N, d), t, ids).item())
+    assert losses[0] < losses[1] < losses[2]
+
+
+def test_contrastive_gradient_reaches_student_only():
+    V, d = 20, 6
+    s = torch.randn(12, d, requires_grad=True)
+    t = torch.randn(12, d, requires_grad=True)
+    c = TokenContrastive(V, d, d, negatives=8)
+    c(s, t.detach(), torch.randint(0, V, (12,))).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+def test_mean_pairwise_cosine():
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert mean_pairwise_cosine(z) == pytest.approx(1 / 3)

@@ -1,0 +1,156 @@
+"""The compress trainer: gradients, resume equivalence, guards, and that the method beats RTN."""
+import json
+
+import pytest
+import torch
+
+from quantgpt import QuantConfig, evaluate
+from quantgpt.errors import QuantGPTError
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(model="tiny", bits="2-2-8", steps=6, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
+                log_every=2, save_every=100, eval_every=3, progress=False, device="cpu", negatives=64)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def ids(tokenizer):
+    from quantgpt.data import tokenize_files
+
+    return tokenize_files("sample", tokenizer, use_cache=False)
+
+
+def test_gradients_reach_gamma_and_weights(tmp_path, tiny, tokenizer, ids):
+    tr = Trainer(_cfg(tmp_path), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    parts = tr.losses(tr.batch(0, 0))
+    parts["loss"].backward()
+    q = tr.student.model.layers[0].mlp.up_proj
+    assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0
+    assert q.weight_quantizer.gamma.grad is not None and q.weight_quantizer.gamma.grad.abs().sum() > 0
+    emb = tr.student.model.embed_tokens
+    assert emb.weight_quantizer.gamma.grad.abs().sum() > 0  # through the embedding and the tied head
+    assert {"kd", "cont", "lm"} <= set(parts)
+    groups = tr.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [tr.cfg.lr, tr.cfg.quant_lr]
+    qids = {id(p) for p in groups[1]["params"]}
+    assert id(q.weight_quantizer.gamma) in qids and id(q.weight) not in qids
+
+
+@pytest.mark.parametrize("method", ["quantgpt", "laq"])
+def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method):
+    teacher = tiny("llama")
+    full = Trainer(_cfg(tmp_path / "a", method=method), teacher=teacher, tokenizer=tokenizer, train_ids=ids, eval_ids=ids[:2000])
+    full.run()
+    half = Trainer(_cfg(tmp_path / "b", method=method), teacher=teacher, tokenizer=tokenizer, train_ids=ids, eval_ids=ids[:2000])
+    step = half.train_step
+
+    def interrupted():
+        row = step()
+        if half.step == 3:
+            half._stop_signal = "SIGTERM"
+        return row
+
+    half.train_step = interrupted
+    r = half.run()
+    assert r["interrupted"] == "SIGTERM" and r["step"] == 3
+    resumed = Trainer(_cfg(tmp_path / "b", method=method, resume=True), teacher=teacher, tokenizer=tokenizer,
+                      train_ids=ids, eval_ids=ids[:2000])
+    assert resumed.step == 3
+    resumed.run()
+    a, b = full.student.state_dict(), resumed.student.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    if method == "quantgpt":
+        assert torch.equal(full.contrastive.bank, resumed.contrastive.bank)
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "run" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r.get("kd") for r in log_a] == [r.get("kd") for r in log_b]
+
+
+def test_resume_of_another_setting_is_refused(tmp_path, tiny, tokenizer, ids):
+    teacher = tiny("llama")
+    Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids).run()
+    with pytest.raises(QuantGPTError, match="another setting.*bits"):
+        Trainer(_cfg(tmp_path, bits="4-4-8", resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    with pytest.raises(QuantGPTError, match="--resume"):
+        Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+
+
+def test_nan_loss_stops_with_checkpoint(tmp_path, tiny, tokenizer, ids):
+    teacher = tiny("llama")
+    tr = Trainer(_cfg(tmp_path, steps=5), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    tr.train_step()
+    before = {k: v.clone() for k, v in tr.student.state_dict().items()}
+    with torch.no_grad():
+        tr.teacher.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(QuantGPTError, match=r"loss part 'kd' is nan at step 2.*step 1"):
+        tr.train_step()
+    assert (tmp_path / "run" / "checkpoint" / "state.json").is_file()
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 1
+    for k, v in tr.student.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_training_data_shorter_than_one_batch(tmp_path, tiny, tokenizer):
+    with pytest.raises(QuantGPTError, match="fewer than one batch"):
+        Trainer(_cfg(tmp_path), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=torch.arange(100))
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_presets(tmp_path, tiny, tokenizer, ids):
+    for method, quantizer, contrastive in [("pact", "pact", False), ("lsq", "lsq", False), ("kd", "mds", False)]:
+        tr = Trainer(_cfg(tmp_path / method, method=method, steps=1), teacher=tiny("llama"), tokenizer=tokenizer,
+                     train_ids=ids)
+        assert tr.student.model.layers[0].mlp.up_proj.weight_quantizer.family == quantizer
+        assert (tr.contrastive is not None) == contrastive
+        tr.train_step()
+
+
+def test_init_from_gptq_starts_at_its_solution(tmp_path, tiny, tokenizer, ids):
+    tr = Trainer(_cfg(tmp_path, init="gptq", bits="4-16-8", calib_samples=8), teacher=tiny("llama"),
+                 tokenizer=tokenizer, train_ids=ids)
+    w = tr.student.model.layers[1].mlp.down_proj.weight
+    assert not torch.equal(w, tr.teacher.model.layers[1].mlp.down_proj.weight)
+    assert len(torch.unique(w[0])) <= 16  # on a 4-bit grid per row
+
+
+def _train_teacher(tiny, ids, steps=300):
+    """A tiny Llama that has learned the sample text's statistics."""
+    torch.manual_seed(0)
+    m = tiny("llama")
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    blocks = ids[: (ids.numel() // 64) * 64].reshape(-1, 64)
+    g = torch.Generator().manual_seed(0)
+    m.train()
+    for _ in range(steps):
+        x = blocks[torch.randint(0, blocks.shape[0], (16,), generator=g)]
+        m(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return m.eval()
+
+
+def test_quantgpt_beats_rtn_at_2_2_8(tmp_path, tiny, tokenizer, ids):
+    from quantgpt.data import tokenize_files
+    from quantgpt.ptq import rtn_quantize
+    from quantgpt.ptq.rtn import rtn_config
+    import copy
+
+    held_out = tokenize_files("sample-eval", tokenizer, use_cache=False)[:8192]
+    teacher = _train_teacher(tiny, ids)
+    ppl = lambda m: evaluate(m, held_out, seq_len=64, progress=False)["perplexity"]  # noqa: E731
+    float_ppl = ppl(teacher)
+    rtn = rtn_quantize(copy.deepcopy(teacher), rtn_config("2-2-8", group_size=None))
+    cfg = _cfg(tmp_path, steps=150, seq_len=64, batch_size=16, lr=2e-3, quant_lr=1e-2, eval_every=1000, negatives=256)
+    tr = Trainer(cfg, teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    tr.run()
+    q_ppl, rtn_ppl = ppl(tr.student), ppl(rtn)
+    assert float_ppl < 60, float_ppl  # the teacher did learn the text (uniform would be 384)
+    assert q_ppl < rtn_ppl, (q_ppl, rtn_ppl, float_ppl)
+    assert q_ppl < 3 * float_ppl, (q_ppl, float_ppl)
+    print(f'float {float_ppl:.2f} quantgpt {q_ppl:.2f} rtn {rtn_ppl:.2f}')
