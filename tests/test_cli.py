@@ -109,3 +109,51 @@ def test_console_script_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "quantgpt.cli", "quantize", str(tmp_path / "nope"), "--bits", "2-2-8",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "no such" in r.stderr
+
+
+def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("bits: 2-2-8\nmethod: quantgpt\nsteps: 2\nseq-len: 32\nbatch_size: 4\nnegatives: 32\n"
+                   "eval_tokens: 2000\nlog_every: 1\n")
+    out = tmp_path / "c"
+    code, stdout, err = run(capsys, "compress", model_dir, "--config", cfg, "--steps", "4", "--train-data", "sample",
+                            "--eval-data", "sample-eval", "--out", out, "--device", "cpu", "--json", "--quiet")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["steps"] == 4 and r["tokens"] == 4 * 4 * 32  # the flag overrode the file's 2 steps
+    assert (out / "train_log.jsonl").is_file() and (out / "loss_curve.png").is_file() and (out / "quant_params.png").is_file()
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("cont" in x for x in rows) and any("eval_ppl" in x for x in rows) and any("cos_student" in x for x in rows)
+    code, stdout, err = run(capsys, "eval", out, "--data", "sample-eval", "--seq-len", "32", "--limit-tokens", "1000",
+                            "--json", "--device", "cpu", "--quiet")
+    assert code == 0, err and json.loads(stdout)["perplexity"] > 1
+    manifest = json.loads((out / "quantgpt.json").read_text())
+    assert manifest["method"] == "quantgpt" and manifest["quant_config"]["bits"] == "2-2-8"
+    # extending the run: --resume with more steps continues from the checkpoint
+    code, stdout, err = run(capsys, "compress", model_dir, "--config", cfg, "--steps", "6", "--train-data", "sample",
+                            "--out", out, "--device", "cpu", "--json", "--quiet", "--resume")
+    assert code == 0, err and json.loads(stdout)["steps"] == 6
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--bits", "2-2"], "bad bit setting"),
+    (["--method", "magic"], "unknown method"),
+    (["--train-data", "nothing.txt"], "no such data"),
+    (["--seq-len", "5000000"], "fewer than one block"),
+    (["--resume"], "no checkpoint"),
+])
+def test_compress_bad_input(capsys, tmp_path, model_dir, argv, match):
+    out = tmp_path / "c"
+    code, _, err = run(capsys, "compress", model_dir, "--steps", "2", "--seq-len", "32", "--out", out, "--device", "cpu",
+                       "--quiet", *argv)
+    assert code == 2 and match in err, err
+    assert not out.exists()
+
+
+def test_compress_data_free(capsys, tmp_path, model_dir):
+    out = tmp_path / "c"
+    code, stdout, err = run(capsys, "compress", model_dir, "--steps", "1", "--seq-len", "16", "--batch-size", "2",
+                            "--train-data", "generated:4", "--negatives", "16", "--out", out, "--device", "cpu",
+                            "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["tokens"] == 32

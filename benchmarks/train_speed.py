@@ -1,0 +1,93 @@
+"""Training throughput of compress variants measured side by side in one process (same model, data, GPU).
+
+    python benchmarks/train_speed.py --model smollm2-135m --data $QG_DATA/corpora --steps 20
+
+Variants: 'plain' (fake-quant student, full logits materialised, KL in float32: the loop most people
+write), 'fused' (our fused chunked KD + contrastive, eager) and 'compiled' (the same with torch.compile).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+
+import torch
+import torch.nn.functional as F
+
+from quantgpt.data import tokenize_files
+from quantgpt.models import load_float
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+
+def plain_losses(tr):
+    def losses(x):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad():
+                t = tr.teacher(input_ids=x, use_cache=False).logits
+            s = tr.student(input_ids=x, use_cache=False).logits
+        kd = F.kl_div(torch.log_softmax(s.float(), -1), torch.log_softmax(t.float(), -1), log_target=True,
+                      reduction="batchmean") / x.shape[1]
+        return {"loss": kd, "kd": kd.detach()}
+    return losses
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--variants", nargs="+", default=["plain", "fused", "compiled"])
+    p.add_argument("--bits", default="2-2-8")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    teacher, tok = load_float(args.model)
+    ids = tokenize_files(args.data, tok)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = []
+    for v in args.variants:
+        cfg = TrainConfig(model=args.model, bits=args.bits, steps=10_000, seq_len=args.seq_len, batch_size=args.batch_size,
+                          out=f"/tmp/speed_{v}", progress=False, compile=(v == "compiled"))
+        try:
+            tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=ids)
+            if v == "plain":
+                tr.losses = plain_losses(tr)
+            for _ in range(args.warmup):
+                tr.train_step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.time()
+            for _ in range(args.steps):
+                tr.train_step()
+            torch.cuda.synchronize()
+            dt = time.time() - t0
+            row = {"variant": v, "tok_per_s": args.steps * args.batch_size * args.seq_len / dt,
+                   "step_ms": 1000 * dt / args.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+        except Exception as e:  # report and go on with the other variants
+            row = {"variant": v, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        row.update(bits=args.bits, batch=args.batch_size, seq_len=args.seq_len, device=torch.cuda.get_device_name(),
+                   commit=commit, date=time.strftime("%Y-%m-%d"))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        tr = None
+        torch.cuda.empty_cache()
+    if args.out:
+        with open(args.out, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    base = next((r["tok_per_s"] for r in rows if r["variant"] == "plain" and "tok_per_s" in r), None)
+    print(f"{'variant':10s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} {'x plain':>8s}")
+    for r in rows:
+        if "tok_per_s" in r:
+            ratio = f"{r['tok_per_s'] / base:.2f}" if base else "-"
+            print(f"{r['variant']:10s} {r['tok_per_s']:10.0f} {r['step_ms']:8.1f} {r['peak_gib']:6.1f} {ratio:>8s}")
+        else:
+            print(f"{r['variant']:10s} {r['error']}")
+
+
+if __name__ == "__main__":
+    main()
