@@ -29,9 +29,11 @@ def main():
     p.add_argument("--settings", nargs="+", default=["4-16-16:128", "2-16-16:64"], help="BITS:GROUP")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--methods", nargs="+", default=["float", "rtn", "gptq"])
     args = p.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                           text=True).stdout.strip()
     base, tok = load_float(args.model)
     test = tokenize_files(f"{args.data}/wikitext2/test.raw.txt", tok)
     calib = blocks(tokenize_files(f"{args.data}/corpora/wiki_excerpt.txt", tok), args.seq_len)
@@ -49,17 +51,19 @@ def main():
             f.write(json.dumps(row) + "\n")
 
     base.to(dev)
-    record("float", "16-16-16", None, base, torch.float32, 0)
-    record("float", "16-16-16", None, base, torch.bfloat16, 0)
+    if "float" in args.methods:
+        record("float", "16-16-16", None, base, torch.float32, 0)
+        record("float", "16-16-16", None, base, torch.bfloat16, 0)
     for setting in args.settings:
         bits, group = setting.split(":")
         group = int(group)
-        for method in ("rtn", "gptq"):
+        for method in [m for m in ("rtn", "gptq") if m in args.methods]:
             t0 = time.time()
             m = copy.deepcopy(base)
             rtn_quantize(m, rtn_config(bits, group, ragged_groups=True))
             if method == "gptq":
-                gptq_quantize(m, calib, autocast_dtype=None, progress=False)
+                # calibration forwards in bf16 on GPU (the Hessians and the GPTQ solve stay in float32)
+                gptq_quantize(m, calib, autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None, batch_size=16)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             record(method, bits, group, m, torch.float32, time.time() - t0)

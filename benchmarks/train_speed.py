@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 
@@ -33,6 +34,43 @@ def plain_losses(tr):
     return losses
 
 
+def breakdown(tr, n=5):
+    """Milliseconds per part of one training step, timed with CUDA events."""
+    from quantgpt.lm import Head
+    from quantgpt.losses import fused_kd_loss
+
+    parts = ["teacher_fwd", "student_fwd", "kd_loss", "contrastive", "backward", "optimizer"]
+    acc = dict.fromkeys(parts, 0.0)
+    for _ in range(n):
+        x = tr.batch(tr.step, 0).cuda()
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(parts) + 1)]
+        ev[0].record()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad():
+                t_out = tr._t_base(input_ids=x, use_cache=False)
+            ev[1].record()
+            s_out = tr._s_base(input_ids=x, use_cache=False)
+            ev[2].record()
+            head = Head(tr.student)
+            d = s_out.last_hidden_state.shape[-1]
+            loss, _, _ = fused_kd_loss(head.act(s_out.last_hidden_state).reshape(-1, d), head.weight,
+                                       t_out.last_hidden_state.reshape(-1, d), tr.teacher.lm_head.weight)
+            ev[3].record()
+            if tr.contrastive is not None:
+                loss = loss + 0.1 * tr.contrastive(s_out.last_hidden_state.reshape(-1, d),
+                                                   t_out.last_hidden_state.reshape(-1, d), x.reshape(-1), tr.gen)
+            ev[4].record()
+        loss.backward()
+        ev[5].record()
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        ev[6].record()
+        torch.cuda.synchronize()
+        for i, p in enumerate(parts):
+            acc[p] += ev[i].elapsed_time(ev[i + 1]) / n
+    return acc
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2-135m")
@@ -44,10 +82,12 @@ def main():
     p.add_argument("--variants", nargs="+", default=["plain", "fused", "compiled"])
     p.add_argument("--bits", default="2-2-8")
     p.add_argument("--out", default=None)
+    p.add_argument("--breakdown", action="store_true", help="also time each part of the step (CUDA events)")
     args = p.parse_args()
     teacher, tok = load_float(args.model)
     ids = tokenize_files(args.data, tok)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                           text=True).stdout.strip()
     rows = []
     for v in args.variants:
         cfg = TrainConfig(model=args.model, bits=args.bits, steps=10_000, seq_len=args.seq_len, batch_size=args.batch_size,
@@ -67,6 +107,8 @@ def main():
             dt = time.time() - t0
             row = {"variant": v, "tok_per_s": args.steps * args.batch_size * args.seq_len / dt,
                    "step_ms": 1000 * dt / args.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            if args.breakdown and v != "plain":
+                row["breakdown_ms"] = {k: round(t, 2) for k, t in breakdown(tr).items()}
         except Exception as e:  # report and go on with the other variants
             row = {"variant": v, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         row.update(bits=args.bits, batch=args.batch_size, seq_len=args.seq_len, device=torch.cuda.get_device_name(),
