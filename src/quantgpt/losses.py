@@ -7,17 +7,55 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _chunk_for(vocab: int) -> int:
-    return max(1, (1 << 26) // vocab)  # ~256 MB of float32 logits per chunk and tensor
+def _chunk_for(vocab: int, device: torch.device) -> int:
+    """Tokens per chunk: a power of two with ~256M (GPU) or ~64M (CPU) logits elements."""
+    budget = (1 << 28) if device.type == "cuda" else (1 << 26)
+    return 1 << max(0, (budget // vocab).bit_length() - 1)
+
+
+def _kd_chunk(s, t, y, T: float, kd_scale: float, lm_weight: float, lm_scale: float, need_grad: bool):
+    """Loss sums and d loss / d s for one chunk of student / teacher logits ``s``, ``t`` and labels ``y``.
+    Written as one function so that torch.compile fuses it into a few passes over the logits."""
+    out_dtype = s.dtype
+    s, t = s.float(), t.float()
+    log_ps = torch.log_softmax(s / T, -1)
+    log_pt = torch.log_softmax(t / T, -1)
+    p_t = log_pt.exp()
+    kd = (p_t * (log_pt - log_ps)).sum()
+    log_p1 = log_ps if T == 1.0 else torch.log_softmax(s, -1)
+    valid = (y >= 0).unsqueeze(1)
+    yc = y.clamp_min(0).unsqueeze(1)
+    nll = -(log_p1.gather(1, yc) * valid).sum()
+    if not need_grad:
+        return kd, nll, None
+    grad = (log_ps.exp() - p_t) * kd_scale
+    if lm_weight:
+        onehot = torch.zeros_like(s).scatter_(1, yc, 1.0)
+        grad = grad + (log_p1.exp() - onehot) * valid * lm_scale
+    return kd, nll, grad.to(out_dtype)
+
+
+_compiled_chunk = None
+
+
+def _chunk_fn(device: torch.device):
+    global _compiled_chunk
+    if device.type != "cuda":
+        return _kd_chunk
+    if _compiled_chunk is None:
+        _compiled_chunk = torch.compile(_kd_chunk, dynamic=False)
+    return _compiled_chunk
 
 
 class FusedLinearKD(torch.autograd.Function):
     """Soft cross-entropy (KL) between teacher and student next-token distributions, computed from hidden
     states and head weights chunk by chunk: the full (tokens x vocab) logits never exist, and the gradients
-    for the student's hidden states and head weight are formed in the same pass.
+    for the student's hidden states and head weight are formed in the same pass (on GPU the per-chunk
+    arithmetic is one compiled, fused function).
 
-    loss = T^2 / N * sum_i KL(softmax(t_i / T) || softmax(s_i / T)) + lm_weight / N * sum_i CE(s_i, y_i)
-    with s = h_s W_s^T, t = h_t W_t^T; d loss / d s_i = T (p_s - p_t) / N + lm_weight (softmax(s_i) - onehot(y_i)) / N.
+    kd = T^2 / N * sum_i KL(softmax(t_i / T) || softmax(s_i / T)),  lm = 1 / N * sum_i CE(s_i, y_i)
+    with s = h_s W_s^T, t = h_t W_t^T; total = kd + lm_weight * lm and
+    d total / d s_i = T (p_s - p_t) / N + lm_weight (softmax(s_i) - onehot(y_i)) / N.
     """
 
     @staticmethod
@@ -26,36 +64,25 @@ class FusedLinearKD(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         hs, ws = h_s.to(compute_dtype), w_s.to(compute_dtype)
         ht, wt = h_t.to(compute_dtype), w_t.to(compute_dtype)
+        if labels is None:
+            labels = torch.full((n,), -100, dtype=torch.long, device=h_s.device)
         dh = torch.empty_like(h_s) if need_grad else None
         dw = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
         kd = torch.zeros((), dtype=torch.float32, device=h_s.device)
         lm = torch.zeros((), dtype=torch.float32, device=h_s.device)
-        T = temperature
+        T = float(temperature)
+        fn = _chunk_fn(h_s.device)
         for i in range(0, n, chunk):
-            s = (hs[i:i + chunk] @ ws.t()).float()
+            hc = hs[i:i + chunk]
+            s = hc @ ws.t()
             with torch.no_grad():
-                t = (ht[i:i + chunk] @ wt.t()).float()
-            log_ps = torch.log_softmax(s / T, -1)
-            log_pt = torch.log_softmax(t / T, -1)
-            p_t = log_pt.exp()
-            kd += (p_t * (log_pt - log_ps)).sum()
-            grad = None
+                t = ht[i:i + chunk] @ wt.t()
+            kd_c, nll_c, g = fn(s, t, labels[i:i + chunk], T, T / n, float(lm_weight), float(lm_weight) / n, need_grad)
+            kd += kd_c
+            lm += nll_c
             if need_grad:
-                grad = (log_ps.exp() - p_t) * (T / n)
-            if labels is not None:  # ground-truth CE: logged always, trained on with lm_weight > 0
-                y = labels[i:i + chunk]
-                log_p1 = log_ps if T == 1 else torch.log_softmax(s, -1)
-                valid = y >= 0
-                lm += -log_p1.gather(1, y.clamp_min(0)[:, None]).squeeze(1)[valid].sum()
-                if need_grad and lm_weight:
-                    g_lm = log_p1.exp()
-                    g_lm[valid, y[valid]] -= 1
-                    g_lm[~valid] = 0
-                    grad += g_lm * (lm_weight / n)
-            if need_grad:
-                g = grad.to(compute_dtype)
                 dh[i:i + chunk] = (g @ ws).to(h_s.dtype)
-                dw += (g.t() @ hs[i:i + chunk]).float()
+                dw.addmm_(g.t().float(), hc.float()) if g.dtype == torch.float32 else dw.add_((g.t() @ hc).float())
         ctx.save_for_backward(dh, dw)
         ctx.w_dtype = w_s.dtype
         kd, lm = kd * (T * T / n), lm / n
@@ -75,7 +102,7 @@ def fused_kd_loss(h_s, w_s, h_t, w_t, temperature=1.0, labels=None, lm_weight=0.
     dtype = torch.get_autocast_dtype(h_s.device.type) if torch.is_autocast_enabled(h_s.device.type) else h_s.dtype
     with torch.autocast(h_s.device.type, enabled=False):
         return FusedLinearKD.apply(h_s, w_s, h_t, w_t, float(temperature), labels, float(lm_weight), dtype,
-                                   chunk or _chunk_for(w_s.shape[0]))
+                                   chunk or _chunk_for(w_s.shape[0], h_s.device))
 
 
 def kd_loss_reference(s_logits, t_logits, temperature=1.0):

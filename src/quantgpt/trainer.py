@@ -140,7 +140,7 @@ class Trainer:
 
     def _build_student(self, teacher):
         cfg = self.cfg
-        student = copy.deepcopy(teacher).requires_grad_(True)
+        student = copy.deepcopy(teacher).requires_grad_(True).to(self.device)  # quantizer init runs on the GPU
         if cfg.init is not None:
             from .ptq import gptq_quantize, rtn_quantize
             from .ptq.rtn import rtn_config
@@ -158,7 +158,7 @@ class Trainer:
                 p = src.get(name)
                 if isinstance(p, QuantLinear) and not p._tied and p.weight_quantizer is not None:
                     with torch.no_grad():
-                        q = p.weight_quantizer(p.weight_2d()).cpu()  # (out, in)
+                        q = p.weight_quantizer(p.weight_2d()).to(m.weight.device)  # (out, in)
                         m.weight.copy_(q.t() if p.transposed else q)
             del ptq
         qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
@@ -256,18 +256,19 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
         names = list(sums)
-        values = torch.stack([sums[k] for k in names]).tolist()  # one sync per step: the NaN guard needs it
-        row = dict(zip(names, values))
-        bad = [k for k in names if not math.isfinite(row[k])]
+        stats = [sums[k] for k in names]
+        if cfg.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            stats.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).float())
+            names.append("grad_norm")
+        row = dict(zip(names, torch.stack(stats).tolist()))  # one sync per step: the NaN guard needs it
+        bad = [k for k in names if not math.isfinite(row[k]) and k != "grad_norm"]
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             path = save_state(self)  # the weights are still those of the last good step
             raise QuantGPTError(f"loss part '{bad[0]}' is {row[bad[0]]} at step {self.step + 1}; training stopped and the "
                                 f"last good state (step {self.step}) is saved in {path}; lower --lr / --quant-lr or "
                                 f"check the data")
-        if cfg.max_grad_norm:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

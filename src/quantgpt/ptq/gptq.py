@@ -51,6 +51,7 @@ def gptq_layer(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     invperm = torch.argsort(perm)
+    perm_list = perm.tolist()  # host copy: indexing a device tensor per column would sync every time
 
     damp = percdamp * torch.mean(torch.diag(H))
     eye = torch.eye(cols, device=W.device)
@@ -72,7 +73,7 @@ def gptq_layer(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            orig = int(perm[col])
+            orig = perm_list[col]
             g = orig // gs
             if group_size is not None and not act_order and col % gs == 0:
                 # dynamic groups: parameters from the group's current (error-updated) weights
