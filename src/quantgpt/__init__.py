@@ -6,8 +6,12 @@ from .convert import quantize_model
 from .errors import QuantGPTError
 from .evaluate import evaluate
 from .models import load_any, load_float
+from .export import dequantize_model, export
+from .packed import save_packed
 from .ptq import gptq_quantize, rtn_quantize
+from .sizes import size_report
 
 __version__ = "0.1.0"
 __all__ = ["Bits", "QuantConfig", "QuantGPTError", "quantize_model", "rtn_quantize", "gptq_quantize",
-           "evaluate", "load", "load_float", "load_any", "save_fakequant"]
+           "evaluate", "load", "load_float", "load_any", "save_fakequant", "save_packed", "export",
+           "dequantize_model", "size_report"]

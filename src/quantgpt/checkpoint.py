@@ -114,16 +114,31 @@ def save_fakequant(model, tokenizer, out, extra: dict | None = None, merge: bool
 
 
 def load(folder, dtype: torch.dtype | None = None, device=None, return_tokenizer: bool = False):
-    """Load a quantized model folder written by quantgpt; returns the model (and tokenizer if asked)."""
-    from transformers import AutoConfig, AutoTokenizer
+    """Load a model folder written by quantgpt (packed or fake-quantized); the model (and tokenizer if asked)."""
+    from transformers import AutoTokenizer
 
-    from .convert import quantize_model
+    from . import packed
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise QuantGPTError(f"{folder / MANIFEST}: format {manifest.get('format')!r} version {manifest.get('version')} "
-                            f"is not known to this quantgpt (it reads {FORMAT} version {VERSION}); upgrade quantgpt")
+    fmt, version = manifest.get("format"), manifest.get("version")
+    if fmt == packed.FORMAT and version == packed.VERSION:
+        model = packed.load_packed(folder, manifest, dtype=dtype, device=device)
+    elif fmt == FORMAT and version == VERSION:
+        model = _load_fakequant(folder, manifest, dtype, device)
+    else:
+        raise QuantGPTError(f"{folder / MANIFEST}: format {fmt!r} version {version} is not known to this quantgpt "
+                            f"(it reads {packed.FORMAT} v{packed.VERSION} and {FORMAT} v{VERSION}); upgrade quantgpt")
+    if return_tokenizer:
+        return model, AutoTokenizer.from_pretrained(folder)
+    return model
+
+
+def _load_fakequant(folder: Path, manifest: dict, dtype, device):
+    from transformers import AutoConfig
+
+    from .convert import quantize_model
+
     config = AutoConfig.from_pretrained(folder)
     model = _auto_class(config).from_config(config)
     quantize_model(model, QuantConfig.from_dict(manifest["quant_config"]), init=False)
@@ -138,7 +153,4 @@ def load(folder, dtype: torch.dtype | None = None, device=None, return_tokenizer
         model.to(dtype)
     if device is not None:
         model.to(device)
-    model.eval()
-    if return_tokenizer:
-        return model, AutoTokenizer.from_pretrained(folder)
-    return model
+    return model.eval()

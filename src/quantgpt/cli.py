@@ -50,6 +50,7 @@ def _emit(args, result: dict, text: str) -> None:
 def cmd_quantize(args) -> int:
     from .checkpoint import save_fakequant
     from .config import Bits
+    from .packed import save_packed
     from .data import blocks, tokenize_files
     from .models import load_float
     from .ptq import gptq_quantize, rtn_quantize
@@ -76,7 +77,8 @@ def cmd_quantize(args) -> int:
         gptq_quantize(model, calib, act_order=args.act_order, percdamp=args.damp,
                       autocast_dtype=dtype if dtype != torch.float32 else None, progress=not args.quiet)
     model.to("cpu")
-    save_fakequant(model, tok, args.out, extra={"method": args.method, "source": args.model})
+    save = save_packed if args.format == "packed" else save_fakequant
+    save(model, tok, args.out, extra={"method": args.method, "source": args.model})
     result = {"out": str(args.out), "method": args.method, "bits": str(bits), "group_size": args.group_size,
               "seconds": round(time.time() - t0, 2)}
     _emit(args, result, f"wrote {args.method} {bits} model to {args.out} ({result['seconds']} s)")
@@ -205,6 +207,22 @@ def _compress_parser(sub):
     c.set_defaults(func=cmd_compress)
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = export(args.src, args.out, dequantize=args.dequantize)
+    _emit(args, {"out": str(out), "dequantized": args.dequantize}, f"wrote {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .sizes import format_report, size_report
+
+    r = size_report(args.dir)
+    _emit(args, r, format_report(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantgpt", description="Compress generative language models to 2-8 bits.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -224,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--damp", type=float, default=0.01, help="gptq: damping, fraction of the mean Hessian diagonal")
     q.add_argument("--skip", nargs="*", help="module-name patterns to leave in floating point (fnmatch)")
     q.add_argument("--out", required=True)
+    q.add_argument("--format", default="packed", choices=["packed", "fakequant"],
+                   help="packed low-bit codes (default) or float weights plus quantizer parameters")
     _common(q)
     q.set_defaults(func=cmd_quantize)
 
@@ -238,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     _compress_parser(sub)
+
+    x = sub.add_parser("export", help="convert a quantgpt folder: to packed, or --dequantize to plain transformers")
+    x.add_argument("src")
+    x.add_argument("--out", required=True)
+    x.add_argument("--dequantize", action="store_true", help="write a plain transformers folder in fp16")
+    x.add_argument("--json", action="store_true")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="bits and bytes per module, sizes and compression ratios of a packed folder")
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
 
     g = sub.add_parser("generate", help="continue a prompt")
     g.add_argument("model")

@@ -27,9 +27,13 @@ class Head:
     """The LM head as ``(act quantizer, weight, bias)``, with the weight quantized once per call site."""
 
     def __init__(self, model: nn.Module):
+        from .packed import PackedLinear
+
         head = model.get_output_embeddings()
         if isinstance(head, QuantLinear):
             self.act, self.weight, self.bias = head.act_quantizer, head.quantized_weight(), head.bias
+        elif isinstance(head, PackedLinear):
+            self.act, self.weight, self.bias = head.act_quantizer, head.dequantized_weight(), head.bias
         else:
             self.act, self.weight, self.bias = None, head.weight, getattr(head, "bias", None)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import save_fakequant
+from .packed import save_packed
 from .config import QuantConfig
 from .convert import quantize_model, weight_quantizers
 from .data import blocks, tokenize_files
@@ -383,7 +383,7 @@ class Trainer:
             load_model(final, str(best))
         extra = {"method": cfg.method, "source": cfg.model, "train_config": cfg.to_dict(), "steps": self.step,
                  "best": self.best}
-        save_fakequant(final, self.tokenizer, self.out, extra=extra, merge=True)
+        save_packed(final, self.tokenizer, self.out, extra=extra, merge=True)
         from .plots import plot_training
 
         plot_training(self.out / "train_log.jsonl", self.out)

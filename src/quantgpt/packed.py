@@ -1,0 +1,219 @@
+"""Packed low-bit checkpoints (format ``quantgpt-packed`` version 1): integer codes densely packed in
+``model.safetensors`` with fp16 scales (and zero points where asymmetric), every other tensor in its
+original dtype, the ``transformers`` config and tokenizer files, and ``quantgpt.json`` with the format,
+bits, per-module quantizer and layout, and the SHA-256 of every file. Loading gives a ``transformers`` model
+whose quantized layers keep the packed codes and dequantize on the fly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .checkpoint import atomic_dir, atomic_files, write_manifest
+from .config import QuantConfig
+from .errors import QuantGPTError
+from .modules import QuantEmbedding, QuantLinear
+from .packing import PACK_BITS, pack, packed_nbytes, unpack
+from .quantizers.base import Encoded
+
+FORMAT = "quantgpt-packed"
+VERSION = 1
+
+
+class PackedWeight(nn.Module):
+    """A quantized ``(out, in)`` matrix as packed codes plus scales; ``dequantize()`` gives the floats."""
+
+    def __init__(self, qweight, scale, zero, bits: int, shape, qmin: int, granularity: str, group_size: int | None):
+        super().__init__()
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero", zero if zero is not None else None)
+        self.bits, self.shape, self.qmin = bits, tuple(shape), qmin
+        self.granularity, self.group_size = granularity, group_size
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        n = self.shape[0] * self.shape[1]
+        codes = (unpack(self.qweight, self.bits, n) + self.qmin).reshape(self.shape)
+        enc = Encoded(codes, self.scale.float(), None if self.zero is None else self.zero.float(), 0, 0,
+                      self.granularity, self.group_size)
+        return enc.dequantize().to(dtype)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scale, self.zero) if t is not None)
+
+    def extra_repr(self):
+        return f"bits={self.bits}, shape={self.shape}, granularity={self.granularity}, group_size={self.group_size}"
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, packed: PackedWeight | None, bias, act_quantizer, tied: "PackedEmbedding | None" = None,
+                 weight: nn.Parameter | None = None):
+        super().__init__()
+        self.packed = packed
+        self.weight = weight  # only for layers whose weights stay float (activation-only quantization)
+        self.bias = bias
+        self.act_quantizer = act_quantizer
+        self._tied = [tied] if tied is not None else []
+
+    def dequantized_weight(self, dtype=torch.float32):
+        if self._tied:
+            return self._tied[0].packed.dequantize(dtype)
+        return self.weight.to(dtype) if self.packed is None else self.packed.dequantize(dtype)
+
+    def forward(self, x):
+        if self.act_quantizer is not None:
+            x = self.act_quantizer(x)
+        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+
+
+class PackedEmbedding(nn.Module):
+    def __init__(self, packed: PackedWeight, padding_idx=None, embed_scale=None, shared: bool = False):
+        super().__init__()
+        if shared:  # another module owns the buffers (BART's encoder/decoder share one table)
+            self._shared = [packed]
+        else:
+            self.packed_weight = packed
+            self._shared = []
+        self.padding_idx, self.embed_scale = padding_idx, embed_scale
+
+    @property
+    def packed(self) -> PackedWeight:
+        return self._shared[0] if self._shared else self.packed_weight
+
+    def forward(self, ids):
+        out = F.embedding(ids, self.packed.dequantize(), self.padding_idx)
+        return out * self.embed_scale if self.embed_scale is not None else out
+
+
+def _set(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _encoded_entries(model):
+    """``(name, module, Encoded)`` for every module that owns a weight quantizer, embeddings first."""
+    seen = {}
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, QuantEmbedding) or (isinstance(m, QuantLinear) and not m._tied and m.weight_quantizer is not None):
+            w = m.weight if isinstance(m, QuantEmbedding) else m.weight_2d()
+            key = id(m.weight)
+            if key in seen:  # another embedding module sharing this table
+                out.append((name, m, seen[key]))
+                continue
+            enc = m.weight_quantizer.encode(w.detach())
+            seen[key] = name
+            out.append((name, m, enc))
+    return out
+
+
+@torch.no_grad()
+def save_packed(model, tokenizer, out, extra: dict | None = None, merge: bool = False) -> Path:
+    """Write a model quantized by :func:`quantize_model` as a packed checkpoint."""
+    cfg: QuantConfig = model.quant_config
+    tensors, modules, owned = {}, {}, set()
+    for name, m, enc in _encoded_entries(model):
+        if isinstance(enc, str):  # shares the table of module ``enc``
+            modules[name] = {"kind": "embedding", "shares": enc}
+            owned.add(name + ".weight")
+            continue
+        bits = int(round(torch.log2(torch.tensor(float(enc.qmax - enc.qmin + 1))).ceil().item()))
+        bits = next(b for b in PACK_BITS if b >= bits)
+        tensors[f"{name}.qweight"] = pack((enc.codes.to(torch.int32) - enc.qmin).cpu(), bits)
+        tensors[f"{name}.scale"] = enc.scale.to(torch.float16).cpu().contiguous()
+        if enc.zero is not None:
+            tensors[f"{name}.zero"] = enc.zero.to(torch.float16).cpu().contiguous()
+        modules[name] = {"kind": "embedding" if isinstance(m, QuantEmbedding) else "linear",
+                         "quantizer": m.weight_quantizer.family, "bits": bits, "shape": list(enc.codes.shape),
+                         "qmin": enc.qmin, "qmax": enc.qmax, "granularity": enc.granularity,
+                         "group_size": enc.group_size}
+        owned.add(name + ".weight")
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear) and m._tied:
+            modules[name] = {"kind": "linear", "tied_to": next(n for n, x in model.named_modules() if x is m._tied[0])}
+            owned.add(name + ".weight")
+    for k, v in model.state_dict().items():
+        if k in owned or ".weight_quantizer." in k or k in tensors:
+            continue
+        tensors.setdefault(k, v.detach().cpu().contiguous())
+    # tied float tensors (not quantized) are stored once
+    seen_ptr = {}
+    for k in list(tensors):
+        t = tensors[k]
+        ptr = (t.data_ptr(), t.shape, t.dtype) if t.numel() else None
+        if ptr in seen_ptr:
+            tensors[k] = t.clone()
+        elif ptr:
+            seen_ptr[ptr] = k
+    with (atomic_files(out) if merge else atomic_dir(out)) as tmp:
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        manifest = {"format": FORMAT, "version": VERSION, "bits": str(cfg.bits), "quant_config": cfg.to_dict(),
+                    "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "modules": modules}
+        manifest.update(extra or {})
+        write_manifest(tmp, manifest)
+    return Path(out)
+
+
+def load_packed(folder, manifest: dict, dtype=None, device=None):
+    from transformers import AutoConfig
+
+    from .convert import quantize_model
+    from .models import _auto_class
+
+    folder = Path(folder)
+    path = folder / "model.safetensors"
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise QuantGPTError(f"{path}: unreadable safetensors file ({str(e).splitlines()[0][:200]})") from None
+    config = AutoConfig.from_pretrained(folder)
+    model = _auto_class(config).from_config(config)
+    quantize_model(model, QuantConfig.from_dict(manifest["quant_config"]), init=False)
+    modules = manifest.get("modules", {})
+    packed_of = {}
+    for name, info in modules.items():
+        if "tied_to" in info or "shares" in info:
+            continue
+        if info.get("bits") not in PACK_BITS:
+            raise QuantGPTError(f"{folder / 'quantgpt.json'}: module {name} has {info.get('bits')}-bit codes, which this "
+                                f"quantgpt cannot read (it reads {', '.join(map(str, PACK_BITS))})")
+        try:
+            qw, scale = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.scale")
+        except KeyError:
+            raise QuantGPTError(f"{path}: tensors of module {name} are missing") from None
+        zero = tensors.pop(f"{name}.zero", None)
+        shape = info["shape"]
+        if qw.numel() != packed_nbytes(shape[0] * shape[1], info["bits"]):
+            raise QuantGPTError(f"{path}: packed codes of {name} have the wrong size")
+        packed_of[name] = PackedWeight(qw, scale, zero, info["bits"], shape, info["qmin"], info["granularity"],
+                                       info["group_size"])
+    for name, info in modules.items():
+        old = model.get_submodule(name)
+        if info["kind"] == "embedding":
+            owner = info.get("shares", name)
+            new = PackedEmbedding(packed_of[owner], old.padding_idx, old.embed_scale, shared="shares" in info)
+        else:
+            tied = model.get_submodule(info["tied_to"]) if "tied_to" in info else None
+            new = PackedLinear(packed_of.get(name), old.bias, old.act_quantizer, tied=tied)
+        _set(model, name, new)
+    # embeddings are replaced before the heads that tie to them
+    for name, info in modules.items():
+        if "tied_to" in info:
+            model.get_submodule(name)._tied = [model.get_submodule(info["tied_to"])]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.endswith(("packed.qweight", "packed.scale", "packed.zero", "packed_weight.qweight",
+                                                     "packed_weight.scale", "packed_weight.zero"))]
+    if missing or unexpected:
+        raise QuantGPTError(f"{path}: does not match the model ({len(missing)} missing, {len(unexpected)} unexpected tensors"
+                            f"{': ' + (missing + unexpected)[0] if missing or unexpected else ''})")
+    if dtype is not None:
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+    return model.eval()

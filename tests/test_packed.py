@@ -1,0 +1,151 @@
+"""Packed checkpoints: bit packing, exact reload, size accounting, integrity."""
+import json
+
+import pytest
+import torch
+
+from quantgpt import QuantConfig, load, quantize_model, save_fakequant, save_packed, size_report
+from quantgpt.cli import main
+from quantgpt.errors import QuantGPTError
+from quantgpt.packing import pack, packed_nbytes, unpack
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (13, 11), (64, 96), (5, 1, 3)])
+def test_pack_unpack_round_trip(bits, shape):
+    g = torch.Generator().manual_seed(bits)
+    v = torch.randint(0, 2**bits, shape, generator=g)
+    p = pack(v, bits)
+    n = v.numel()
+    assert p.dtype == torch.uint8 and p.numel() == packed_nbytes(n, bits)
+    assert p.numel() == (n if bits == 8 else -(-n // 8) * bits)  # 3-bit is 3 bits per value, not 4
+    assert torch.equal(unpack(p, bits, n).reshape(shape), v.to(torch.int32))
+
+
+def test_pack_rejects_unknown_bits():
+    with pytest.raises(ValueError):
+        pack(torch.zeros(8, dtype=torch.int64), 5)
+
+
+CASES = [("gpt2", dict(bits="2-2-8")), ("gpt2", dict(bits="2-2-16")), ("llama", dict(bits="4-4-8", granularity="channel")),
+         ("llama", dict(bits="3-16-8", quantizer="minmax", symmetric=False, group_size=8)),
+         ("llama", dict(bits="2-2-16", quantizer="lsq")), ("bart", dict(bits="2-2-8"))]
+
+
+@pytest.mark.parametrize("arch,kw", CASES)
+def test_loaded_packed_model_matches_fake_quantized(tmp_path, tiny, tokenizer, arch, kw):
+    m = quantize_model(tiny(arch), QuantConfig(**kw))
+    save_packed(m, tokenizer, tmp_path / "p")
+    p = load(tmp_path / "p")
+    x = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        a = m(input_ids=x).logits
+        b = p(input_ids=x).logits
+    # Scales are stored in fp16, so a dequantized weight differs from the fake-quantized one by one fp16
+    # rounding of its scale (relative 2^-11). Tolerance, relative to the largest logit: 1e-3 without
+    # activation quantization; 1e-2 with 8-bit activations, where such tiny changes can move an activation
+    # across a rounding boundary (one 8-bit step).
+    tol = 1e-2 if QuantConfig(**kw).bits.quantize_activations else 1e-3
+    assert (a - b).abs().max() <= tol * a.abs().max(), (a - b).abs().max() / a.abs().max()
+    if arch != "bart" and QuantConfig(**kw).bits.quantize_embedding:
+        head, emb = p.get_output_embeddings(), p.get_input_embeddings()
+        assert head._tied and head._tied[0] is emb
+    # memory after loading: packed codes, not float weights
+    r = size_report(tmp_path / "p")
+    held = sum(t.numel() * t.element_size() for t in list(p.parameters()) + list(p.buffers()))
+    assert held <= r["packed_bytes"] * 1.05 + 4096
+
+
+def test_generate_from_packed(tmp_path, tiny, tokenizer):
+    m = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8"))
+    save_packed(m, tokenizer, tmp_path / "p")
+    p = load(tmp_path / "p")
+    out = p.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 7)
+
+
+def _paper_accounting(model, tmp_path, tokenizer):
+    quantize_model(model, QuantConfig(bits="2-2-8", init_gamma=1.0))
+    save_packed(model, tokenizer, tmp_path)
+    return size_report(tmp_path)
+
+
+def test_paper_accounting_gpt2_small(tmp_path, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    r = _paper_accounting(GPT2LMHeadModel(GPT2Config()), tmp_path / "g", tokenizer)
+    assert round(r["fp32_bytes"] / 2**20, 1) == 474.7
+    assert round(r["paper_bytes"] / 2**20, 1) == 32.9
+    assert round(r["paper_compression_ratio"], 1) == 14.4
+    assert r["compression_ratio_fp32"] > 13  # the real file, scales included
+
+
+def test_paper_accounting_bart_base(tmp_path, tokenizer):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    cfg = BartConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                     decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
+    r = _paper_accounting(BartForConditionalGeneration(cfg), tmp_path / "b", tokenizer)
+    assert round(r["fp32_bytes"] / 2**20, 1) == 532.0
+    assert round(r["paper_bytes"] / 2**20, 1) == 39.6
+    assert round(r["paper_compression_ratio"], 1) == 13.4
+
+
+def test_info_json_and_export(capsys, tmp_path, tiny, tokenizer):
+    m = quantize_model(tiny("llama"), QuantConfig(bits="4-16-16", quantizer="minmax", granularity="channel"))
+    save_fakequant(m, tokenizer, tmp_path / "fq")
+    assert main(["export", str(tmp_path / "fq"), "--out", str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "p"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"packed_bytes", "fp32_bytes", "compression_ratio_fp32", "modules"} <= set(r)
+    assert r["compression_ratio_fp32"] > 1 and all(row["bits"] == 4 for row in r["modules"])
+    assert main(["info", str(tmp_path / "p")]) == 0
+    assert "compression" not in capsys.readouterr().err
+    # plain transformers folder, fp16, same outputs (no activation quantization at 4-16-16)
+    assert main(["export", str(tmp_path / "p"), "--dequantize", "--out", str(tmp_path / "hf")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").float()
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        a, b = m(x).logits, hf(x).logits
+    assert not (tmp_path / "hf" / "quantgpt.json").exists()
+    assert torch.allclose(a, b, atol=5e-3 * a.abs().max().item())
+
+
+def _packed(tmp_path, tiny, tokenizer):
+    m = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8"))
+    return save_packed(m, tokenizer, tmp_path / "p")
+
+
+def test_tampered_truncated_missing_files(tmp_path, tiny, tokenizer):
+    d = _packed(tmp_path, tiny, tokenizer)
+    f = d / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(QuantGPTError, match=r"model\.safetensors: checksum mismatch"):
+        load(d)
+    f.write_bytes(bytes(data[:-10]))
+    with pytest.raises(QuantGPTError, match=r"model\.safetensors: checksum mismatch"):
+        load(d)
+    f.unlink()
+    with pytest.raises(QuantGPTError, match=r"model\.safetensors: missing"):
+        load(d)
+
+
+def test_unknown_version_and_bits(tmp_path, tiny, tokenizer):
+    d = _packed(tmp_path, tiny, tokenizer)
+    man = json.loads((d / "quantgpt.json").read_text())
+    (d / "quantgpt.json").write_text(json.dumps({**man, "version": 99}))
+    with pytest.raises(QuantGPTError, match="version 99"):
+        load(d)
+    name = next(k for k, v in man["modules"].items() if "bits" in v)
+    man["modules"][name]["bits"] = 5
+    (d / "quantgpt.json").write_text(json.dumps(man))
+    with pytest.raises(QuantGPTError, match="5-bit"):
+        load(d)
+    (d / "quantgpt.json").write_text("{not json")
+    with pytest.raises(QuantGPTError, match="unreadable manifest"):
+        load(d)
