@@ -62,7 +62,7 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 10
     seed: int = 0
-    compile: bool = False
+    compile: bool | None = None  # default: on with CUDA (fuses the fake-quant arithmetic), off on CPU
     device: str = "auto"
     dtype: str = "auto"
     out: str = "runs/compress"

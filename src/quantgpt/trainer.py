@@ -71,6 +71,7 @@ class Trainer:
         if cfg.resume and not (self.out / "checkpoint" / "state.json").is_file():
             raise QuantGPTError(f"--resume: no checkpoint in {self.out / 'checkpoint'}")
         torch.manual_seed(cfg.seed)
+        torch.backends.cuda.matmul.allow_tf32 = True
         if teacher is None:
             teacher, tokenizer = load_float(cfg.model)
         if not supports_chunked_head(teacher):
@@ -112,7 +113,7 @@ class Trainer:
         self._perm_epoch, self._perm = -1, None
         self._stop_signal = None
         s_base, t_base = self.student.base_model, self.teacher.base_model
-        if cfg.compile:
+        if cfg.compile or (cfg.compile is None and self.device.type == "cuda"):
             s_base, t_base = torch.compile(s_base), torch.compile(t_base)
         self._s_base, self._t_base = s_base, t_base
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
