@@ -20,7 +20,7 @@ from .modules import QuantConv1D, QuantEmbedding, QuantLinear
 from .quantizers import ActQuantizer, make_weight_quantizer
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -61,7 +61,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
         for name, m in list(model.named_modules(remove_duplicate=False)):
             if isinstance(m, nn.Embedding) and m.weight is shared:
                 qe = QuantEmbedding(shared, quantizer, m.padding_idx, getattr(m, "embed_scale", None))
-                _set_module(model, name, qe)
+                replace_module(model, name, qe)
                 emb_q = emb_q or qe
                 replaced += 1
         if head is not None and not skipped(names.get(id(head), "")):
@@ -72,7 +72,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
                 new_head = QuantLinear(head.weight, head.bias,
                                        _weight_q(cfg.embedding_quantizer or cfg.quantizer, bits.embedding, head.weight, cfg, init),
                                        _act(cfg))
-            _set_module(model, head_name, new_head)
+            replace_module(model, head_name, new_head)
             replaced += 1
 
     for name, m in list(model.named_modules()):
@@ -83,7 +83,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
         wq = _weight_q(cfg.quantizer, bits.weight, w2d, cfg, init) if bits.quantize_weights else None
         if wq is None and not bits.quantize_activations:
             continue
-        _set_module(model, name, cls(m.weight, m.bias, wq, _act(cfg)))
+        replace_module(model, name, cls(m.weight, m.bias, wq, _act(cfg)))
         replaced += 1
 
     if replaced == 0:

@@ -9,14 +9,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .checkpoint import atomic_dir, read_manifest
+from .convert import replace_module
 from .errors import QuantGPTError
 from .modules import QuantConv1D, QuantEmbedding, QuantLinear
 from .packed import FORMAT as PACKED, PackedEmbedding, PackedLinear, save_packed
-
-
-def _set(model, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 @torch.no_grad()
@@ -34,17 +30,17 @@ def dequantize_model(model: nn.Module, dtype=torch.float16) -> nn.Module:
             e.weight = emb_new[key]
             if m.embed_scale is not None:
                 e.forward = _scaled(e, m.embed_scale)
-            _set(model, name, e)
+            replace_module(model, name, e)
     for name, m in list(model.named_modules()):
         if isinstance(m, QuantLinear) and m._tied:
             lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
             lin.weight = model.get_input_embeddings().weight
-            _set(model, name, lin)
+            replace_module(model, name, lin)
         elif isinstance(m, PackedLinear) and m._tied:
             w = model.get_input_embeddings().weight
             lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
             lin.weight = w
-            _set(model, name, lin)
+            replace_module(model, name, lin)
         elif isinstance(m, (QuantLinear, PackedLinear)):
             w = (m.quantized_weight() if isinstance(m, QuantLinear) else m.dequantized_weight()).to(dtype)
             if isinstance(m, QuantConv1D):
@@ -55,7 +51,7 @@ def dequantize_model(model: nn.Module, dtype=torch.float16) -> nn.Module:
                 new.weight = nn.Parameter(w)
             if m.bias is not None:
                 new.bias = nn.Parameter(m.bias.detach().to(dtype))
-            _set(model, name, new)
+            replace_module(model, name, new)
     if hasattr(model, "quant_config"):
         del model.quant_config
     return model.to(dtype)

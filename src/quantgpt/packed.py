@@ -14,6 +14,7 @@ from torch import nn
 
 from .checkpoint import atomic_dir, atomic_files, write_manifest
 from .config import QuantConfig
+from .convert import replace_module
 from .errors import QuantGPTError
 from .modules import QuantEmbedding, QuantLinear
 from .packing import PACK_BITS, pack, packed_nbytes, unpack
@@ -86,11 +87,6 @@ class PackedEmbedding(nn.Module):
     def forward(self, ids):
         out = F.embedding(ids, self.packed.dequantize(), self.padding_idx)
         return out * self.embed_scale if self.embed_scale is not None else out
-
-
-def _set(model, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _encoded_entries(model):
@@ -201,7 +197,7 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
         else:
             tied = model.get_submodule(info["tied_to"]) if "tied_to" in info else None
             new = PackedLinear(packed_of.get(name), old.bias, old.act_quantizer, tied=tied)
-        _set(model, name, new)
+        replace_module(model, name, new)
     # embeddings are replaced before the heads that tie to them
     for name, info in modules.items():
         if "tied_to" in info:

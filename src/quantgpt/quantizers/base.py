@@ -121,23 +121,48 @@ def sym_levels(bits: int) -> int:
 
 
 @torch.no_grad()
-def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, grid: torch.Tensor | None = None) -> torch.Tensor:
+def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20, max_elems: int = 1 << 20) -> torch.Tensor:
     """The factor gamma that minimises ||w - alpha*round(k*clip(w/alpha))/k||^2 with alpha = gamma*mean|w|.
 
-    Used to start the learned clip (mds and pact) where rounding error is smallest instead of at an
-    arbitrary constant. Returns ``(rows, 1)`` when ``per_row`` else ``(1, 1)``.
+    Candidates are clip values from 1% of max|w| up to max|w| itself (no clipping): a coarse geometric grid
+    of ``n_grid`` points, then as many again between the best one's neighbours, per row. This covers both
+    ternary weights (best clip near 1.5 mean|w|) and 8-bit weights of heavy-tailed matrices (best clip near
+    the maximum). A per-tensor search scores a fixed random subset of at most ``max_elems`` weights.
+    Returns ``(rows, 1)`` when ``per_row`` else ``(1, 1)``.
     """
-    if grid is None:
-        grid = torch.linspace(0.3, 6.0, 58, device=w2.device)
     w2 = w2.float()
-    m = w2.abs().mean(1, keepdim=True).clamp_min(1e-12) if per_row else w2.abs().mean().clamp_min(1e-12).reshape(1, 1)
-    best_err = torch.full((m.shape[0], 1), float("inf"), device=w2.device)
-    best = torch.ones_like(best_err)
-    for g in grid:
-        alpha = g * m
-        wq = alpha * torch.round(k * (w2 / alpha).clamp(-1, 1)) / k
-        err = (w2 - wq).square().sum(1, keepdim=True) if per_row else (w2 - wq).square().sum().reshape(1, 1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, g.expand_as(best), best)
-    return best
+    if not per_row:
+        w2 = w2.reshape(1, -1)
+    m = w2.abs().mean(1, keepdim=True).clamp_min(1e-12)
+    amax = w2.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    sample = w2
+    if not per_row and w2.shape[1] > max_elems:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        sample = w2[:, torch.randperm(w2.shape[1], generator=g)[:max_elems].to(w2.device)]
+
+    def best_of(alphas):  # alphas: list of (rows, 1) candidates
+        best_err = torch.full_like(m, float("inf"))
+        best = alphas[-1].clone()
+        for alpha in alphas:
+            err = (sample - alpha * torch.round(k * (sample / alpha).clamp(-1, 1)) / k).square().sum(1, keepdim=True)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, alpha, best)
+        return best
+
+    ratio = 100 ** (1 / (n_grid - 1))  # spacing of the coarse grid
+    coarse = best_of([amax * f for f in torch.logspace(-2, 0, n_grid).tolist()])
+    lo, hi = coarse / ratio, torch.minimum(coarse * ratio, amax)
+    fine = best_of([lo * (hi / lo) ** (j / (n_grid - 1)) for j in range(n_grid)] + [coarse])
+    return fine / m
+
+
+@torch.no_grad()
+def initial_clip(w2: torch.Tensor, k: int, init_gamma: float | None = None) -> torch.Tensor:
+    """The starting clip value alpha = gamma * mean|w| of each row of ``w2`` (``(rows, 1)``), with gamma fixed
+    or searched (:func:`search_clip_factor`)."""
+    w2 = w2.float()
+    m = w2.abs().mean(1, keepdim=True)
+    if init_gamma is not None:
+        return init_gamma * m
+    return search_clip_factor(w2, k, per_row=w2.shape[0] > 1) * m

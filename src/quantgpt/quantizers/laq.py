@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import WeightQuantizer, search_clip_factor, sym_levels
+from .base import WeightQuantizer, initial_clip, sym_levels
 
 
 class STEFunction(torch.autograd.Function):
@@ -57,8 +57,7 @@ class LAQQuantizer(WeightQuantizer):
     @torch.no_grad()
     def initialize(self, w):
         w2 = self.to_rows(w).float()
-        gamma = search_clip_factor(w2, self.k, per_row=self.rows > 1)
-        self.alpha.copy_(gamma * (w2.abs().mean(1, keepdim=True) if self.rows > 1 else w2.abs().mean()))
+        self.alpha.copy_(initial_clip(w2, self.k))
         was = self.training
         self.train()
         for _ in range(10):

@@ -57,12 +57,10 @@ class MDSQuantizer(WeightQuantizer):
 
     @torch.no_grad()
     def initialize(self, w):
-        w2 = self.to_rows(w)
         if self.init_gamma is not None:
             self.gamma.fill_(self.init_gamma)
         else:
-            self.gamma.copy_(search_clip_factor(w2, self.k, per_row=True) if self.rows > 1
-                             else search_clip_factor(w2, self.k, per_row=False))
+            self.gamma.copy_(search_clip_factor(self.to_rows(w), self.k, per_row=self.rows > 1))
 
     def alpha(self, w2):
         return (self.gamma * w2.abs().mean(1, keepdim=True)).clamp_min(1e-12)

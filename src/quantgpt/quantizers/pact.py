@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import WeightQuantizer, search_clip_factor, sym_levels
+from .base import WeightQuantizer, initial_clip, sym_levels
 
 
 class PACTFunction(torch.autograd.Function):
@@ -38,13 +38,7 @@ class PACTQuantizer(WeightQuantizer):
     @torch.no_grad()
     def initialize(self, w):
         # Same starting clip as mds (gamma0 * mean|w|), so that the two differ only in how alpha is learned.
-        w2 = self.to_rows(w).float()
-        m = w2.abs().mean(1, keepdim=True)
-        if self.init_gamma is not None:
-            gamma = torch.full_like(m, self.init_gamma)
-        else:
-            gamma = search_clip_factor(w2, self.k, per_row=self.rows > 1)
-        self.alpha.copy_(gamma * (m if self.rows > 1 else w2.abs().mean()))
+        self.alpha.copy_(initial_clip(self.to_rows(w), self.k, self.init_gamma))
 
     def quantize_rows(self, w2):
         return PACTFunction.apply(w2, self.alpha.to(w2.dtype), self.k)
