@@ -353,7 +353,8 @@ class Trainer:
                     if self.step % (cfg.log_every * 5) == 0 or self.step == self.total_steps:
                         row["quant_params"] = self.quant_params()
                     self.log(row)
-                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("kd", "cont") if k in row} |
+                    shown = ["kd", "cont", "mse"] + (["lm"] if cfg.lm_weight else [])
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in shown if k in row} |
                                     {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
                 bar.update(1)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
