@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from quantgpt import QuantConfig, evaluate
+from quantgpt import evaluate
 from quantgpt.errors import QuantGPTError
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer

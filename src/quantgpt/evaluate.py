@@ -29,7 +29,7 @@ def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
     if supports_chunked_head(model):
         h = hidden_states(model, x).last_hidden_state[:, :-1]
         head = Head(model)
-        h, t, m = h[mask], targets[mask], None
+        h, t = h[mask], targets[mask]
         nll = torch.zeros((), device=x.device, dtype=torch.float64)
         correct = torch.zeros((), device=x.device, dtype=torch.long)
         for i in range(0, t.numel(), chunk):

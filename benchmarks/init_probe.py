@@ -1,0 +1,25 @@
+"""Perplexity right after quantize_model (no training): how good a start each quantizer setting gives.
+
+    python benchmarks/init_probe.py "bits='8-16-8'" "bits='4-4-8',granularity='channel'"
+
+Each argument is the keyword arguments of a QuantConfig. First 4096 tokens of WikiText-2 test, windows of 1024.
+"""
+import os
+import torch, copy, time, sys
+from quantgpt import load_float, quantize_model, QuantConfig, evaluate
+from quantgpt.data import tokenize_files
+torch.set_num_threads(2)
+base, tok = load_float("smollm2-135m")
+ids = tokenize_files(os.environ.get("QG_DATA", "../shared/data") + "/wikitext2/test.raw.txt", tok)[:4096]
+emb = base.model.embed_tokens.weight
+print("emb mean|w|", emb.abs().mean().item(), "max", emb.abs().max().item(), "row max/mean median", (emb.abs().amax(1)/emb.abs().mean(1)).median().item())
+w = base.model.layers[3].mlp.down_proj.weight
+print("down mean|w|", w.abs().mean().item(), "max", w.abs().max().item())
+for kw in sys.argv[1:]:
+    d = eval(f"dict({kw})")
+    m = copy.deepcopy(base); t=time.time()
+    quantize_model(m, QuantConfig(**d))
+    g = [q.gamma.mean().item() for n,q in m.named_modules() if hasattr(q,'gamma')][:4]
+    r = evaluate(m, ids, seq_len=1024, progress=False)
+    print(kw, round(r["perplexity"],2), [round(x,2) for x in g], round(time.time()-t,1), flush=True)
+print("float", round(evaluate(base, ids, seq_len=1024, progress=False)["perplexity"], 2))
