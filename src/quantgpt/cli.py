@@ -222,6 +222,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    r = make_report(args.results, args.out)
+    _emit(args, r, f"wrote {args.out}/report.md and report.html ({r['runs']} runs, {len(r['figures'])} figures)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantgpt", description="Compress generative language models to 2-8 bits.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -265,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true")
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="Markdown and HTML report of a study's results (JSON lines)")
+    r.add_argument("results")
+    r.add_argument("--out", required=True)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_report)
 
     i = sub.add_parser("info", help="bits and bytes per module, sizes and compression ratios of a packed folder")
     i.add_argument("dir")

@@ -197,3 +197,12 @@ def mean_pairwise_cosine(h: torch.Tensor, max_tokens: int = 2048) -> float:
     n = z.shape[0]
     sim = z @ z.t()
     return ((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))).item()
+
+
+def pairwise_cosine_histogram(h: torch.Tensor, bins: int = 50, max_tokens: int = 2048) -> list[int]:
+    """Counts of pairwise cosine similarities between distinct token representations in ``bins`` equal bins
+    over [-1, 1] (the distribution behind the paper's homogeneity figure)."""
+    z = F.normalize(h.reshape(-1, h.shape[-1])[:max_tokens].float(), dim=-1)
+    sim = z @ z.t()
+    iu = torch.triu_indices(sim.shape[0], sim.shape[0], offset=1, device=sim.device)
+    return torch.histc(sim[iu[0], iu[1]], bins=bins, min=-1.0, max=1.0).long().tolist()

@@ -1,0 +1,138 @@
+"""The paper's study on one model: every method at 8-8-8 / 4-4-8 / 2-2-8, the 2-2-8 ablations, and 2-16-8 /
+2-4-8, all with the same training budget. Runs any subset (shell patterns over run names) and appends one
+JSON line per run; `quantgpt report RESULTS --out DIR` turns the file into tables and plots.
+
+    python benchmarks/paper_study.py --list
+    python benchmarks/paper_study.py --only 'quantgpt@2-2-8' '*@4-4-8' --steps 1400 \
+        --train-data $QG_DATA/corpora --eval-data $QG_DATA/wikitext2/valid.tokens.txt \
+        --test-data $QG_DATA/wikitext2/test.raw.txt --out results/study.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from quantgpt import evaluate, gptq_quantize, load, rtn_quantize
+from quantgpt.data import blocks, tokenize_files
+from quantgpt.evaluate import autocast_for
+from quantgpt.losses import pairwise_cosine_histogram
+from quantgpt.models import load_float
+from quantgpt.ptq.rtn import rtn_config
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+MAIN_BITS = ("8-8-8", "4-4-8", "2-2-8")
+METHODS = ("float", "rtn", "gptq", "pact", "lsq", "laq", "kd", "quantgpt")
+
+
+def grid() -> dict[str, dict]:
+    runs = {f"{m}@{b}": {"method": m, "bits": b} for b in MAIN_BITS for m in METHODS if m != "float"}
+    runs["float"] = {"method": "float", "bits": "16-16-16"}
+    q = {"method": "quantgpt", "bits": "2-2-8"}
+    ablations = {
+        "fixed-alpha": {"quantizer": "pact"},  # a learned but static clip instead of dynamic scaling
+        "no-bank": {"negative_source": "batch"},
+        "student-negatives": {"negative_source": "student"},
+        "tau0.05": {"tau": 0.05}, "tau0.3": {"tau": 0.3},
+        "lambda0.01": {"cont_weight": 0.01}, "lambda0.5": {"cont_weight": 0.5}, "lambda1": {"cont_weight": 1.0},
+        "layer-mid": {"layer": 14},
+        "init-gptq": {"init": "gptq"},
+        "per-channel": {"granularity": "channel"},
+    }
+    for name, kw in ablations.items():
+        runs[f"quantgpt-{name}@2-2-8"] = {**q, **kw, "ablation": name}
+    for b in ("2-16-8", "2-4-8"):
+        runs[f"quantgpt@{b}"] = {"method": "quantgpt", "bits": b, "ablation": "embedding bits"}
+    return runs
+
+
+@torch.no_grad()
+def cos_hist(model, window, device, dtype):
+    with autocast_for(device, dtype):
+        h = model.base_model(input_ids=window.to(device), use_cache=False).last_hidden_state[0]
+    return pairwise_cosine_histogram(h)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--only", nargs="+", default=["*"], help="shell patterns over run names (see --list)")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--train-data", nargs="+", default=["sample"])
+    p.add_argument("--eval-data", nargs="+", default=None, help="held-out text for the best checkpoint")
+    p.add_argument("--test-data", nargs="+", default=["sample-eval"])
+    p.add_argument("--steps", type=int, default=1400)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--eval-seq-len", type=int, default=2048)
+    p.add_argument("--ptq-group-size", type=int, default=64)
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runs-dir", default="runs/study")
+    p.add_argument("--out", default="results/study.jsonl")
+    args = p.parse_args()
+    runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
+    if args.list or not runs:
+        print("\n".join(grid() if args.list else ["no run matches --only"]))
+        return
+    from quantgpt.cli import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    dtype = pick_dtype("auto", device)
+    commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                           text=True).stdout.strip()
+    teacher, tok = load_float(args.model)
+    train_ids = tokenize_files(args.train_data, tok)
+    eval_ids = tokenize_files(args.eval_data, tok) if args.eval_data else None
+    test_ids = tokenize_files(args.test_data, tok)
+    window = test_ids[: args.eval_seq_len].reshape(1, -1)
+    teacher_hist = cos_hist(teacher.to(device), window, device, dtype)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    for name, spec in runs.items():
+        t0 = time.time()
+        method, bits = spec["method"], spec["bits"]
+        row = {"name": name, "method": method, "bits": bits, "ablation": spec.get("ablation")}
+        if method in ("float", "rtn", "gptq"):
+            model = teacher if method == "float" else rtn_quantize(copy.deepcopy(teacher).to(device),
+                                                                 rtn_config(bits, args.ptq_group_size, ragged_groups=True))
+            if method == "gptq":
+                calib = blocks(train_ids, args.eval_seq_len)
+                calib = calib[torch.randperm(calib.shape[0], generator=torch.Generator().manual_seed(0))[: args.calib_samples]]
+                gptq_quantize(model, calib, autocast_dtype=dtype if dtype != torch.float32 else None, progress=False)
+            row["tokens_trained"] = 0
+        else:
+            settings = {k: v for k, v in spec.items() if k not in ("ablation",)}
+            cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                              out=str(Path(args.runs_dir) / name.replace("@", "_")), device=args.device,
+                              calib_samples=args.calib_samples, **settings)
+            tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
+            r = tr.run()
+            model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
+            row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
+                       settings=settings)
+            del tr
+        ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
+        row.update(perplexity=ev["perplexity"], accuracy=ev["accuracy"], tokens_scored=ev["tokens"],
+                   wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
+                   teacher_cos_hist=teacher_hist,
+                   device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,
+                   date=time.strftime("%Y-%m-%d"))
+        print(json.dumps({k: v for k, v in row.items() if "hist" not in k}), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if model is not teacher:
+            del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

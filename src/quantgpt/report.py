@@ -1,0 +1,136 @@
+"""``quantgpt report RESULTS.jsonl --out DIR``: Markdown and HTML report of a study's JSON lines, with
+perplexity against bits per method, loss curves, learned clip factors per module, and histograms of
+pairwise token-representation similarity (the paper's homogeneity figure)."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .errors import QuantGPTError  # noqa: E402
+from .plots import read_log  # noqa: E402
+
+COLUMNS = ("name", "method", "bits", "perplexity", "accuracy", "tokens_trained", "wall_seconds", "device", "commit")
+
+
+def read_results(path) -> list[dict]:
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise QuantGPTError(f"{path}: cannot read results ({type(e).__name__})") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise QuantGPTError(f"{path}:{i}: not a JSON line") from None
+    if not rows:
+        raise QuantGPTError(f"{path}: no results")
+    return rows
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return "" if v is None else str(v)
+
+
+def _bits_key(b: str) -> float:
+    return float(str(b).split("-")[0])
+
+
+def make_report(results, out) -> dict:
+    rows = read_results(results)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({r["method"] for r in rows}):
+        pts = sorted((_bits_key(r["bits"]), r["perplexity"]) for r in rows
+                     if r["method"] == method and not r.get("ablation") and r.get("perplexity"))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=method)
+    ax.set_xlabel("weight bits")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("perplexity against bits")
+    fig.tight_layout()
+    fig.savefig(out / "perplexity_vs_bits.png", dpi=100)
+    plt.close(fig)
+    figures.append(("Perplexity against weight bits", "perplexity_vs_bits.png"))
+
+    logs = [(r, Path(r["train_log"])) for r in rows if r.get("train_log") and Path(r["train_log"]).is_file()]
+    if logs:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r, p in logs:
+            pts = [(x["step"], x["kd"]) for x in read_log(p) if "kd" in x]
+            if pts:
+                ax.plot(*zip(*pts), label=r.get("name", r["method"]), lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("logit distillation loss")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "loss_curves.png", dpi=100)
+        plt.close(fig)
+        figures.append(("Training loss curves", "loss_curves.png"))
+
+        r, p = next(((r, p) for r, p in logs if r["method"] == "quantgpt"), logs[0])
+        q = [x for x in read_log(p) if "quant_params" in x]
+        if q:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for name in q[0]["quant_params"]:
+                ax.plot([x["step"] for x in q], [x["quant_params"].get(name) for x in q], lw=0.6, alpha=0.6)
+            ax.set_xlabel("step")
+            ax.set_ylabel("gamma (or alpha / step)")
+            ax.set_title(f"learned clip factor per module: {r.get('name', r['method'])}")
+            fig.tight_layout()
+            fig.savefig(out / "gamma.png", dpi=100)
+            plt.close(fig)
+            figures.append(("Learned clip factor per module", "gamma.png"))
+
+    hists = [r for r in rows if r.get("cos_hist")]
+    if hists:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        teacher = next((r["teacher_cos_hist"] for r in hists if r.get("teacher_cos_hist")), None)
+        series = ([("teacher", teacher)] if teacher else []) + [(r.get("name", r["method"]), r["cos_hist"]) for r in hists
+                                                                  if r["method"] in ("quantgpt", "pact") and not r.get("ablation")]
+        for label, counts in series:
+            n = len(counts)
+            total = max(sum(counts), 1)
+            centers = [-1 + (i + 0.5) * 2 / n for i in range(n)]
+            ax.plot(centers, [c / total for c in counts], label=label)
+        ax.set_xlabel("cosine similarity between token representations")
+        ax.set_ylabel("fraction of pairs")
+        ax.legend(fontsize=8)
+        ax.set_title("homogeneity of token representations")
+        fig.tight_layout()
+        fig.savefig(out / "homogeneity.png", dpi=100)
+        plt.close(fig)
+        figures.append(("Pairwise similarity of token representations", "homogeneity.png"))
+
+    rows_sorted = sorted(rows, key=lambda r: (bool(r.get("ablation")), -_bits_key(r["bits"]), r["bits"], r["method"]))
+    md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
+          "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows_sorted]
+    md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
+    (out / "report.md").write_text("\n".join(md))
+    table = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in COLUMNS) + "</tr>"
+                    for r in rows_sorted)
+    page = ("<!doctype html><meta charset='utf-8'><title>quantgpt study report</title>"
+            "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
+            "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
+            f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p><table><tr>"
+            + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>" + table + "</table>"
+            + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
+    (out / "report.html").write_text(page)
+    return {"out": str(out), "runs": len(rows), "figures": [f for _, f in figures]}

@@ -1,0 +1,46 @@
+"""The study runner on a tiny model, and the report it feeds."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantgpt.cli import main
+from quantgpt.errors import QuantGPTError
+from quantgpt.report import make_report
+
+STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_study.py"
+
+
+def test_study_then_report(tmp_path, model_dir, capsys):
+    out = tmp_path / "study.jsonl"
+    cmd = [sys.executable, str(STUDY), "--model", str(model_dir), "--only", "float", "rtn@4-4-8", "quantgpt@2-2-8",
+           "pact@2-2-8", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-seq-len", "64",
+           "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    by = {x["name"]: x for x in rows}
+    assert sorted(by) == ["float", "pact@2-2-8", "quantgpt@2-2-8", "rtn@4-4-8"]
+    for x in rows:
+        assert {"method", "bits", "perplexity", "accuracy", "tokens_trained", "wall_seconds", "device", "commit"} <= set(x)
+        assert sum(x["cos_hist"]) == 64 * 63 // 2  # every distinct pair of the 64-token window
+    q = by["quantgpt@2-2-8"]
+    assert q["tokens_trained"] == 2 * 2 * 32 and Path(q["train_log"]).is_file() and by["rtn@4-4-8"]["tokens_trained"] == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "report"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep["figures"]) == {"perplexity_vs_bits.png", "loss_curves.png", "gamma.png", "homogeneity.png"}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "quantgpt@2-2-8" in md and "homogeneity.png" in md
+    assert "<table>" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_report_bad_input(tmp_path):
+    bad = tmp_path / "r.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(QuantGPTError, match="not a JSON line"):
+        make_report(bad, tmp_path / "o")
+    with pytest.raises(QuantGPTError, match="cannot read"):
+        make_report(tmp_path / "missing.jsonl", tmp_path / "o")
