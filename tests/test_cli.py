@@ -157,3 +157,16 @@ def test_compress_data_free(capsys, tmp_path, model_dir):
                             "--json", "--quiet")
     assert code == 0, err
     assert json.loads(stdout)["tokens"] == 32
+
+
+def test_ragged_groups_flag(capsys, tmp_path, model_dir):
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "quantize", model_dir, "--method", "gptq", "--bits", "4-16-16", "--group-size", "24",
+                       "--ragged-groups", "--out", out, *SMALL)
+    assert code == 0, err
+    manifest = json.loads((out / "quantgpt.json").read_text())
+    mod = manifest["modules"]["model.layers.0.self_attn.q_proj"]
+    assert mod["group_size"] == 24 and mod["shape"] == [32, 32]
+    code, stdout, err = run(capsys, "eval", out, "--data", "sample-eval", "--seq-len", "64", "--limit-tokens", "1000",
+                            "--json", "--device", "cpu", "--quiet")
+    assert code == 0, err
