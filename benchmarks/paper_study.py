@@ -22,7 +22,7 @@ import torch
 
 from quantgpt import evaluate, gptq_quantize, load, rtn_quantize
 from quantgpt.data import blocks, tokenize_files
-from quantgpt.evaluate import autocast_for
+from quantgpt.device import autocast_for
 from quantgpt.losses import pairwise_cosine_histogram
 from quantgpt.models import load_float
 from quantgpt.ptq.rtn import rtn_config
@@ -83,7 +83,7 @@ def main():
     if args.list or not runs:
         print("\n".join(grid() if args.list else ["no run matches --only"]))
         return
-    from quantgpt.cli import pick_device, pick_dtype
+    from quantgpt.device import pick_device, pick_dtype
 
     device = pick_device(args.device)
     dtype = pick_dtype("auto", device)

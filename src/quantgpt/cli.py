@@ -8,30 +8,8 @@ import time
 
 import torch
 
+from .device import pick_device, pick_dtype
 from .errors import QuantGPTError
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise QuantGPTError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise QuantGPTError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The compute dtype: bf16 autocast on GPU, float32 on CPU, unless asked otherwise."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise QuantGPTError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
-    return DTYPES[name]
-
 
 def _common(p, seed=True):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: cuda if available)")
@@ -113,7 +91,7 @@ def cmd_generate(args) -> int:
     enc = tok(args.prompt, return_tensors="pt").to(device)
     sample = args.temperature > 0
     kw = dict(do_sample=sample, temperature=args.temperature, top_p=args.top_p) if sample else dict(do_sample=False)
-    from .evaluate import autocast_for
+    from .device import autocast_for
 
     with torch.no_grad(), autocast_for(device, dtype):
         out = model.generate(**enc, max_new_tokens=args.max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id, **kw)

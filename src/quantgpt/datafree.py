@@ -10,14 +10,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import cache_dir, tokenizer_fingerprint
-from .evaluate import autocast_for
+from .device import autocast_for
 
 
 @torch.no_grad()
 def generated_tokens(teacher, tokenizer, cfg, n: int) -> torch.Tensor:
     """``n`` sequences of ``cfg.seq_len`` tokens sampled from ``teacher`` (temperature ``cfg.gen_temperature``,
     top-p ``cfg.gen_top_p``), each started from a random vocabulary token, as one 1-D tensor."""
-    from .cli import pick_device, pick_dtype
+    from .device import pick_device, pick_dtype
 
     key = json.dumps([cfg.model, sum(p.numel() for p in teacher.parameters()), tokenizer_fingerprint(tokenizer), n,
                       cfg.seq_len, cfg.gen_temperature, cfg.gen_top_p, cfg.seed])

@@ -4,20 +4,13 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .device import autocast_for
 from .errors import QuantGPTError
 from .lm import Head, hidden_states, supports_chunked_head
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype | None):
-    if dtype in (torch.bfloat16, torch.float16):
-        return torch.autocast(device.type, dtype=dtype)
-    return nullcontext()
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ from .config import QuantConfig
 from .convert import quantize_model, weight_quantizers
 from .data import blocks, tokenize_files
 from .errors import QuantGPTError
-from .evaluate import autocast_for, evaluate
+from .device import autocast_for
+from .evaluate import evaluate
 from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear
@@ -70,7 +71,7 @@ def _lr_lambda(cfg: TrainConfig, total: int):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=None, eval_ids=None):
-        from .cli import pick_device, pick_dtype
+        from .device import pick_device, pick_dtype
         from .models import load_float
 
         self.cfg = cfg
