@@ -149,3 +149,22 @@ def test_unknown_version_and_bits(tmp_path, tiny, tokenizer):
     (d / "quantgpt.json").write_text("{not json")
     with pytest.raises(QuantGPTError, match="unreadable manifest"):
         load(d)
+
+
+def test_float_tied_embedding_is_stored_once(tmp_path, tiny, tokenizer):
+    m = quantize_model(tiny("llama"), QuantConfig(bits="4-16-16"))
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    save_packed(m, tokenizer, tmp_path / "p")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "p" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert ("lm_head.weight" in keys) != ("model.embed_tokens.weight" in keys)
+    r = size_report(tmp_path / "p")
+    assert r["params"] == sum(p.numel() for p in m.parameters() if p.requires_grad and p.dim() > 0) - sum(
+        q.numel() for n, q in m.named_parameters() if "quantizer" in n)
+    p = load(tmp_path / "p")
+    assert p.lm_head.weight is p.model.embed_tokens.weight
+    x = torch.randint(0, 300, (1, 10))
+    with torch.no_grad():
+        assert torch.allclose(m(x).logits, p(x).logits, atol=1e-3 * m(x).logits.abs().max().item())

@@ -135,13 +135,14 @@ def save_packed(model, tokenizer, out, extra: dict | None = None, merge: bool = 
         if k in owned or ".weight_quantizer." in k or k in tensors:
             continue
         tensors.setdefault(k, v.detach().cpu().contiguous())
-    # tied float tensors (not quantized) are stored once
-    seen_ptr = {}
+    # tied float tensors (a float embedding and its tied head) are stored once, the others named as aliases
+    seen_ptr, aliases = {}, {}
     for k in list(tensors):
         t = tensors[k]
-        ptr = (t.data_ptr(), t.shape, t.dtype) if t.numel() else None
+        ptr = (t.data_ptr(), tuple(t.shape), t.dtype) if t.numel() else None
         if ptr in seen_ptr:
-            tensors[k] = t.clone()
+            aliases[k] = seen_ptr[ptr]
+            del tensors[k]
         elif ptr:
             seen_ptr[ptr] = k
     with (atomic_files(out) if merge else atomic_dir(out)) as tmp:
@@ -150,7 +151,8 @@ def save_packed(model, tokenizer, out, extra: dict | None = None, merge: bool = 
             tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         manifest = {"format": FORMAT, "version": VERSION, "bits": str(cfg.bits), "quant_config": cfg.to_dict(),
-                    "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "modules": modules}
+                    "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "modules": modules,
+                    "aliases": aliases}
         manifest.update(extra or {})
         write_manifest(tmp, manifest)
     return Path(out)
@@ -203,8 +205,13 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
         if "tied_to" in info:
             model.get_submodule(name)._tied = [model.get_submodule(info["tied_to"])]
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if not k.endswith(("packed.qweight", "packed.scale", "packed.zero", "packed_weight.qweight",
-                                                     "packed_weight.scale", "packed_weight.zero"))]
+    aliases = manifest.get("aliases", {})
+    params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    for k, target in aliases.items():  # stored once: the model must tie them itself
+        if k in params and target in params and params[k] is not params[target]:
+            raise QuantGPTError(f"{path}: {k} is stored as {target}, but this model does not tie them")
+    missing = [k for k in missing if k not in aliases and not k.endswith(
+        ("packed.qweight", "packed.scale", "packed.zero", "packed_weight.qweight", "packed_weight.scale", "packed_weight.zero"))]
     if missing or unexpected:
         raise QuantGPTError(f"{path}: does not match the model ({len(missing)} missing, {len(unexpected)} unexpected tensors"
                             f"{': ' + (missing + unexpected)[0] if missing or unexpected else ''})")
