@@ -119,6 +119,7 @@ class Trainer:
                                             cfg.negative_source).to(self.device) if cfg.use_contrastive else None
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # negatives' sampling
         self.optimizer = self._optimizer()
+        self._laq = self._laq_links()  # fixed once the student is built; read after every optimizer step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
         self.step = 0
         self.best = None
@@ -205,7 +206,7 @@ class Trainer:
 
     def update_laq_curvature(self):
         beta2 = self.optimizer.param_groups[0]["betas"][1]
-        for w, q, transposed in self._laq_links():
+        for w, q, transposed in self._laq:
             st = self.optimizer.state.get(w)
             if st and "exp_avg_sq" in st:
                 v = st["exp_avg_sq"].t() if transposed else st["exp_avg_sq"]
@@ -286,7 +287,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        if self._laq_links():
+        if self._laq:
             self.update_laq_curvature()
         self.step += 1
         return row
