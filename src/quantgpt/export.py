@@ -32,11 +32,7 @@ def dequantize_model(model: nn.Module, dtype=torch.float16) -> nn.Module:
                 e.forward = _scaled(e, m.embed_scale)
             replace_module(model, name, e)
     for name, m in list(model.named_modules()):
-        if isinstance(m, QuantLinear) and m._tied:
-            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            lin.weight = model.get_input_embeddings().weight
-            replace_module(model, name, lin)
-        elif isinstance(m, PackedLinear) and m._tied:
+        if isinstance(m, (QuantLinear, PackedLinear)) and m._tied:  # a tied head: share the new embedding
             w = model.get_input_embeddings().weight
             lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
             lin.weight = w
