@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from quantgpt import evaluate, gptq_quantize, load, rtn_quantize
 from quantgpt.data import blocks, tokenize_files
@@ -54,6 +55,18 @@ def grid() -> dict[str, dict]:
     return runs
 
 
+def parse_overrides(items: list[str]) -> dict:
+    known = set(TrainConfig.__dataclass_fields__)
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.replace("-", "_")
+        if not sep or key not in known:
+            raise SystemExit(f"--set {item!r}: write KEY=VALUE with KEY a TrainConfig field")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 @torch.no_grad()
 def cos_hist(model, window, device, dtype):
     with autocast_for(device, dtype):
@@ -70,6 +83,9 @@ def main():
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out text for the best checkpoint")
     p.add_argument("--test-data", nargs="+", default=["sample-eval"])
     p.add_argument("--steps", type=int, default=1400)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig overrides for every training run (YAML values), e.g. grid=full lr=1e-3")
+    p.add_argument("--tag", default="", help="appended to the run names (e.g. to tell --set sweeps apart)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--eval-seq-len", type=int, default=2048)
@@ -80,6 +96,7 @@ def main():
     p.add_argument("--out", default="results/study.jsonl")
     args = p.parse_args()
     runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
+    overrides = parse_overrides(args.set)
     if args.list or not runs:
         print("\n".join(grid() if args.list else ["no run matches --only"]))
         return
@@ -99,7 +116,8 @@ def main():
     for name, spec in runs.items():
         t0 = time.time()
         method, bits = spec["method"], spec["bits"]
-        row = {"name": name, "method": method, "bits": bits, "ablation": spec.get("ablation")}
+        row = {"name": name + (f"+{args.tag}" if args.tag else ""), "method": method, "bits": bits,
+               "ablation": spec.get("ablation")}
         if method in ("float", "rtn", "gptq"):
             model = teacher if method == "float" else rtn_quantize(copy.deepcopy(teacher).to(device),
                                                                  rtn_config(bits, args.ptq_group_size, ragged_groups=True))
@@ -109,15 +127,15 @@ def main():
                 gptq_quantize(model, calib, autocast_dtype=dtype if dtype != torch.float32 else None, progress=False)
             row["tokens_trained"] = 0
         else:
-            settings = {k: v for k, v in spec.items() if k not in ("ablation",)}
+            settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
             cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                              out=str(Path(args.runs_dir) / name.replace("@", "_")), device=args.device,
+                              out=str(Path(args.runs_dir) / (name.replace("@", "_") + args.tag)), device=args.device,
                               calib_samples=args.calib_samples, **settings)
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
             r = tr.run()
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
-                       settings=settings)
+                       train_seconds=r["train_seconds"], settings=settings, config=cfg.to_dict())
             del tr
         ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
         row.update(perplexity=ev["perplexity"], accuracy=ev["accuracy"], tokens_scored=ev["tokens"],

@@ -87,6 +87,77 @@ def test_mds_backward_matches_formula(bits, mean_grad, gran):
     assert torch.allclose(w_s.grad, w.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("gran", ["tensor", "group"])
+def test_mds_full_grid_uses_all_four_two_bit_codes(gran):
+    w = W()
+    q = MDSQuantizer(2, w.shape, gran, 8 if gran == "group" else None, grid="full")
+    q.initialize(w)
+    rows, alpha = q.to_rows(q(w).detach()), q.alpha(q.to_rows(w))
+    for r in range(rows.shape[0]):
+        v = rows[r] / alpha[r] * 4  # in units of alpha / 4: the levels are -3, -1, 1, 3
+        assert torch.allclose(v, torch.round(v), atol=1e-5) and set(torch.round(v).tolist()) <= {-3.0, -1.0, 1.0, 3.0}
+    if gran == "tensor":
+        assert len(torch.unique(rows)) == 4
+        # nearest level: every weight inside the clip range is within a quarter alpha of its value
+        inside = w.abs() <= alpha.item()
+        assert ((w - q(w).detach()).abs()[inside] <= 0.25 * alpha.item() + 1e-7).all()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("cls", [MDSQuantizer, PACTQuantizer])
+def test_full_grid_backward_matches_formula(bits, cls):
+    """dL/dalpha on the full grid is sum g * (Q(u) - u inside, Q(u) outside) for mds, PACT's edge rule for pact;
+    check both against the hand formula and dL/dw against the straight-through mask."""
+    w = W(16, 32, seed=bits).requires_grad_()
+    q = cls(bits, w.shape, "channel", grid="full")
+    q.initialize(w.detach())
+    p = q.gamma if cls is MDSQuantizer else q.alpha
+    with torch.no_grad():
+        p.mul_(torch.linspace(0.6, 1.4, p.numel()).reshape(p.shape))
+    g = torch.randn_like(w)
+    (q(w) * g).sum().backward()
+    n = 2 ** (bits - 1)
+    alpha = q.alpha(w.detach()) if cls is MDSQuantizer else q.alpha.detach()
+    u = w.detach() / alpha
+    inside = u.abs() <= 1
+    Qu = (torch.floor(n * u.clamp(-1, 1)).clamp(-n, n - 1) + 0.5) / n
+    assert torch.equal(w.grad, g * inside)
+    if cls is MDSQuantizer:
+        dalpha = (g * torch.where(inside, Qu - u, Qu)).sum(1, keepdim=True)
+        assert torch.allclose(q.gamma.grad, w.detach().abs().mean(1, keepdim=True) * dalpha, rtol=1e-4, atol=1e-7)
+    else:
+        dalpha = (g * Qu * ~inside).sum(1, keepdim=True)
+        assert torch.allclose(q.alpha.grad, dalpha, rtol=1e-4, atol=1e-7)
+    # and from autograd through a straight-through surrogate: alpha * (v + (Q(v) - v).detach()), v = clip(w / alpha)
+    if cls is MDSQuantizer:
+        gamma_s = q.gamma.detach().clone().requires_grad_()
+        a_s = gamma_s * w.detach().abs().mean(1, keepdim=True)
+        v = (w.detach() / a_s).clamp(-1, 1)
+        Qv = (torch.floor(n * v).clamp(-n, n - 1) + 0.5) / n
+        ((a_s * (v + (Qv - v).detach())) * g).sum().backward()
+        assert torch.allclose(gamma_s.grad, q.gamma.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_full_grid_rounds_gaussian_weights_better_than_ternary_at_two_bits():
+    w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    errs = {}
+    for grid in ("sym", "full"):
+        q = MDSQuantizer(2, w.shape, "channel", grid=grid)
+        q.initialize(w)
+        errs[grid] = (w - q(w).detach()).square().mean().item() / w.square().mean().item()
+    assert 0.17 < errs["sym"] < 0.21  # the optimum of ternary on a Gaussian: 0.190
+    assert 0.10 < errs["full"] < 0.13  # and of four uniform levels: 0.1175
+
+
+def test_grid_applies_to_mds_and_pact_only():
+    from quantgpt.quantizers import make_weight_quantizer
+
+    with pytest.raises(QuantGPTError, match="grid"):
+        make_weight_quantizer("lsq", 2, (8, 8), QuantConfig(quantizer="lsq", grid="full"))
+    with pytest.raises(QuantGPTError, match="unknown grid"):
+        QuantConfig(grid="nf4")
+
+
 def test_mds_alpha_follows_the_weights():
     w = W()
     q = MDSQuantizer(2, w.shape, init_gamma=1.5)
@@ -181,7 +252,8 @@ def test_minmax_grid(bits, symmetric):
     assert ((w - wq).abs() <= step / 2 + 1e-7).all()
 
 
-@pytest.mark.parametrize("cls", [MDSQuantizer, PACTQuantizer, LSQQuantizer, LAQQuantizer])
+@pytest.mark.parametrize("cls", [MDSQuantizer, PACTQuantizer, LSQQuantizer, LAQQuantizer,
+                                 lambda *a: MDSQuantizer(*a, grid="full"), lambda *a: PACTQuantizer(*a, grid="full")])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_encode_dequantize_equals_forward(cls, bits):
     w = W(12, 48, seed=bits)

@@ -120,7 +120,7 @@ def cmd_compress(args) -> int:
     return 0
 
 
-COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "init", "train_data",
+COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid", "init", "train_data",
                  "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "init_gamma",
@@ -140,6 +140,7 @@ def _compress_parser(sub):
                    help="token-level contrastive distillation on/off (default: the method's)")
     c.add_argument("--granularity", help="tensor (paper) | channel | group")
     c.add_argument("--group-size", type=int)
+    c.add_argument("--grid", help="mds/pact rounding grid: sym (paper: 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)")
     c.add_argument("--init", help="start from a post-training solution: rtn | gptq")
     c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
     c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")

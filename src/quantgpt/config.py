@@ -71,6 +71,7 @@ class QuantConfig:
     granularity: str = "tensor"
     group_size: int | None = None
     ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
+    grid: str = "sym"  # mds/pact: sym (the paper's 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)
     symmetric: bool = True  # minmax only; the learned quantizers are symmetric
     act_granularity: str = "token"  # dynamic per-token scales
     act_learned_clip: bool = False
@@ -95,6 +96,8 @@ class QuantConfig:
             raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
         if self.granularity == "group" and self.group_size is None:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
+        if self.grid not in ("sym", "full"):
+            raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
         if self.act_granularity not in ("token", "tensor"):
             raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token or tensor")
 

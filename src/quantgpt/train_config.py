@@ -28,8 +28,9 @@ class TrainConfig:
     method: str = "quantgpt"
     quantizer: str | None = None  # default: the method's
     contrastive: bool | None = None  # default: the method's
-    granularity: str = "tensor"
+    granularity: str | None = None  # default: the method's (with group_size)
     group_size: int | None = None
+    grid: str | None = None  # mds/pact rounding grid, sym | full; default: the method's
     init: str | None = None  # start the student's weights from a PTQ solution: rtn | gptq
     train_data: list[str] = field(default_factory=lambda: ["sample"])
     eval_data: list[str] | None = None
@@ -80,6 +81,21 @@ class TrainConfig:
         self.bits = str(Bits.parse(self.bits))
         if self.method not in METHODS:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.granularity is None:  # a group size alone means group granularity; neither: the method's scaling
+            preset = METHODS[self.method]
+            self.granularity = "group" if self.group_size else preset.get("granularity", "tensor")
+            if self.group_size is None and self.granularity == "group":
+                self.group_size = preset.get("group_size")
+        if self.granularity not in ("tensor", "channel", "group"):
+            raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
+        if self.granularity != "group":
+            self.group_size = None
+        elif not self.group_size:
+            raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
+        if self.grid is None:
+            self.grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
+        if self.grid not in ("sym", "full"):
+            raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
         if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
             raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
         if self.init not in (None, "rtn", "gptq"):

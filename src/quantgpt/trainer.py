@@ -131,7 +131,7 @@ class Trainer:
             compile_blocks(self.teacher)
         self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
-                            "granularity": cfg.granularity, "group_size": cfg.group_size,
+                            "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
                             "vocab": self.student.config.vocab_size,
                             "params": sum(p.numel() for p in self.student.parameters())}
         if cfg.resume:
@@ -177,7 +177,7 @@ class Trainer:
                         m.weight.copy_(q.t() if p.transposed else q)
             del ptq
         qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
-                           group_size=cfg.group_size, ragged_groups=cfg.group_size is not None,
+                           group_size=cfg.group_size, ragged_groups=cfg.group_size is not None, grid=cfg.grid,
                            mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, act_learned_clip=cfg.act_learned_clip)
         return quantize_model(student, qcfg)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..config import QuantConfig
+from ..errors import QuantGPTError
 from .activation import ActQuantizer
 from .base import Encoded, WeightQuantizer, sym_levels
 from .laq import LAQQuantizer
@@ -16,9 +17,11 @@ FAMILIES = {"mds": MDSQuantizer, "pact": PACTQuantizer, "lsq": LSQQuantizer, "la
 def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: QuantConfig) -> WeightQuantizer:
     common = dict(granularity=cfg.granularity, group_size=cfg.group_size, ragged=cfg.ragged_groups)
     if family == "mds":
-        return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, **common)
+        return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, grid=cfg.grid, **common)
     if family == "pact":
-        return PACTQuantizer(bits, shape, init_gamma=cfg.init_gamma, **common)
+        return PACTQuantizer(bits, shape, init_gamma=cfg.init_gamma, grid=cfg.grid, **common)
+    if cfg.grid != "sym":
+        raise QuantGPTError(f"grid {cfg.grid!r} applies to the mds and pact quantizers, not {family}")
     if family == "lsq":
         return LSQQuantizer(bits, shape, **common)
     if family == "laq":

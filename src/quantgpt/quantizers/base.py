@@ -120,9 +120,45 @@ def sym_levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+GRIDS = ("sym", "full")
+
+
+def grid_k(bits: int, grid: str) -> int:
+    """The grid's denominator: ``sym`` (the paper's) has 2k+1 = 2^b - 1 levels {-k..k}/k, k = 2^(b-1) - 1;
+    ``full`` uses all 2^b codes, levels (c + 1/2)/k for c in {-k..k-1}, k = 2^(b-1) (at 2 bits
+    {-3/4, -1/4, 1/4, 3/4}: no zero level, but a fourth level ternary leaves unused)."""
+    if grid == "sym":
+        return sym_levels(bits)
+    if grid == "full":
+        return 2 ** (bits - 1)
+    raise QuantGPTError(f"unknown grid {grid!r}: choose sym or full")
+
+
+def grid_codes(u: torch.Tensor, k: int, grid: str) -> torch.Tensor:
+    """Integer codes (as floats) of ``u`` in [-1, 1]: sym -> round(k u) in [-k, k]; full -> floor(k u) in [-k, k-1]."""
+    if grid == "sym":
+        return torch.round(k * u)
+    return torch.floor(k * u).clamp(-k, k - 1)
+
+
+def grid_round(u: torch.Tensor, k: int, grid: str = "sym") -> torch.Tensor:
+    """The nearest grid level of ``u`` in [-1, 1] (a value in [-1, 1])."""
+    c = grid_codes(u, k, grid)
+    return c / k if grid == "sym" else (c + 0.5) / k
+
+
+def grid_encoding(k: int, grid: str, like: torch.Tensor):
+    """``(zero, qmin, qmax)`` of the codes of :func:`grid_codes`; value = (code - zero) * alpha / k."""
+    if grid == "sym":
+        return None, -k, k
+    return torch.full((1, 1), -0.5, dtype=like.dtype, device=like.device), -k, k - 1
+
+
 @torch.no_grad()
-def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20, max_elems: int = 1 << 20) -> torch.Tensor:
-    """The factor gamma that minimises ||w - alpha*round(k*clip(w/alpha))/k||^2 with alpha = gamma*mean|w|.
+def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20, max_elems: int = 1 << 20,
+                       grid: str = "sym") -> torch.Tensor:
+    """The factor gamma that minimises ||w - alpha*Q(clip(w/alpha))||^2 with alpha = gamma*mean|w|, Q the
+    rounding to ``grid`` (:func:`grid_round`).
 
     Candidates are clip values from 1% of max|w| up to max|w| itself (no clipping): a coarse geometric grid
     of ``n_grid`` points, then as many again between the best one's neighbours, per row. This covers both
@@ -144,7 +180,7 @@ def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20
         best_err = torch.full_like(m, float("inf"))
         best = alphas[-1].clone()
         for alpha in alphas:
-            err = (sample - alpha * torch.round(k * (sample / alpha).clamp(-1, 1)) / k).square().sum(1, keepdim=True)
+            err = (sample - alpha * grid_round((sample / alpha).clamp(-1, 1), k, grid)).square().sum(1, keepdim=True)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best = torch.where(better, alpha, best)
@@ -158,11 +194,11 @@ def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20
 
 
 @torch.no_grad()
-def initial_clip(w2: torch.Tensor, k: int, init_gamma: float | None = None) -> torch.Tensor:
+def initial_clip(w2: torch.Tensor, k: int, init_gamma: float | None = None, grid: str = "sym") -> torch.Tensor:
     """The starting clip value alpha = gamma * mean|w| of each row of ``w2`` (``(rows, 1)``), with gamma fixed
     or searched (:func:`search_clip_factor`)."""
     w2 = w2.float()
     m = w2.abs().mean(1, keepdim=True)
     if init_gamma is not None:
         return init_gamma * m
-    return search_clip_factor(w2, k, per_row=w2.shape[0] > 1) * m
+    return search_clip_factor(w2, k, per_row=w2.shape[0] > 1, grid=grid) * m
