@@ -90,6 +90,8 @@ def main():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--eval-seq-len", type=int, default=2048)
     p.add_argument("--ptq-group-size", type=int, default=64)
+    p.add_argument("--ptq-act-group-size", type=int, default=TrainConfig().act_group_size,
+                   help="activation groups of the rtn / gptq rows (default: quantgpt's)")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--runs-dir", default="runs/study")
@@ -120,7 +122,8 @@ def main():
                "ablation": spec.get("ablation")}
         if method in ("float", "rtn", "gptq"):
             model = teacher if method == "float" else rtn_quantize(copy.deepcopy(teacher).to(device),
-                                                                 rtn_config(bits, args.ptq_group_size, ragged_groups=True))
+                                                                 rtn_config(bits, args.ptq_group_size, ragged_groups=True,
+                                                                            act_group_size=args.ptq_act_group_size))
             if method == "gptq":
                 calib = blocks(train_ids, args.eval_seq_len)
                 calib = calib[torch.randperm(calib.shape[0], generator=torch.Generator().manual_seed(0))[: args.calib_samples]]

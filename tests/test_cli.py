@@ -114,7 +114,7 @@ def test_console_script_exit_code(tmp_path):
 def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("bits: 2-2-8\nmethod: quantgpt\nsteps: 2\nseq-len: 32\nbatch_size: 4\nnegatives: 32\n"
-                   "eval_tokens: 2000\nlog_every: 1\n")
+                   "eval_tokens: 2000\nlog_every: 1\nlr: 1e-4\n")  # YAML 1.1 reads 1e-4 as text: still a number
     out = tmp_path / "c"
     code, stdout, err = run(capsys, "compress", model_dir, "--config", cfg, "--steps", "4", "--train-data", "sample",
                             "--eval-data", "sample-eval", "--out", out, "--device", "cpu", "--json", "--quiet")
@@ -129,6 +129,7 @@ def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     assert code == 0, err and json.loads(stdout)["perplexity"] > 1
     manifest = json.loads((out / "quantgpt.json").read_text())
     assert manifest["method"] == "quantgpt" and manifest["quant_config"]["bits"] == "2-2-8"
+    assert manifest["train_config"]["lr"] == 1e-4
     # extending the run: --resume with more steps continues from the checkpoint
     code, stdout, err = run(capsys, "compress", model_dir, "--config", cfg, "--steps", "6", "--train-data", "sample",
                             "--out", out, "--device", "cpu", "--json", "--quiet", "--resume")
@@ -141,6 +142,7 @@ def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     (["--train-data", "nothing.txt"], "no such data"),
     (["--seq-len", "5000000"], "fewer than one block"),
     (["--resume"], "no checkpoint"),
+    (["--grid", "nf4"], "unknown grid"),
 ])
 def test_compress_bad_input(capsys, tmp_path, model_dir, argv, match):
     out = tmp_path / "c"

@@ -37,7 +37,7 @@ def cmd_quantize(args) -> int:
     if args.method not in ("rtn", "gptq"):
         raise QuantGPTError(f"unknown method {args.method!r}: choose rtn or gptq (training methods: quantgpt compress)")
     cfg = rtn_config(bits, args.group_size, symmetric=args.symmetric, skip=tuple(args.skip or ()),
-                     ragged_groups=args.ragged_groups)
+                     ragged_groups=args.ragged_groups, act_group_size=args.act_group_size)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
@@ -124,6 +124,7 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "init_gamma",
+                 "act_granularity", "act_group_size",
                  "eval_every", "eval_tokens", "save_every", "log_every", "seed", "compile", "device", "dtype", "out",
                  "resume", "gen_temperature", "gen_top_p", "calib_samples")
 
@@ -167,6 +168,8 @@ def _compress_parser(sub):
     c.add_argument("--mse-weight", type=float, help="weight of the hidden-state MSE (default 0)")
     c.add_argument("--mean-grad", action=argparse.BooleanOptionalAction, default=None)
     c.add_argument("--init-gamma", type=float, help="fixed starting clip factor (default: searched)")
+    c.add_argument("--act-granularity", help="activation scales: token | group (per-token groups) | tensor")
+    c.add_argument("--act-group-size", type=int, help="features per activation scale (implies --act-granularity group)")
     c.add_argument("--eval-every", type=int)
     c.add_argument("--eval-tokens", type=int)
     c.add_argument("--save-every", type=int)
@@ -221,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ragged-groups", action="store_true",
                    help="allow a group size that does not divide a layer's width: the last group of a row is shorter")
     q.add_argument("--symmetric", action="store_true", help="symmetric grid (default: asymmetric min-max)")
+    q.add_argument("--act-group-size", type=int, help="one activation scale per G features of a token (default: per token)")
     q.add_argument("--calib-data", nargs="+", default=None, help="calibration text for gptq (default: built-in sample)")
     q.add_argument("--calib-samples", type=int, default=128)
     q.add_argument("--calib-seq-len", type=int, default=2048)

@@ -73,7 +73,8 @@ class QuantConfig:
     ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
     grid: str = "sym"  # mds/pact: sym (the paper's 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)
     symmetric: bool = True  # minmax only; the learned quantizers are symmetric
-    act_granularity: str = "token"  # dynamic per-token scales
+    act_granularity: str = "token"  # dynamic scales per token | per group of act_group_size features | tensor
+    act_group_size: int | None = None
     act_learned_clip: bool = False
     mean_grad: bool = False  # mds: let mean|w| pass gradient to w
     init_gamma: float | None = None  # mds/pact: None = search the clip factor that minimises the rounding error
@@ -98,8 +99,14 @@ class QuantConfig:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
         if self.grid not in ("sym", "full"):
             raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
-        if self.act_granularity not in ("token", "tensor"):
-            raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token or tensor")
+        if self.act_group_size is not None:
+            if self.act_group_size <= 0:
+                raise QuantGPTError(f"bad activation group size {self.act_group_size}: it must be a positive number of features")
+            self.act_granularity = "group"
+        if self.act_granularity not in ("token", "tensor", "group"):
+            raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token, group or tensor")
+        if self.act_granularity == "group" and self.act_group_size is None:
+            raise QuantGPTError("activation granularity 'group' needs a group size (--act-group-size G)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

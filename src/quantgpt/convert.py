@@ -27,7 +27,9 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _act(cfg: QuantConfig) -> ActQuantizer | None:
     b = cfg.bits
-    return ActQuantizer(b.activation, cfg.act_granularity, cfg.act_learned_clip) if b.quantize_activations else None
+    if not b.quantize_activations:
+        return None
+    return ActQuantizer(b.activation, cfg.act_granularity, cfg.act_learned_clip, cfg.act_group_size)
 
 
 def _weight_q(family, bits, w2d, cfg, init):
@@ -86,6 +88,12 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
         replace_module(model, name, cls(m.weight, m.bias, wq, _act(cfg)))
         replaced += 1
 
+    g = cfg.act_group_size if bits.quantize_activations and cfg.act_granularity == "group" else None
+    if g:
+        widths = sorted({m.in_features for m in model.modules() if isinstance(m, QuantLinear) and m.in_features % g})
+        if widths:
+            raise QuantGPTError(f"activation group size {g} does not divide the input width {widths[0]} of a layer: "
+                                f"pick a divisor of every layer's input width")
     if replaced == 0:
         raise QuantGPTError("the model has nothing to quantize: no Linear, Conv1D or token embedding matched "
                             "(check --skip patterns and the bit setting)")

@@ -58,6 +58,8 @@ class TrainConfig:
     mean_grad: bool = False
     init_gamma: float | None = None
     act_learned_clip: bool = False
+    act_granularity: str | None = None  # token | group | tensor; default: the method's
+    act_group_size: int | None = None
     eval_every: int = 0  # 0: five times per run
     eval_tokens: int = 131072
     save_every: int = 500
@@ -74,6 +76,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        self._coerce_numbers()
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         if isinstance(self.eval_data, str):
@@ -92,6 +95,17 @@ class TrainConfig:
             self.group_size = None
         elif not self.group_size:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
+        if self.act_granularity is None:
+            preset = METHODS[self.method]
+            self.act_granularity = "group" if self.act_group_size else preset.get("act_granularity", "token")
+            if self.act_group_size is None and self.act_granularity == "group":
+                self.act_group_size = preset.get("act_group_size")
+        if self.act_granularity not in ("token", "group", "tensor"):
+            raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token, group or tensor")
+        if self.act_granularity != "group":
+            self.act_group_size = None
+        elif not self.act_group_size:
+            raise QuantGPTError("activation granularity 'group' needs a group size (--act-group-size G)")
         if self.grid is None:
             self.grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
         if self.grid not in ("sym", "full"):
@@ -109,6 +123,25 @@ class TrainConfig:
                 raise QuantGPTError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps <= 0:
             raise QuantGPTError(f"--steps must be positive, got {self.steps}")
+
+    def _coerce_numbers(self):
+        """YAML 1.1 reads ``1e-3`` (no dot) as a string: accept numbers written that way, reject other text."""
+        for f in dataclasses.fields(self):
+            kind = {"float": float, "float | None": float, "int": int, "int | None": int}.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is None or value is None or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and (kind is float or float(value).is_integer()):
+                setattr(self, f.name, kind(value))
+                continue
+            try:
+                number = float(value)
+                if kind is int and not number.is_integer():
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise QuantGPTError(f"{f.name.replace('_', '-')} must be a{'n integer' if kind is int else ' number'}, "
+                                    f"got {value!r}") from None
+            setattr(self, f.name, kind(number))
 
     @property
     def weight_quantizer(self) -> str:

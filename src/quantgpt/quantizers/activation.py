@@ -1,7 +1,10 @@
 """Activation quantizer for the input of every quantized linear layer.
 
-Dynamic symmetric quantization: the scale of each token (``token``) or of the whole tensor (``tensor``) is
-max|x| / (2^(b-1) - 1), computed on the fly, so nothing is clipped and the backward is the identity.
+Dynamic symmetric quantization: the scale of each token (``token``), of each group of ``group_size``
+consecutive features of a token (``group``, as in per-token-group FP8 training) or of the whole tensor
+(``tensor``) is max|x| / (2^(b-1) - 1), computed on the fly, so nothing is clipped and the backward is the
+identity. A token's few outlier features set the step of all its features under ``token``; ``group``
+confines them to their group.
 With ``learned_clip`` a learnable clip value alpha replaces max|x| (PACT for activations): x is clipped to
 [-alpha, alpha], dL/dx = g inside and dL/dalpha = sum g * sign(x) outside.
 """
@@ -10,16 +13,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import QuantGPTError
 from .base import sym_levels
 
 
 class DynamicActFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, k: int, per_token: bool):
+    def forward(ctx, x, k: int, group: int):
+        """``group``: -1 one scale per tensor, 0 per token, g > 0 per g consecutive features of a token."""
         xf = x.float()
-        amax = xf.abs().amax(-1, keepdim=True) if per_token else xf.abs().amax()
+        if group > 0:
+            xf = xf.reshape(*x.shape[:-1], x.shape[-1] // group, group)
+        amax = xf.abs().amax() if group < 0 else xf.abs().amax(-1, keepdim=True)
         scale = (amax / k).clamp_min(1e-8)
-        return (torch.round(xf / scale) * scale).to(x.dtype)
+        return (torch.round(xf / scale) * scale).reshape(x.shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -43,11 +50,14 @@ class ClippedActFunction(torch.autograd.Function):
 
 
 class ActQuantizer(nn.Module):
-    def __init__(self, bits: int = 8, granularity: str = "token", learned_clip: bool = False):
+    def __init__(self, bits: int = 8, granularity: str = "token", learned_clip: bool = False, group_size: int | None = None):
         super().__init__()
         self.bits = bits
         self.k = sym_levels(bits)
         self.granularity = granularity
+        self.group_size = group_size if granularity == "group" else None
+        if granularity == "group" and not group_size:
+            raise ValueError("group activation quantization needs a group size")
         self.learned_clip = learned_clip
         if learned_clip:
             self.alpha = nn.Parameter(torch.zeros(1))
@@ -64,7 +74,11 @@ class ActQuantizer(nn.Module):
                     self.alpha.copy_(x.detach().abs().max().float().reshape(1))
                 self._clip_ready = True
             return ClippedActFunction.apply(x, self.alpha, self.k)
-        return DynamicActFunction.apply(x, self.k, self.granularity == "token")
+        if self.group_size and x.shape[-1] % self.group_size:
+            raise QuantGPTError(f"activation group size {self.group_size} does not divide the input width {x.shape[-1]}")
+        group = {"tensor": -1, "token": 0}.get(self.granularity, self.group_size)
+        return DynamicActFunction.apply(x, self.k, group)
 
     def extra_repr(self):
-        return f"bits={self.bits}, granularity={self.granularity}, learned_clip={self.learned_clip}"
+        g = f", group_size={self.group_size}" if self.group_size else ""
+        return f"bits={self.bits}, granularity={self.granularity}{g}, learned_clip={self.learned_clip}"
