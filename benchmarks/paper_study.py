@@ -46,7 +46,12 @@ def grid() -> dict[str, dict]:
         "lambda0.01": {"cont_weight": 0.01}, "lambda0.5": {"cont_weight": 0.5}, "lambda1": {"cont_weight": 1.0},
         "layer-mid": {"layer": 14},
         "init-gptq": {"init": "gptq"},
-        "per-channel": {"granularity": "channel"},
+        # scaling choices the paper leaves open; quantgpt's defaults are per-channel, four codes, 32-feature acts
+        "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip (vs the per-channel default)
+        "group64": {"group_size": 64},
+        "ternary": {"grid": "sym"},
+        "token-acts": {"act_granularity": "token"},
+        "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token"},
     }
     for name, kw in ablations.items():
         runs[f"quantgpt-{name}@2-2-8"] = {**q, **kw, "ablation": name}
@@ -90,7 +95,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--eval-seq-len", type=int, default=2048)
     p.add_argument("--ptq-group-size", type=int, default=64)
-    p.add_argument("--ptq-act-group-size", type=int, default=TrainConfig().act_group_size,
+    p.add_argument("--ptq-act-group-size", type=int, default=None,
                    help="activation groups of the rtn / gptq rows (default: quantgpt's)")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--device", default="auto")
@@ -136,6 +141,9 @@ def main():
                               calib_samples=args.calib_samples, **settings)
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
             r = tr.run()
+            if "interrupted" in r:  # stopped by a signal (e.g. a time limit): its checkpoint can be resumed
+                print(json.dumps({"name": row["name"], "interrupted": r}), flush=True)
+                break
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
                        train_seconds=r["train_seconds"], settings=settings, config=cfg.to_dict())

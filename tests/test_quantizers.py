@@ -297,8 +297,9 @@ def test_activation_group_size_must_divide_every_layer(tiny):
 
     with pytest.raises(QuantGPTError, match="activation group size 24"):
         quantize_model(tiny("llama"), QuantConfig(bits="4-4-8", act_group_size=24))
-    with pytest.raises(QuantGPTError, match="needs a group size"):
-        QuantConfig(act_granularity="group")
+    assert QuantConfig().act_group_size == 32 and QuantConfig(act_granularity="token").act_group_size is None
+    with pytest.raises(QuantGPTError, match="applies to group"):
+        QuantConfig(act_granularity="token", act_group_size=16)
     m = quantize_model(tiny("llama"), QuantConfig(bits="4-4-8", act_group_size=16))
     assert m.model.layers[0].mlp.down_proj.act_quantizer.group_size == 16
 

@@ -111,6 +111,18 @@ def test_method_presets(tmp_path, tiny, tokenizer, ids):
         tr.train_step()
 
 
+def test_scaling_defaults():
+    """The study's defaults: one clip per output row, four codes at 2-bit weights (the paper's symmetric grid
+    above), activation scales per 32 features of a token; every paper setting stays one flag away."""
+    c = TrainConfig(bits="2-2-8")
+    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("channel", None, "full", "group", 32)
+    assert TrainConfig(bits="4-4-8").grid == "sym" and TrainConfig(method="lsq").grid == "sym"
+    assert TrainConfig(method="pact").grid == "full" and TrainConfig(method="laq").granularity == "channel"
+    paper = TrainConfig(bits="2-2-8", granularity="tensor", grid="sym", act_granularity="token")
+    assert (paper.granularity, paper.grid, paper.act_group_size) == ("tensor", "sym", None)
+    assert TrainConfig(group_size=64).granularity == "group" and TrainConfig(granularity="group", group_size=64).group_size == 64
+
+
 def test_init_from_gptq_starts_at_its_solution(tmp_path, tiny, tokenizer, ids):
     tr = Trainer(_cfg(tmp_path, init="gptq", bits="4-16-8", calib_samples=8), teacher=tiny("llama"),
                  tokenizer=tokenizer, train_ids=ids)

@@ -37,7 +37,8 @@ def cmd_quantize(args) -> int:
     if args.method not in ("rtn", "gptq"):
         raise QuantGPTError(f"unknown method {args.method!r}: choose rtn or gptq (training methods: quantgpt compress)")
     cfg = rtn_config(bits, args.group_size, symmetric=args.symmetric, skip=tuple(args.skip or ()),
-                     ragged_groups=args.ragged_groups, act_group_size=args.act_group_size)
+                     ragged_groups=args.ragged_groups, act_granularity=args.act_granularity or "group",
+                     act_group_size=args.act_group_size)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
@@ -139,9 +140,10 @@ def _compress_parser(sub):
     c.add_argument("--quantizer", help="override the method's weight quantizer: mds | pact | lsq | laq | minmax")
     c.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=None,
                    help="token-level contrastive distillation on/off (default: the method's)")
-    c.add_argument("--granularity", help="tensor (paper) | channel | group")
+    c.add_argument("--granularity", help="weight scales: tensor (paper) | channel (default) | group")
     c.add_argument("--group-size", type=int)
-    c.add_argument("--grid", help="mds/pact rounding grid: sym (paper: 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)")
+    c.add_argument("--grid", help="mds/pact rounding grid: sym (paper: 2^b - 1 levels, ternary at 2 bits) | full "
+                   "(all 2^b codes); default full at 2-bit weights, sym above")
     c.add_argument("--init", help="start from a post-training solution: rtn | gptq")
     c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
     c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")
@@ -168,8 +170,8 @@ def _compress_parser(sub):
     c.add_argument("--mse-weight", type=float, help="weight of the hidden-state MSE (default 0)")
     c.add_argument("--mean-grad", action=argparse.BooleanOptionalAction, default=None)
     c.add_argument("--init-gamma", type=float, help="fixed starting clip factor (default: searched)")
-    c.add_argument("--act-granularity", help="activation scales: token | group (per-token groups) | tensor")
-    c.add_argument("--act-group-size", type=int, help="features per activation scale (implies --act-granularity group)")
+    c.add_argument("--act-granularity", help="activation scales: group (default, per-token groups) | token (paper) | tensor")
+    c.add_argument("--act-group-size", type=int, help="features per activation scale (default 32)")
     c.add_argument("--eval-every", type=int)
     c.add_argument("--eval-tokens", type=int)
     c.add_argument("--save-every", type=int)
@@ -224,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ragged-groups", action="store_true",
                    help="allow a group size that does not divide a layer's width: the last group of a row is shorter")
     q.add_argument("--symmetric", action="store_true", help="symmetric grid (default: asymmetric min-max)")
-    q.add_argument("--act-group-size", type=int, help="one activation scale per G features of a token (default: per token)")
+    q.add_argument("--act-granularity", help="activation scales: group (default) | token | tensor")
+    q.add_argument("--act-group-size", type=int, help="features per activation scale (default 32)")
     q.add_argument("--calib-data", nargs="+", default=None, help="calibration text for gptq (default: built-in sample)")
     q.add_argument("--calib-samples", type=int, default=128)
     q.add_argument("--calib-seq-len", type=int, default=2048)

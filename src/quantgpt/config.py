@@ -56,6 +56,23 @@ class Bits:
         return self.activation not in OFF_BITS
 
 
+DEFAULT_ACT_GROUP = 32  # features per activation scale (the block size of the OCP MX formats)
+
+
+def resolve_act(granularity: str | None, group_size: int | None) -> tuple[str, int | None]:
+    """Activation scales: ``group`` (default; ``group_size`` features of a token, default
+    :data:`DEFAULT_ACT_GROUP`), ``token`` or ``tensor``. A group size alone means ``group``."""
+    granularity = granularity or "group"
+    if granularity not in ("token", "tensor", "group"):
+        raise QuantGPTError(f"unknown activation granularity {granularity!r}: choose group, token or tensor")
+    if group_size is not None:
+        if granularity != "group":
+            raise QuantGPTError(f"an activation group size applies to group granularity, not {granularity!r}")
+        if group_size <= 0:
+            raise QuantGPTError(f"bad activation group size {group_size}: it must be a positive number of features")
+    return granularity, (group_size or DEFAULT_ACT_GROUP) if granularity == "group" else None
+
+
 @dataclass
 class QuantConfig:
     """How to quantize a model; the argument of :func:`quantgpt.quantize_model`.
@@ -73,8 +90,8 @@ class QuantConfig:
     ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
     grid: str = "sym"  # mds/pact: sym (the paper's 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)
     symmetric: bool = True  # minmax only; the learned quantizers are symmetric
-    act_granularity: str = "token"  # dynamic scales per token | per group of act_group_size features | tensor
-    act_group_size: int | None = None
+    act_granularity: str = "group"  # dynamic scales per group of act_group_size features of a token | token | tensor
+    act_group_size: int | None = None  # default DEFAULT_ACT_GROUP under group granularity
     act_learned_clip: bool = False
     mean_grad: bool = False  # mds: let mean|w| pass gradient to w
     init_gamma: float | None = None  # mds/pact: None = search the clip factor that minimises the rounding error
@@ -99,14 +116,7 @@ class QuantConfig:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
         if self.grid not in ("sym", "full"):
             raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
-        if self.act_group_size is not None:
-            if self.act_group_size <= 0:
-                raise QuantGPTError(f"bad activation group size {self.act_group_size}: it must be a positive number of features")
-            self.act_granularity = "group"
-        if self.act_granularity not in ("token", "tensor", "group"):
-            raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token, group or tensor")
-        if self.act_granularity == "group" and self.act_group_size is None:
-            raise QuantGPTError("activation granularity 'group' needs a group size (--act-group-size G)")
+        self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import yaml
 
-from .config import Bits, WEIGHT_QUANTIZERS
+from .config import Bits, WEIGHT_QUANTIZERS, resolve_act
 from .errors import QuantGPTError
 
 # Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
-# with logit distillation, so pact / lsq / laq get it too).
+# with logit distillation, so pact / lsq / laq get it too). All share one scale layout (per output row)
+# and one activation quantizer, so a comparison isolates how each learns its clip or step.
+# quantgpt's scaling defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md): one dynamic
+# clip per output row, and at 2 bits the grid of all four codes instead of ternary.
 METHODS = {
-    "quantgpt": {"quantizer": "mds", "contrastive": True},
-    "kd": {"quantizer": "mds", "contrastive": False},
-    "pact": {"quantizer": "pact", "contrastive": False},
-    "lsq": {"quantizer": "lsq", "contrastive": False},
-    "laq": {"quantizer": "laq", "contrastive": False},
+    "quantgpt": {"quantizer": "mds", "contrastive": True, "granularity": "channel", "grid": "auto"},
+    "kd": {"quantizer": "mds", "contrastive": False, "granularity": "channel", "grid": "auto"},
+    "pact": {"quantizer": "pact", "contrastive": False, "granularity": "channel", "grid": "auto"},
+    "lsq": {"quantizer": "lsq", "contrastive": False, "granularity": "channel"},
+    "laq": {"quantizer": "laq", "contrastive": False, "granularity": "channel"},
 }
 
 
@@ -58,8 +61,8 @@ class TrainConfig:
     mean_grad: bool = False
     init_gamma: float | None = None
     act_learned_clip: bool = False
-    act_granularity: str | None = None  # token | group | tensor; default: the method's
-    act_group_size: int | None = None
+    act_granularity: str = "group"  # activation scales: group (of act_group_size features of a token) | token | tensor
+    act_group_size: int | None = None  # default 32 under group granularity
     eval_every: int = 0  # 0: five times per run
     eval_tokens: int = 131072
     save_every: int = 500
@@ -95,19 +98,10 @@ class TrainConfig:
             self.group_size = None
         elif not self.group_size:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
-        if self.act_granularity is None:
-            preset = METHODS[self.method]
-            self.act_granularity = "group" if self.act_group_size else preset.get("act_granularity", "token")
-            if self.act_group_size is None and self.act_granularity == "group":
-                self.act_group_size = preset.get("act_group_size")
-        if self.act_granularity not in ("token", "group", "tensor"):
-            raise QuantGPTError(f"unknown activation granularity {self.act_granularity!r}: choose token, group or tensor")
-        if self.act_granularity != "group":
-            self.act_group_size = None
-        elif not self.act_group_size:
-            raise QuantGPTError("activation granularity 'group' needs a group size (--act-group-size G)")
-        if self.grid is None:
-            self.grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
+        self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
+        if self.grid is None:  # the method's; "auto": all four codes at 2 bits, the paper's symmetric grid above
+            grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
+            self.grid = ("full" if Bits.parse(self.bits).weight == 2 else "sym") if grid == "auto" else grid
         if self.grid not in ("sym", "full"):
             raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
         if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
