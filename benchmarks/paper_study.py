@@ -145,6 +145,7 @@ def main():
                 print(json.dumps({"name": row["name"], "interrupted": r}), flush=True)
                 break
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
+            row.update(bits=cfg.bits, method=cfg.method)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
                        train_seconds=r["train_seconds"], settings=settings, config=cfg.to_dict())
             del tr

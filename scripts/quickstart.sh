@@ -14,7 +14,7 @@ mkdir -p "$(dirname "$OUT")"
 echo "== float model"
 quantgpt eval smollm2-135m --data sample-eval --seq-len 512 --limit-tokens 8192 --json --quiet
 echo "== compress (quantgpt method, 8-8-8, 8 steps of 128 tokens)"
-quantgpt compress smollm2-135m --bits 8-8-8 --granularity channel --train-data sample --eval-data sample-eval \
+quantgpt compress smollm2-135m --bits 8-8-8 --train-data sample --eval-data sample-eval \
   --steps 8 --batch-size 1 --seq-len 128 --eval-tokens 2048 --eval-every 4 --negatives 256 --log-every 2 --out "$OUT" --quiet
 echo "== compressed model"
 quantgpt eval "$OUT" --data sample-eval --seq-len 512 --limit-tokens 8192 --json --quiet

@@ -44,6 +44,15 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert last["name"] == "quantgpt@2-2-8+g8full" and len(out.read_text().splitlines()) == 5
     assert last["config"]["grid"] == "full" and last["config"]["granularity"] == "group" and last["config"]["group_size"] == 8
 
+    # a row carrying a note (a run known to be invalid) is listed with it, and left out of the plots
+    lines = out.read_text().splitlines()
+    flagged = {**json.loads(lines[-1]), "note": "invalid: trained with a known bug"}
+    out.write_text("\n".join(lines[:-1] + [json.dumps(flagged)]) + "\n")
+    assert main(["report", str(out), "--out", str(tmp_path / "report2"), "--json"]) == 0
+    capsys.readouterr()
+    md = (tmp_path / "report2" / "report.md").read_text()
+    assert "| note |" in md and "invalid: trained with a known bug" in md
+
 
 def test_report_bad_input(tmp_path):
     bad = tmp_path / "r.jsonl"

@@ -111,6 +111,21 @@ def test_method_presets(tmp_path, tiny, tokenizer, ids):
         tr.train_step()
 
 
+def test_starting_point_is_kept_when_training_only_hurts(tmp_path, tiny, tokenizer, ids):
+    from quantgpt import load
+
+    ev = ids[:2048]
+    cfg = _cfg(tmp_path, bits="8-8-8", steps=2, eval_every=1, lr=3.0, warmup=0.0, max_grad_norm=0.0)
+    tr = Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids, eval_ids=ev)
+    r = tr.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    evals = {x["step"]: x["eval_ppl"] for x in rows if "eval_ppl" in x}
+    assert evals[0] < min(evals[1], evals[2])  # a learning rate of 3 wrecks the model
+    assert r["best"] == {"step": 0, "eval_ppl": evals[0]}
+    kept = evaluate(load(tmp_path / "run"), ev, seq_len=32, progress=False)["perplexity"]
+    assert kept == pytest.approx(evals[0], rel=1e-2)  # the written model is the starting point (fp16 scales)
+
+
 def test_scaling_defaults():
     """The study's defaults: one clip per output row, four codes at 2-bit weights (the paper's symmetric grid
     above), activation scales per 32 features of a token; every paper setting stays one flag away."""

@@ -55,7 +55,7 @@ def make_report(results, out) -> dict:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in sorted({r["method"] for r in rows}):
         pts = sorted((_bits_key(r["bits"]), r["perplexity"]) for r in rows
-                     if r["method"] == method and not r.get("ablation") and r.get("perplexity"))
+                     if r["method"] == method and not r.get("ablation") and not r.get("note") and r.get("perplexity"))
         if pts:
             ax.plot(*zip(*pts), marker="o", label=method)
     ax.set_xlabel("weight bits")
@@ -98,7 +98,7 @@ def make_report(results, out) -> dict:
             plt.close(fig)
             figures.append(("Learned clip factor per module", "gamma.png"))
 
-    hists = [r for r in rows if r.get("cos_hist")]
+    hists = [r for r in rows if r.get("cos_hist") and not r.get("note")]
     if hists:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         teacher = next((r["teacher_cos_hist"] for r in hists if r.get("teacher_cos_hist")), None)
@@ -119,18 +119,20 @@ def make_report(results, out) -> dict:
         figures.append(("Pairwise similarity of token representations", "homogeneity.png"))
 
     rows_sorted = sorted(rows, key=lambda r: (bool(r.get("ablation")), -_bits_key(r["bits"]), r["bits"], r["method"]))
+    # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
+    cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
-          "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    md += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows_sorted]
+          "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows_sorted]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in COLUMNS) + "</tr>"
+    table = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
                     for r in rows_sorted)
     page = ("<!doctype html><meta charset='utf-8'><title>quantgpt study report</title>"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p><table><tr>"
-            + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>" + table + "</table>"
+            + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
     return {"out": str(out), "runs": len(rows), "figures": [f for _, f in figures]}

@@ -335,6 +335,9 @@ class Trainer:
             row = {"step": 0, "tokens": 0, "quant_params": self.quant_params(), **self.homogeneity()}
             if self.eval_ids is not None:
                 row.update(self.evaluate())
+                # the starting point competes too: at 8 bits it can be better than any trained step
+                self.best = {"step": 0, "eval_ppl": row["eval_ppl"]}
+                self._save_best()
             self.log(row)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"compress {cfg.method} {cfg.bits}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)

@@ -1,0 +1,69 @@
+"""Does torch.compile change the training gradients? One step, eager against compiled, same student and batch.
+
+    python benchmarks/compile_check.py --model smollm2-135m --data $QG_DATA/corpora/wiki_excerpt.txt --bits 2-2-8
+
+Prints, per kind of parameter (weights, quantizer parameters), the cosine similarity between the eager and
+the compiled gradient and their norm ratio. bf16 rounding and rounding ties make them differ a little
+(cosine > 0.99 is normal); a silent compile bug shows as a much lower cosine (the activation-quantizer bug of
+docs/BENCHMARKS.md section 6 trained to 10x worse perplexity).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from quantgpt.data import tokenize_files
+from quantgpt.models import load_float
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+
+def grads(cfg, teacher, tok, ids, x):
+    import copy
+
+    tr = Trainer(cfg, teacher=copy.deepcopy(teacher), tokenizer=tok, train_ids=ids)
+    tr.losses(x.to(tr.device))["loss"].backward()
+    return {n: p.grad.detach().float().flatten() for n, p in tr.student.named_parameters() if p.grad is not None}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", nargs="+", default=["sample"])
+    p.add_argument("--bits", default="2-2-8")
+    p.add_argument("--method", default="quantgpt")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    import yaml
+
+    extra = {k.replace("-", "_"): yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    teacher, tok = load_float(args.model)
+    ids = tokenize_files(args.data, tok)
+    x = ids[: args.batch_size * args.seq_len].reshape(args.batch_size, args.seq_len)
+    out = {}
+    for mode in (False, True):
+        cfg = TrainConfig(model=args.model, bits=args.bits, method=args.method, batch_size=args.batch_size,
+                          seq_len=args.seq_len, steps=1, compile=mode, device=args.device, progress=False,
+                          out=f"/tmp/compile_check_{mode}", **extra)
+        out[mode] = grads(cfg, teacher, tok, ids, x)
+    rows = {}
+    for kind in ("weight", "quantizer"):
+        names = [n for n in out[False] if ("quantizer." in n) == (kind == "quantizer")]
+        if not names:
+            continue
+        a = torch.cat([out[False][n] for n in names])
+        b = torch.cat([out[True][n] for n in names])
+        worst = min(names, key=lambda n: torch.nn.functional.cosine_similarity(out[False][n], out[True][n], dim=0).item())
+        rows[kind] = {"cosine": torch.nn.functional.cosine_similarity(a, b, dim=0).item(),
+                      "norm_ratio": (b.norm() / a.norm()).item(), "worst_param": worst,
+                      "worst_cosine": torch.nn.functional.cosine_similarity(out[False][worst], out[True][worst], dim=0).item()}
+    print(json.dumps({"bits": args.bits, "method": args.method, **rows}))
+
+
+if __name__ == "__main__":
+    main()
