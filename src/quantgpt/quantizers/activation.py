@@ -39,20 +39,16 @@ def dynamic_act_ste(x: torch.Tensor, k: int, group: int) -> torch.Tensor:
     return x + (dynamic_fake_quant(x, k, group) - x).detach()
 
 
-class ClippedActFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, k: int):
-        ctx.save_for_backward(x, alpha)
-        a = alpha.float().clamp_min(1e-8)
-        scale = a / k
-        return (torch.round(x.float().clamp(-a, a) / scale) * scale).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, alpha = ctx.saved_tensors
-        outside = x.abs() > alpha.to(x.dtype)
-        dalpha = (g * torch.sign(x) * outside).sum().reshape(alpha.shape).to(alpha.dtype)
-        return g * ~outside, dalpha, None
+def clipped_act_ste(x: torch.Tensor, alpha: torch.Tensor, k: int) -> torch.Tensor:
+    """PACT on activations: forward ``round(clip(x, -alpha, alpha) / s) * s`` with ``s = alpha / k``; backward
+    (PACT's rule) ``dL/dx = g`` inside the clip range and ``dL/dalpha = sum g * sign(x)`` outside: exactly
+    autograd's gradient of the clamp, with the rounding made straight-through (written as an expression for the
+    same reason as :func:`dynamic_act_ste`)."""
+    a = alpha.to(x.dtype).clamp_min(1e-8)
+    xc = torch.clamp(x, -a, a)
+    s = (a.detach().float() / k)
+    q = (torch.round(xc.detach().float() / s) * s).to(x.dtype)
+    return xc + (q - xc).detach()
 
 
 class ActQuantizer(nn.Module):
@@ -79,7 +75,7 @@ class ActQuantizer(nn.Module):
                 with torch.no_grad():
                     self.alpha.copy_(x.detach().abs().max().float().reshape(1))
                 self._clip_ready = True
-            return ClippedActFunction.apply(x, self.alpha, self.k)
+            return clipped_act_ste(x, self.alpha, self.k)
         if self.group_size and x.shape[-1] % self.group_size:
             raise QuantGPTError(f"activation group size {self.group_size} does not divide the input width {x.shape[-1]}")
         group = {"tensor": -1, "token": 0}.get(self.granularity, self.group_size)
