@@ -91,6 +91,9 @@ def main():
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides for every training run (YAML values), e.g. grid=full lr=1e-3")
     p.add_argument("--tag", default="", help="appended to the run names (e.g. to tell --set sweeps apart)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a training run whose folder holds a checkpoint (one stopped by a time limit: send "
+                        "SIGTERM or SIGINT, e.g. `timeout -s INT 540 ...`, and the run saves its state first)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--eval-seq-len", type=int, default=2048)
@@ -136,16 +139,18 @@ def main():
             row["tokens_trained"] = 0
         else:
             settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
+            out = Path(args.runs_dir) / (name.replace("@", "_") + args.tag)
+            resume = args.resume and (out / "checkpoint" / "state.json").is_file()
             cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                              out=str(Path(args.runs_dir) / (name.replace("@", "_") + args.tag)), device=args.device,
-                              calib_samples=args.calib_samples, **settings)
+                              out=str(out), device=args.device, calib_samples=args.calib_samples, resume=resume,
+                              **settings)
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
             r = tr.run()
             if "interrupted" in r:  # stopped by a signal (e.g. a time limit): its checkpoint can be resumed
                 print(json.dumps({"name": row["name"], "interrupted": r}), flush=True)
                 break
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
-            row.update(bits=cfg.bits, method=cfg.method)  # as run, after any --set override
+            row.update(bits=cfg.bits, method=cfg.method, resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
                        train_seconds=r["train_seconds"], settings=settings, config=cfg.to_dict())
             del tr

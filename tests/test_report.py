@@ -44,6 +44,13 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert last["name"] == "quantgpt@2-2-8+g8full" and len(out.read_text().splitlines()) == 5
     assert last["config"]["grid"] == "full" and last["config"]["granularity"] == "group" and last["config"]["group_size"] == 8
 
+    # --resume continues a run from its checkpoint (here: extends the finished 2-step run to 4 steps)
+    r = subprocess.run(cmd[:5] + ["quantgpt@2-2-8", "--steps", "4", "--resume"] + cmd[11:],
+                       capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last["name"] == "quantgpt@2-2-8" and last["resumed"] and last["tokens_trained"] == 4 * 2 * 32
+
     # a row carrying a note (a run known to be invalid) is listed with it, and left out of the plots
     lines = out.read_text().splitlines()
     flagged = {**json.loads(lines[-1]), "note": "invalid: trained with a known bug"}
