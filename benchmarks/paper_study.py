@@ -51,7 +51,9 @@ def grid() -> dict[str, dict]:
         "group64": {"group_size": 64},
         "ternary": {"grid": "sym"},
         "token-acts": {"act_granularity": "token"},
-        "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token"},
+        "embedding-per-channel": {"embedding_granularity": "channel"},
+        "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token",
+                          "embedding_granularity": "tensor"},
     }
     for name, kw in ablations.items():
         runs[f"quantgpt-{name}@2-2-8"] = {**q, **kw, "ablation": name}

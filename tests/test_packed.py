@@ -30,7 +30,8 @@ def test_pack_rejects_unknown_bits():
 CASES = [("gpt2", dict(bits="2-2-8")), ("gpt2", dict(bits="2-2-16")), ("llama", dict(bits="4-4-8", granularity="channel")),
          ("llama", dict(bits="3-16-8", quantizer="minmax", symmetric=False, group_size=8)),
          ("llama", dict(bits="2-2-16", quantizer="lsq")), ("bart", dict(bits="2-2-8")),
-         ("llama", dict(bits="2-2-16", grid="full", group_size=16))]
+         ("llama", dict(bits="2-2-16", grid="full", group_size=16)),
+         ("gpt2", dict(bits="2-2-8", granularity="channel", embedding_group_size=24))]  # ragged embedding groups
 
 
 @pytest.mark.parametrize("arch,kw", CASES)

@@ -136,6 +136,21 @@ def test_scaling_defaults():
     paper = TrainConfig(bits="2-2-8", granularity="tensor", grid="sym", act_granularity="token")
     assert (paper.granularity, paper.grid, paper.act_group_size) == ("tensor", "sym", None)
     assert TrainConfig(group_size=64).granularity == "group" and TrainConfig(granularity="group", group_size=64).group_size == 64
+    assert (c.embedding_granularity, c.embedding_group_size) == ("group", 64)
+    assert TrainConfig(embedding_granularity="channel").embedding_group_size is None
+    with pytest.raises(QuantGPTError, match="embedding group size"):
+        TrainConfig(embedding_granularity="tensor", embedding_group_size=8)
+
+
+def test_embedding_has_its_own_scale_layout(tmp_path, tiny, tokenizer, ids):
+    tr = Trainer(_cfg(tmp_path, embedding_group_size=16, steps=1), teacher=tiny("llama"), tokenizer=tokenizer,
+                 train_ids=ids)
+    emb, head = tr.student.model.embed_tokens, tr.student.lm_head
+    assert (emb.weight_quantizer.granularity, emb.weight_quantizer.group_size) == ("group", 16)
+    assert emb.weight_quantizer.rows == emb.weight.shape[0] * emb.weight.shape[1] // 16
+    assert head._tied and head._tied[0] is emb  # the tied head reads the same codes and scales
+    assert tr.student.model.layers[0].mlp.up_proj.weight_quantizer.granularity == "channel"
+    tr.train_step()
 
 
 def test_init_from_gptq_starts_at_its_solution(tmp_path, tiny, tokenizer, ids):

@@ -121,7 +121,8 @@ def cmd_compress(args) -> int:
     return 0
 
 
-COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid", "init", "train_data",
+COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid",
+                 "embedding_granularity", "embedding_group_size", "init", "train_data",
                  "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "init_gamma",
@@ -144,6 +145,8 @@ def _compress_parser(sub):
     c.add_argument("--group-size", type=int)
     c.add_argument("--grid", help="mds/pact rounding grid: sym (paper: 2^b - 1 levels, ternary at 2 bits) | full "
                    "(all 2^b codes); default full at 2-bit weights, sym above")
+    c.add_argument("--embedding-granularity", help="scales of the token embedding / tied head: group (default) | channel | tensor")
+    c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 64)")
     c.add_argument("--init", help="start from a post-training solution: rtn | gptq")
     c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
     c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")

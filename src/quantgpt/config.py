@@ -88,6 +88,8 @@ class QuantConfig:
     granularity: str = "tensor"
     group_size: int | None = None
     ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
+    embedding_granularity: str | None = None  # the embedding's (and LM head's) scales; None: as the weights'
+    embedding_group_size: int | None = None  # a shorter last group is allowed (ragged)
     grid: str = "sym"  # mds/pact: sym (the paper's 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)
     symmetric: bool = True  # minmax only; the learned quantizers are symmetric
     act_granularity: str = "group"  # dynamic scales per group of act_group_size features of a token | token | tensor
@@ -114,6 +116,16 @@ class QuantConfig:
             raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
         if self.granularity == "group" and self.group_size is None:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
+        if self.embedding_group_size is not None:
+            if self.embedding_group_size <= 0:
+                raise QuantGPTError(f"bad embedding group size {self.embedding_group_size}")
+            self.embedding_granularity = "group"
+        if self.embedding_granularity not in (None, "tensor", "channel", "group"):
+            raise QuantGPTError(f"unknown embedding granularity {self.embedding_granularity!r}: choose tensor, channel or group")
+        if self.embedding_granularity == "group" and self.embedding_group_size is None:
+            raise QuantGPTError("embedding granularity 'group' needs a group size (--embedding-group-size G)")
+        if self.embedding_granularity != "group":
+            self.embedding_group_size = None
         if self.grid not in ("sym", "full"):
             raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)

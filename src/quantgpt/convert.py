@@ -32,8 +32,8 @@ def _act(cfg: QuantConfig) -> ActQuantizer | None:
     return ActQuantizer(b.activation, cfg.act_granularity, cfg.act_learned_clip, cfg.act_group_size)
 
 
-def _weight_q(family, bits, w2d, cfg, init):
-    q = make_weight_quantizer(family, bits, tuple(w2d.shape), cfg)
+def _weight_q(family, bits, w2d, cfg, init, embedding=False):
+    q = make_weight_quantizer(family, bits, tuple(w2d.shape), cfg, embedding=embedding)
     q.to(w2d.device)
     if init:
         q.initialize(w2d.detach())
@@ -59,7 +59,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
     emb_q = None
     if bits.quantize_embedding and emb is not None and not skipped(names.get(id(emb), "")):
         shared = emb.weight
-        quantizer = _weight_q(cfg.embedding_quantizer or cfg.quantizer, bits.embedding, shared, cfg, init)
+        quantizer = _weight_q(cfg.embedding_quantizer or cfg.quantizer, bits.embedding, shared, cfg, init, embedding=True)
         for name, m in list(model.named_modules(remove_duplicate=False)):
             if isinstance(m, nn.Embedding) and m.weight is shared:
                 qe = QuantEmbedding(shared, quantizer, m.padding_idx, getattr(m, "embed_scale", None))
@@ -72,7 +72,8 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
                 new_head = QuantLinear(shared, head.bias, None, _act(cfg), tied_embedding=emb_q)
             else:
                 new_head = QuantLinear(head.weight, head.bias,
-                                       _weight_q(cfg.embedding_quantizer or cfg.quantizer, bits.embedding, head.weight, cfg, init),
+                                       _weight_q(cfg.embedding_quantizer or cfg.quantizer, bits.embedding, head.weight, cfg,
+                                                 init, embedding=True),
                                        _act(cfg))
             replace_module(model, head_name, new_head)
             replaced += 1

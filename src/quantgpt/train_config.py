@@ -15,6 +15,8 @@ from .errors import QuantGPTError
 # and one activation quantizer, so a comparison isolates how each learns its clip or step.
 # quantgpt's scaling defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md): one dynamic
 # clip per output row, and at 2 bits the grid of all four codes instead of ternary.
+DEFAULT_EMBEDDING_GROUP = 64  # features per scale of the token embedding / tied head (docs/method.md)
+
 METHODS = {
     "quantgpt": {"quantizer": "mds", "contrastive": True, "granularity": "channel", "grid": "auto"},
     "kd": {"quantizer": "mds", "contrastive": False, "granularity": "channel", "grid": "auto"},
@@ -34,6 +36,8 @@ class TrainConfig:
     granularity: str | None = None  # default: the method's (with group_size)
     group_size: int | None = None
     grid: str | None = None  # mds/pact rounding grid, sym | full; default: the method's
+    embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
+    embedding_group_size: int | None = None  # default 64 under group granularity
     init: str | None = None  # start the student's weights from a PTQ solution: rtn | gptq
     train_data: list[str] = field(default_factory=lambda: ["sample"])
     eval_data: list[str] | None = None
@@ -99,6 +103,15 @@ class TrainConfig:
         elif not self.group_size:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
+        if self.embedding_granularity is None:
+            self.embedding_granularity = "group"
+        if self.embedding_granularity not in ("tensor", "channel", "group"):
+            raise QuantGPTError(f"unknown embedding granularity {self.embedding_granularity!r}: choose group, channel or tensor")
+        if self.embedding_granularity != "group":
+            if self.embedding_group_size is not None:
+                raise QuantGPTError("an embedding group size applies to embedding granularity group")
+        elif not self.embedding_group_size:
+            self.embedding_group_size = DEFAULT_EMBEDDING_GROUP
         if self.grid is None:  # the method's; "auto": all four codes at 2 bits, the paper's symmetric grid above
             grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
             self.grid = ("full" if Bits.parse(self.bits).weight == 2 else "sym") if grid == "auto" else grid

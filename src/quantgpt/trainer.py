@@ -132,6 +132,7 @@ class Trainer:
         self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
+                            "embedding_group_size": cfg.embedding_group_size,
                             "vocab": self.student.config.vocab_size,
                             "params": sum(p.numel() for p in self.student.parameters())}
         if cfg.resume:
@@ -179,7 +180,8 @@ class Trainer:
         qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
                            group_size=cfg.group_size, ragged_groups=cfg.group_size is not None, grid=cfg.grid,
                            mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, act_learned_clip=cfg.act_learned_clip,
-                           act_granularity=cfg.act_granularity, act_group_size=cfg.act_group_size)
+                           act_granularity=cfg.act_granularity, act_group_size=cfg.act_group_size,
+                           embedding_granularity=cfg.embedding_granularity, embedding_group_size=cfg.embedding_group_size)
         return quantize_model(student, qcfg)
 
     def _optimizer(self):

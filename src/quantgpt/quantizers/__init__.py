@@ -14,8 +14,13 @@ from .pact import PACTQuantizer
 FAMILIES = {"mds": MDSQuantizer, "pact": PACTQuantizer, "lsq": LSQQuantizer, "laq": LAQQuantizer, "minmax": MinMaxQuantizer}
 
 
-def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: QuantConfig) -> WeightQuantizer:
-    common = dict(granularity=cfg.granularity, group_size=cfg.group_size, ragged=cfg.ragged_groups)
+def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: QuantConfig,
+                          embedding: bool = False) -> WeightQuantizer:
+    """The quantizer of one matrix; ``embedding`` selects the token embedding's (and LM head's) scale layout."""
+    if embedding and cfg.embedding_granularity is not None:
+        common = dict(granularity=cfg.embedding_granularity, group_size=cfg.embedding_group_size, ragged=True)
+    else:
+        common = dict(granularity=cfg.granularity, group_size=cfg.group_size, ragged=cfg.ragged_groups)
     if family == "mds":
         return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, grid=cfg.grid, **common)
     if family == "pact":
