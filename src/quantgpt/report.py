@@ -15,7 +15,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
 
-COLUMNS = ("name", "method", "bits", "perplexity", "accuracy", "tokens_trained", "wall_seconds", "device", "commit")
+COLUMNS = ("name", "method", "bits", "scales", "perplexity", "accuracy", "tokens_trained", "wall_seconds", "device",
+           "commit")
+
+
+def scales(row: dict) -> str:
+    """A training run's scale layout in a few words, from its recorded config: weights / grid / activations /
+    embedding, e.g. ``channel full act32 emb64``; empty for post-training rows (no config recorded)."""
+    c = row.get("config")
+    if not c:
+        return ""
+    w = f"g{c['group_size']}" if c.get("granularity") == "group" else c.get("granularity", "")
+    act = {"group": f"act{c.get('act_group_size')}", "token": "act-token", "tensor": "act-tensor"}.get(
+        c.get("act_granularity") or "token", "")
+    emb = {"group": f"emb{c.get('embedding_group_size')}", "channel": "emb-channel", "tensor": "emb-tensor"}.get(
+        c.get("embedding_granularity") or "", "")
+    return " ".join(x for x in (w, c.get("grid") or "", act, emb) if x)
 
 
 def read_results(path) -> list[dict]:
@@ -123,6 +138,8 @@ def make_report(results, out) -> dict:
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for r in rows:
+        r.setdefault("scales", scales(r))
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows_sorted]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
