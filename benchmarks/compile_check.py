@@ -14,6 +14,7 @@ import json
 
 import torch
 
+from paper_study import parse_overrides  # this folder is on sys.path when the script runs
 from quantgpt.data import tokenize_files
 from quantgpt.models import load_float
 from quantgpt.train_config import TrainConfig
@@ -39,9 +40,7 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
-    import yaml
-
-    extra = {k.replace("-", "_"): yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    extra = parse_overrides(args.set)
     teacher, tok = load_float(args.model)
     ids = tokenize_files(args.data, tok)
     x = ids[: args.batch_size * args.seq_len].reshape(args.batch_size, args.seq_len)

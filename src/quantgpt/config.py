@@ -10,6 +10,13 @@ WEIGHT_BITS = (2, 3, 4, 8)
 OFF_BITS = (16, 32)  # "16 or 32 bits" means: leave it in floating point
 ACT_BITS = (2, 3, 4, 8)
 WEIGHT_QUANTIZERS = ("mds", "pact", "lsq", "laq", "minmax")
+GRIDS = ("sym", "full")  # mds / pact rounding grids: the paper's 2^b - 1 levels, or all 2^b codes
+
+
+def check_grid(grid: str) -> str:
+    if grid not in GRIDS:
+        raise QuantGPTError(f"unknown grid {grid!r}: choose sym (the paper's) or full (all 2^b codes)")
+    return grid
 
 
 @dataclass(frozen=True)
@@ -59,18 +66,25 @@ class Bits:
 DEFAULT_ACT_GROUP = 32  # features per activation scale (the block size of the OCP MX formats)
 
 
-def resolve_act(granularity: str | None, group_size: int | None) -> tuple[str, int | None]:
-    """Activation scales: ``group`` (default; ``group_size`` features of a token, default
-    :data:`DEFAULT_ACT_GROUP`), ``token`` or ``tensor``. A group size alone means ``group``."""
+def resolve_grouping(what: str, granularity: str | None, group_size: int | None, default_group: int,
+                     choices: tuple[str, ...]) -> tuple[str, int | None]:
+    """``(granularity, group_size)`` of a scale layout whose default is ``group`` of ``default_group`` features
+    (activations, the trained embedding); ``what`` names it in errors. A group size alone means ``group``."""
     granularity = granularity or "group"
-    if granularity not in ("token", "tensor", "group"):
-        raise QuantGPTError(f"unknown activation granularity {granularity!r}: choose group, token or tensor")
+    if granularity not in choices:
+        raise QuantGPTError(f"unknown {what} granularity {granularity!r}: choose {', '.join(choices[:-1])} or {choices[-1]}")
     if group_size is not None:
         if granularity != "group":
-            raise QuantGPTError(f"an activation group size applies to group granularity, not {granularity!r}")
+            raise QuantGPTError(f"an {what} group size applies to group granularity, not {granularity!r}")
         if group_size <= 0:
-            raise QuantGPTError(f"bad activation group size {group_size}: it must be a positive number of features")
-    return granularity, (group_size or DEFAULT_ACT_GROUP) if granularity == "group" else None
+            raise QuantGPTError(f"bad {what} group size {group_size}: it must be a positive number of features")
+    return granularity, (group_size or default_group) if granularity == "group" else None
+
+
+def resolve_act(granularity: str | None, group_size: int | None) -> tuple[str, int | None]:
+    """Activation scales: ``group`` (default; ``group_size`` features of a token, default
+    :data:`DEFAULT_ACT_GROUP`), ``token`` or ``tensor``."""
+    return resolve_grouping("activation", granularity, group_size, DEFAULT_ACT_GROUP, ("group", "token", "tensor"))
 
 
 @dataclass
@@ -126,8 +140,7 @@ class QuantConfig:
             raise QuantGPTError("embedding granularity 'group' needs a group size (--embedding-group-size G)")
         if self.embedding_granularity != "group":
             self.embedding_group_size = None
-        if self.grid not in ("sym", "full"):
-            raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
+        check_grid(self.grid)
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
 
     def to_dict(self) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Bits, WEIGHT_QUANTIZERS, resolve_act
+from .config import Bits, WEIGHT_QUANTIZERS, check_grid, resolve_act, resolve_grouping
 from .errors import QuantGPTError
 
 # Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
@@ -103,20 +103,13 @@ class TrainConfig:
         elif not self.group_size:
             raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
-        if self.embedding_granularity is None:
-            self.embedding_granularity = "group"
-        if self.embedding_granularity not in ("tensor", "channel", "group"):
-            raise QuantGPTError(f"unknown embedding granularity {self.embedding_granularity!r}: choose group, channel or tensor")
-        if self.embedding_granularity != "group":
-            if self.embedding_group_size is not None:
-                raise QuantGPTError("an embedding group size applies to embedding granularity group")
-        elif not self.embedding_group_size:
-            self.embedding_group_size = DEFAULT_EMBEDDING_GROUP
+        self.embedding_granularity, self.embedding_group_size = resolve_grouping(
+            "embedding", self.embedding_granularity, self.embedding_group_size, DEFAULT_EMBEDDING_GROUP,
+            ("group", "channel", "tensor"))
         if self.grid is None:  # the method's; "auto": all four codes at 2 bits, the paper's symmetric grid above
             grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
             self.grid = ("full" if Bits.parse(self.bits).weight == 2 else "sym") if grid == "auto" else grid
-        if self.grid not in ("sym", "full"):
-            raise QuantGPTError(f"unknown grid {self.grid!r}: choose sym (the paper's) or full (all 2^b codes)")
+        check_grid(self.grid)
         if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
             raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
         if self.init not in (None, "rtn", "gptq"):

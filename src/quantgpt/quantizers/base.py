@@ -112,15 +112,13 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.group_size else ""
-        return f"bits={self.bits}, granularity={self.granularity}{g}"
+        grid = getattr(self, "grid", "sym")  # mds and pact have a choice of rounding grid
+        return f"bits={self.bits}, granularity={self.granularity}{g}" + (f", grid={grid}" if grid != "sym" else "")
 
 
 def sym_levels(bits: int) -> int:
     """k = 2^(b-1) - 1: a symmetric grid {-k..k}/k; 2 bits give exactly the ternary grid {-1, 0, 1}."""
     return 2 ** (bits - 1) - 1
-
-
-GRIDS = ("sym", "full")
 
 
 def grid_k(bits: int, grid: str) -> int:
@@ -147,11 +145,13 @@ def grid_round(u: torch.Tensor, k: int, grid: str = "sym") -> torch.Tensor:
     return c / k if grid == "sym" else (c + 0.5) / k
 
 
-def grid_encoding(k: int, grid: str, like: torch.Tensor):
-    """``(zero, qmin, qmax)`` of the codes of :func:`grid_codes`; value = (code - zero) * alpha / k."""
+def grid_encode(w2: torch.Tensor, alpha: torch.Tensor, k: int, grid: str):
+    """``encode_rows``'s tuple for clip ``alpha`` on ``grid``: int8 codes of :func:`grid_codes`, scale alpha / k,
+    zero point (None on the sym grid, one -1/2 on the full grid), qmin, qmax; value = (code - zero) * scale."""
+    codes = grid_codes((w2.float() / alpha).clamp(-1, 1), k, grid).to(torch.int8)
     if grid == "sym":
-        return None, -k, k
-    return torch.full((1, 1), -0.5, dtype=like.dtype, device=like.device), -k, k - 1
+        return codes, alpha / k, None, -k, k
+    return codes, alpha / k, torch.full((1, 1), -0.5, dtype=alpha.dtype, device=alpha.device), -k, k - 1
 
 
 @torch.no_grad()

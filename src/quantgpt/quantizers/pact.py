@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import WeightQuantizer, grid_codes, grid_encoding, grid_k, grid_round, initial_clip
+from .base import WeightQuantizer, grid_encode, grid_k, grid_round, initial_clip
 
 
 class PACTFunction(torch.autograd.Function):
@@ -49,9 +49,4 @@ class PACTQuantizer(WeightQuantizer):
 
     def encode_rows(self, w2):
         alpha = self.alpha.float().clamp_min(1e-12)
-        codes = grid_codes((w2.float() / alpha).clamp(-1, 1), self.k, self.grid)
-        zero, qmin, qmax = grid_encoding(self.k, self.grid, alpha)
-        return codes.to(torch.int8), alpha / self.k, zero, qmin, qmax
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (f", grid={self.grid}" if self.grid != "sym" else "")
+        return grid_encode(w2, alpha, self.k, self.grid)
