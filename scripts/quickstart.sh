@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the built-in model, on the CPU in a few minutes: install, measure SmolLM2-135M, compress it
 # with quantization-aware distillation (a short demonstration run: 8-bit weights, embedding and activations,
-# per-channel scales), measure it again, show its packed size, and generate from it. A real 2-bit run needs
+# default scales), measure it again, show its packed size, and generate from it. A real 2-bit run needs
 # a GPU: see README.md and docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

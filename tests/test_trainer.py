@@ -127,19 +127,34 @@ def test_starting_point_is_kept_when_training_only_hurts(tmp_path, tiny, tokeniz
 
 
 def test_scaling_defaults():
-    """The study's defaults: one clip per output row, four codes at 2-bit weights (the paper's symmetric grid
-    above), activation scales per 32 features of a token; every paper setting stays one flag away."""
+    """The study's defaults: one clip per 64 input columns of a row, four codes at 2-bit weights (the paper's
+    symmetric grid above), activation scales per 32 features of a token; every paper setting stays one flag away."""
     c = TrainConfig(bits="2-2-8")
-    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("channel", None, "full", "group", 32)
+    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("group", 64, "full", "group", 32)
     assert TrainConfig(bits="4-4-8").grid == "sym" and TrainConfig(method="lsq").grid == "sym"
-    assert TrainConfig(method="pact").grid == "full" and TrainConfig(method="laq").granularity == "channel"
+    assert TrainConfig(method="pact").grid == "full" and TrainConfig(method="laq").group_size == 64
     paper = TrainConfig(bits="2-2-8", granularity="tensor", grid="sym", act_granularity="token")
-    assert (paper.granularity, paper.grid, paper.act_group_size) == ("tensor", "sym", None)
-    assert TrainConfig(group_size=64).granularity == "group" and TrainConfig(granularity="group", group_size=64).group_size == 64
+    assert (paper.granularity, paper.group_size, paper.grid, paper.act_group_size) == ("tensor", None, "sym", None)
+    assert TrainConfig(granularity="channel").group_size is None
+    assert TrainConfig(group_size=32).granularity == "group" and TrainConfig(group_size=32).group_size == 32
+    with pytest.raises(QuantGPTError, match="group size"):
+        TrainConfig(group_size=0)
     assert (c.embedding_granularity, c.embedding_group_size) == ("group", 64)
     assert TrainConfig(embedding_granularity="channel").embedding_group_size is None
     with pytest.raises(QuantGPTError, match="embedding group size"):
         TrainConfig(embedding_granularity="tensor", embedding_group_size=8)
+
+
+def test_lr_and_lambda_follow_the_weight_bits():
+    """2-bit weights train at lr 1e-3 with lambda 0.1; 3 bits and up at 3e-4 with lambda 0.01 (study, section 7).
+    An explicit value always wins, also one that equals another width's default."""
+    assert (TrainConfig(bits="2-2-8").lr, TrainConfig(bits="2-2-8").cont_weight) == (1e-3, 0.1)
+    assert (TrainConfig(bits="2-16-8").lr, TrainConfig(bits="2-16-8").cont_weight) == (1e-3, 0.1)
+    for bits in ("3-3-8", "4-4-8", "8-8-8", "16-2-8"):
+        assert (TrainConfig(bits=bits).lr, TrainConfig(bits=bits).cont_weight) == (3e-4, 0.01)
+    assert (TrainConfig(bits="8-8-8", lr=1e-3, cont_weight=0.1).lr, TrainConfig(bits="2-2-8", cont_weight=0.01).cont_weight) == \
+        (1e-3, 0.01)
+    assert TrainConfig(bits="2-2-8", lr="3e-4").lr == 3e-4  # YAML's 3e-4 is a string
 
 
 def test_embedding_has_its_own_scale_layout(tmp_path, tiny, tokenizer, ids):
@@ -149,7 +164,7 @@ def test_embedding_has_its_own_scale_layout(tmp_path, tiny, tokenizer, ids):
     assert (emb.weight_quantizer.granularity, emb.weight_quantizer.group_size) == ("group", 16)
     assert emb.weight_quantizer.rows == emb.weight.shape[0] * emb.weight.shape[1] // 16
     assert head._tied and head._tied[0] is emb  # the tied head reads the same codes and scales
-    assert tr.student.model.layers[0].mlp.up_proj.weight_quantizer.granularity == "channel"
+    assert tr.student.model.layers[0].mlp.up_proj.weight_quantizer.granularity == "group"
     tr.train_step()
 
 

@@ -13,17 +13,31 @@ from .errors import QuantGPTError
 # Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
 # with logit distillation, so pact / lsq / laq get it too). All share one scale layout (per output row)
 # and one activation quantizer, so a comparison isolates how each learns its clip or step.
-# quantgpt's scaling defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md): one dynamic
-# clip per output row, and at 2 bits the grid of all four codes instead of ternary.
+# quantgpt's defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md sections 6-7): one dynamic
+# clip per 64 input columns of a row, at 2 bits the grid of all four codes instead of ternary, and a learning
+# rate and contrastive weight that depend on the weight bits.
 DEFAULT_EMBEDDING_GROUP = 64  # features per scale of the token embedding / tied head (docs/method.md)
+DEFAULT_GROUP = 64  # input columns per weight scale of the decoder's linear layers
 
 METHODS = {
-    "quantgpt": {"quantizer": "mds", "contrastive": True, "granularity": "channel", "grid": "auto"},
-    "kd": {"quantizer": "mds", "contrastive": False, "granularity": "channel", "grid": "auto"},
-    "pact": {"quantizer": "pact", "contrastive": False, "granularity": "channel", "grid": "auto"},
-    "lsq": {"quantizer": "lsq", "contrastive": False, "granularity": "channel"},
-    "laq": {"quantizer": "laq", "contrastive": False, "granularity": "channel"},
+    "quantgpt": {"quantizer": "mds", "contrastive": True, "grid": "auto"},
+    "kd": {"quantizer": "mds", "contrastive": False, "grid": "auto"},
+    "pact": {"quantizer": "pact", "contrastive": False, "grid": "auto"},
+    "lsq": {"quantizer": "lsq", "contrastive": False},
+    "laq": {"quantizer": "laq", "contrastive": False},
 }
+
+
+def default_lr(weight_bits: int) -> float:
+    """Weights' learning rate: 2-bit weights must travel further from the float solution (study, section 7:
+    2-2-8 at 3e-4 / 1e-3 / 3e-3 gave 242 / 149 / 408); at 4 bits 3e-4 beat 1e-3 (25.2 vs 26.5)."""
+    return 1e-3 if weight_bits <= 2 else 3e-4
+
+
+def default_cont_weight(weight_bits: int) -> float:
+    """lambda: the contrastive term helps at 2 bits (118.8 vs 123.8 without it) and hurts a near-lossless
+    4-bit start at the paper's 0.1 (25.2 vs 24.4 at 0.01; section 7)."""
+    return 0.1 if weight_bits <= 2 else 0.01
 
 
 @dataclass
@@ -33,8 +47,8 @@ class TrainConfig:
     method: str = "quantgpt"
     quantizer: str | None = None  # default: the method's
     contrastive: bool | None = None  # default: the method's
-    granularity: str | None = None  # default: the method's (with group_size)
-    group_size: int | None = None
+    granularity: str | None = None  # weight scales: tensor | channel | group (default, with group_size)
+    group_size: int | None = None  # default 64 under group granularity
     grid: str | None = None  # mds/pact rounding grid, sym | full; default: the method's
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
     embedding_group_size: int | None = None  # default 64 under group granularity
@@ -46,14 +60,14 @@ class TrainConfig:
     seq_len: int = 1024
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: float | None = None  # default: 1e-3 at 2-bit weights, 3e-4 above (default_lr)
     quant_lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: float = 0.03  # fraction of the steps
     schedule: str = "cosine"  # cosine | linear | constant
     max_grad_norm: float = 1.0
     temperature: float = 1.0
-    cont_weight: float = 0.1  # lambda
+    cont_weight: float | None = None  # lambda; default: 0.1 at 2-bit weights, 0.01 above (default_cont_weight)
     tau: float = 0.1
     negatives: int = 4096
     momentum: float = 0.9
@@ -91,24 +105,27 @@ class TrainConfig:
         self.bits = str(Bits.parse(self.bits))
         if self.method not in METHODS:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.granularity is None:  # a group size alone means group granularity; neither: the method's scaling
-            preset = METHODS[self.method]
-            self.granularity = "group" if self.group_size else preset.get("granularity", "tensor")
-            if self.group_size is None and self.granularity == "group":
-                self.group_size = preset.get("group_size")
+        self.granularity = self.granularity or "group"  # the same scale layout for every method
         if self.granularity not in ("tensor", "channel", "group"):
             raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
         if self.granularity != "group":
             self.group_size = None
-        elif not self.group_size:
-            raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
+        elif self.group_size is None:
+            self.group_size = DEFAULT_GROUP
+        elif self.group_size <= 0:
+            raise QuantGPTError(f"bad group size {self.group_size}: it must be a positive number of input columns")
+        weight_bits = Bits.parse(self.bits).weight
+        if self.lr is None:
+            self.lr = default_lr(weight_bits)
+        if self.cont_weight is None:
+            self.cont_weight = default_cont_weight(weight_bits)
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
         self.embedding_granularity, self.embedding_group_size = resolve_grouping(
             "embedding", self.embedding_granularity, self.embedding_group_size, DEFAULT_EMBEDDING_GROUP,
             ("group", "channel", "tensor"))
         if self.grid is None:  # the method's; "auto": all four codes at 2 bits, the paper's symmetric grid above
             grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
-            self.grid = ("full" if Bits.parse(self.bits).weight == 2 else "sym") if grid == "auto" else grid
+            self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
         if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
             raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
