@@ -46,9 +46,10 @@ def grid() -> dict[str, dict]:
         "lambda0.01": {"cont_weight": 0.01}, "lambda0.5": {"cont_weight": 0.5}, "lambda1": {"cont_weight": 1.0},
         "layer-mid": {"layer": 14},
         "init-gptq": {"init": "gptq"},
-        # scaling choices the paper leaves open; quantgpt's defaults are per-channel, four codes, 32-feature acts
-        "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip (vs the per-channel default)
-        "group64": {"group_size": 64},
+        # scaling choices the paper leaves open; quantgpt's defaults are 64-column groups, four codes at 2 bits,
+        # 32-feature activation groups, 64-feature embedding groups
+        "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip
+        "per-channel": {"granularity": "channel"},  # one clip per output row
         "ternary": {"grid": "sym"},
         "token-acts": {"act_granularity": "token"},
         "embedding-per-channel": {"embedding_granularity": "channel"},
@@ -154,7 +155,8 @@ def main():
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
             row.update(bits=cfg.bits, method=cfg.method, resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
-                       train_seconds=r["train_seconds"], settings=settings, config=cfg.to_dict())
+                       train_seconds=r["train_seconds"], settings={k: getattr(cfg, k) for k in settings},
+                       config=cfg.to_dict())
             del tr
         ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
         row.update(perplexity=ev["perplexity"], accuracy=ev["accuracy"], tokens_scored=ev["tokens"],

@@ -33,7 +33,7 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert set(rep["figures"]) == {"perplexity_vs_bits.png", "loss_curves.png", "gamma.png", "homogeneity.png"}
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "quantgpt@2-2-8" in md and "homogeneity.png" in md
+    assert "quantgpt@2-2-8" in md and "homogeneity.png" in md and "## Best perplexity of each method (128 training" in md
     assert "<table>" in (tmp_path / "report" / "report.html").read_text()
 
     # --set overrides every training run's config and --tag names the variant; results append
@@ -62,6 +62,25 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     capsys.readouterr()
     md = (tmp_path / "report2" / "report.md").read_text()
     assert "| note |" in md and "invalid: trained with a known bug" in md
+
+
+def test_best_runs_compare_methods_at_the_common_budget():
+    """The main table keeps each method's best run among those trained on the budget most runs share (and the
+    post-training rows); longer runs, ablations and runs noted invalid stay out of it."""
+    from quantgpt.report import best_runs, best_table
+
+    def row(method, ppl, tokens, **kw):
+        return {"method": method, "bits": "2-2-8", "perplexity": ppl, "tokens_trained": tokens, **kw}
+
+    rows = [row("quantgpt", 120.0, 100), row("quantgpt", 110.0, 100), row("quantgpt", 70.0, 300),
+            row("quantgpt", 50.0, 100, ablation="no-bank"), row("pact", 105.0, 100, note="bug"), row("pact", 130.0, 100),
+            row("gptq", 2e6, 0), {**row("float", 21.6, 0), "bits": "16-16-16"}]
+    best = best_runs(rows)
+    assert {k: v["perplexity"] for k, v in best.items()} == {
+        ("quantgpt", "2-2-8"): 110.0, ("pact", "2-2-8"): 130.0, ("gptq", "2-2-8"): 2e6, ("float", "16-16-16"): 21.6}
+    table = best_table(best)
+    assert table[0] == "| bits | float | gptq | pact | quantgpt |"
+    assert table[2:] == ["| 16-16-16 | 21.6 | - | - | - |", "| 2-2-8 | - | 2.000e+06 | 130 | 110 |"]
 
 
 def test_report_bad_input(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -61,23 +62,63 @@ def _bits_key(b: str) -> float:
     return float(str(b).split("-")[0])
 
 
+def common_budget(rows: list[dict]) -> int | None:
+    """The training budget (tokens) most training runs share: the main table compares methods at it."""
+    budgets = Counter(r["tokens_trained"] for r in rows if r.get("tokens_trained") and not r.get("ablation"))
+    return budgets.most_common(1)[0][0] if budgets else None
+
+
+def best_runs(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """The lowest-perplexity run of each (method, bits) at the common training budget (post-training rows
+    too), ablations and noted (invalid) runs left out: what each method reached with the same training,
+    whatever setting got it there (the full table lists every run)."""
+    budget = common_budget(rows)
+    best: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r.get("ablation") or r.get("note") or not r.get("perplexity") or r.get("tokens_trained") not in (0, None, budget):
+            continue
+        key = (r["method"], r["bits"])
+        if key not in best or r["perplexity"] < best[key]["perplexity"]:
+            best[key] = r
+    return best
+
+
+def best_table(best: dict[tuple[str, str], dict]) -> list[str]:
+    """Markdown: one row per bit setting, one column per method, the best perplexity in each cell."""
+    methods = sorted({m for m, _ in best}, key=lambda m: (m != "float", m))
+    bits = sorted({b for _, b in best}, key=lambda b: (-_bits_key(b), b))
+    lines = ["| bits | " + " | ".join(methods) + " |", "|" + " --- |" * (len(methods) + 1)]
+    for b in bits:
+        lines.append(f"| {b} | " + " | ".join(_fmt(best[(m, b)]["perplexity"]) if (m, b) in best else "-"
+                                              for m in methods) + " |")
+    return lines
+
+
+def best_html(best: dict[tuple[str, str], dict]) -> str:
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in best_table(best)]
+    head, body = cells[0], cells[2:]
+    return ("<h2>Best perplexity of each method</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+            + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            + "</table>")
+
+
 def make_report(results, out) -> dict:
     rows = read_results(results)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
+    best = best_runs(rows)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in rows}):
-        pts = sorted((_bits_key(r["bits"]), r["perplexity"]) for r in rows
-                     if r["method"] == method and not r.get("ablation") and not r.get("note") and r.get("perplexity"))
+    for method in sorted({m for m, _ in best}):
+        pts = sorted((_bits_key(b), r["perplexity"]) for (m, b), r in best.items() if m == method)
         if pts:
             ax.plot(*zip(*pts), marker="o", label=method)
     ax.set_xlabel("weight bits")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.legend()
-    ax.set_title("perplexity against bits")
+    ax.set_title("perplexity against bits (best run of each method)")
     fig.tight_layout()
     fig.savefig(out / "perplexity_vs_bits.png", dpi=100)
     plt.close(fig)
@@ -113,12 +154,12 @@ def make_report(results, out) -> dict:
             plt.close(fig)
             figures.append(("Learned clip factor per module", "gamma.png"))
 
-    hists = [r for r in rows if r.get("cos_hist") and not r.get("note")]
+    hists = [r for (m, _), r in sorted(best.items(), key=lambda kv: (kv[0][0], -_bits_key(kv[0][1])))
+             if m in ("quantgpt", "pact") and r.get("cos_hist")]
     if hists:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         teacher = next((r["teacher_cos_hist"] for r in hists if r.get("teacher_cos_hist")), None)
-        series = ([("teacher", teacher)] if teacher else []) + [(r.get("name", r["method"]), r["cos_hist"]) for r in hists
-                                                                  if r["method"] in ("quantgpt", "pact") and not r.get("ablation")]
+        series = ([("teacher", teacher)] if teacher else []) + [(r.get("name", r["method"]), r["cos_hist"]) for r in hists]
         for label, counts in series:
             n = len(counts)
             total = max(sum(counts), 1)
@@ -137,6 +178,7 @@ def make_report(results, out) -> dict:
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
+          f"## Best perplexity of each method ({common_budget(rows) or 0:,} training tokens)", "", *best_table(best), "", "## Every run", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         r.setdefault("scales", scales(r))
@@ -148,7 +190,8 @@ def make_report(results, out) -> dict:
     page = ("<!doctype html><meta charset='utf-8'><title>quantgpt study report</title>"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
-            f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p><table><tr>"
+            f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
+            + best_html(best) + "<h2>Every run</h2><table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
