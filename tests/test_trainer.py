@@ -137,8 +137,12 @@ def test_scaling_defaults():
     assert (paper.granularity, paper.group_size, paper.grid, paper.act_group_size) == ("tensor", None, "sym", None)
     assert TrainConfig(granularity="channel").group_size is None
     assert TrainConfig(group_size=32).granularity == "group" and TrainConfig(group_size=32).group_size == 32
-    with pytest.raises(QuantGPTError, match="group size"):
+    with pytest.raises(QuantGPTError, match="weight group size 0"):
         TrainConfig(group_size=0)
+    with pytest.raises(QuantGPTError, match="a weight group size applies to group granularity, not 'channel'"):
+        TrainConfig(granularity="channel", group_size=64)  # a conflict is an error, not a silent choice
+    with pytest.raises(QuantGPTError, match="unknown weight granularity 'row'"):
+        TrainConfig(granularity="row")
     assert (c.embedding_granularity, c.embedding_group_size) == ("group", 64)
     assert TrainConfig(embedding_granularity="channel").embedding_group_size is None
     with pytest.raises(QuantGPTError, match="embedding group size"):

@@ -69,13 +69,15 @@ DEFAULT_ACT_GROUP = 32  # features per activation scale (the block size of the O
 def resolve_grouping(what: str, granularity: str | None, group_size: int | None, default_group: int,
                      choices: tuple[str, ...]) -> tuple[str, int | None]:
     """``(granularity, group_size)`` of a scale layout whose default is ``group`` of ``default_group`` features
-    (activations, the trained embedding); ``what`` names it in errors. A group size alone means ``group``."""
+    (the trained weights, activations, the trained embedding); ``what`` names it in errors. A group size alone
+    means ``group``; a group size with another granularity is an error."""
     granularity = granularity or "group"
     if granularity not in choices:
         raise QuantGPTError(f"unknown {what} granularity {granularity!r}: choose {', '.join(choices[:-1])} or {choices[-1]}")
     if group_size is not None:
         if granularity != "group":
-            raise QuantGPTError(f"an {what} group size applies to group granularity, not {granularity!r}")
+            article = "an" if what[0] in "aeiou" else "a"
+            raise QuantGPTError(f"{article} {what} group size applies to group granularity, not {granularity!r}")
         if group_size <= 0:
             raise QuantGPTError(f"bad {what} group size {group_size}: it must be a positive number of features")
     return granularity, (group_size or default_group) if granularity == "group" else None

@@ -105,15 +105,8 @@ class TrainConfig:
         self.bits = str(Bits.parse(self.bits))
         if self.method not in METHODS:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        self.granularity = self.granularity or "group"  # the same scale layout for every method
-        if self.granularity not in ("tensor", "channel", "group"):
-            raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
-        if self.granularity != "group":
-            self.group_size = None
-        elif self.group_size is None:
-            self.group_size = DEFAULT_GROUP
-        elif self.group_size <= 0:
-            raise QuantGPTError(f"bad group size {self.group_size}: it must be a positive number of input columns")
+        self.granularity, self.group_size = resolve_grouping(  # the same scale layout for every method
+            "weight", self.granularity, self.group_size, DEFAULT_GROUP, ("group", "channel", "tensor"))
         weight_bits = Bits.parse(self.bits).weight
         if self.lr is None:
             self.lr = default_lr(weight_bits)
