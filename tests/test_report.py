@@ -64,6 +64,21 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert "| note |" in md and "invalid: trained with a known bug" in md
 
 
+def test_study_runs_side_by_side(tmp_path, model_dir):
+    """--jobs N: each run in its own process, N at a time, every row appended whole and marked as sharing."""
+    out = tmp_path / "study.jsonl"
+    cmd = [sys.executable, str(STUDY), "--model", str(model_dir), "--only", "rtn@4-4-8", "pact@2-2-8", "float",
+           "--jobs", "2", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-seq-len", "64",
+           "--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--tag=-p"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["name"] for x in rows) == ["float+-p", "pact@2-2-8+-p", "rtn@4-4-8+-p"]
+    assert all(x["shared_gpu"] == 2 for x in rows)
+    assert {p.name for p in (tmp_path / "runs" / "logs").iterdir()} == {"rtn_4-4-8-p.log", "pact_2-2-8-p.log", "float-p.log"}
+    assert (tmp_path / "runs" / "pact_2-2-8-p" / "model.safetensors").is_file()
+
+
 def test_best_runs_compare_methods_at_the_common_budget():
     """The main table keeps each method's best run among those trained on the budget most runs share (and the
     post-training rows); longer runs, ablations and runs noted invalid stay out of it."""
