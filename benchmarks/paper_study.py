@@ -230,6 +230,10 @@ def main():
             if "interrupted" in r:  # stopped by a signal (e.g. a time limit): its checkpoint can be resumed
                 print(json.dumps({"name": row["name"], "interrupted": r}), flush=True)
                 break
+            if "stop_signal" in r:  # the signal came while the model was written: stop before the test
+                print(json.dumps({"name": row["name"], "finished_then_stopped": r["stop_signal"],
+                                  "hint": "run it again with --resume to evaluate it"}), flush=True)
+                break
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
             row.update(bits=cfg.bits, method=cfg.method, resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),

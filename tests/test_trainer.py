@@ -126,6 +126,26 @@ def test_starting_point_is_kept_when_training_only_hurts(tmp_path, tiny, tokeniz
     assert kept == pytest.approx(evals[0], rel=1e-2)  # the written model is the starting point (fp16 scales)
 
 
+def test_signal_while_finishing_still_writes_the_model(tmp_path, tiny, tokenizer, ids, monkeypatch):
+    """Training is over when finish() starts: a time limit's SIGINT then waits for the model folder instead of
+    killing it half written (a study lost four finished runs that way), and the result says it came."""
+    import os
+    import signal
+
+    import quantgpt.plots
+
+    def plot_then_signal(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives during finish, after the packed model is written
+        return plot(*a, **kw)
+
+    plot = quantgpt.plots.plot_training
+    monkeypatch.setattr(quantgpt.plots, "plot_training", plot_then_signal)
+    r = Trainer(_cfg(tmp_path, steps=2, eval_every=2), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
+    assert r["stop_signal"] == "SIGINT" and r["steps"] == 2
+    assert (tmp_path / "run" / "model.safetensors").is_file() and list((tmp_path / "run").glob("*.png"))  # finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 def test_scaling_defaults():
     """The study's defaults: one clip per 64 input columns of a row, four codes at 2-bit weights (the paper's
     symmetric grid above), activation scales per 32 features of a token; every paper setting stays one flag away."""

@@ -379,11 +379,17 @@ class Trainer:
                     path = save_state(self)
                     bar.close()
                     return {"interrupted": self._stop_signal, "step": self.step, "checkpoint": str(path)}
+            bar.close()
+            # a signal from here on waits for the model folder: training is done, and losing it to a time
+            # limit would cost the whole run (the result says it came, so callers can stop after)
+            result = self.finish()
         finally:
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        return self.finish()
+        if self._stop_signal:
+            result["stop_signal"] = self._stop_signal
+        return result
 
     def _save_best(self):
         from safetensors.torch import save_model
