@@ -162,7 +162,8 @@ def main():
     p.add_argument("--steps", type=int, default=1400)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides for every training run (YAML values), e.g. grid=full lr=1e-3")
-    p.add_argument("--tag", default="", help="appended to the run names (e.g. to tell --set sweeps apart)")
+    p.add_argument("--tag", default="", help="appended to the run names (e.g. to tell --set sweeps apart); write --tag=-x for a tag "
+                        "that starts with '-'")
     p.add_argument("--resume", action="store_true",
                    help="continue a training run whose folder holds a checkpoint (one stopped by a time limit: send "
                         "SIGTERM or SIGINT, e.g. `timeout -s INT 540 ...`, and the run saves its state first)")
