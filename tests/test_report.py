@@ -64,6 +64,27 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert "| note |" in md and "invalid: trained with a known bug" in md
 
 
+def test_every_study_run_is_a_valid_config():
+    """Each training run of the study grid (main table, ablations, embedding bits) builds a TrainConfig, and
+    the ablations differ from quantgpt@2-2-8 in what they name."""
+    sys.path.insert(0, str(STUDY.parent))
+    try:
+        from paper_study import grid
+    finally:
+        sys.path.remove(str(STUDY.parent))
+    from quantgpt.train_config import TrainConfig
+
+    runs = grid()
+    cfgs = {n: TrainConfig(**{k: v for k, v in spec.items() if k != "ablation"}).to_dict() for n, spec in runs.items()
+            if spec["method"] not in ("float", "rtn", "gptq")}
+    base = cfgs["quantgpt@2-2-8"]
+    assert cfgs["quantgpt-per-tensor@2-2-8"]["granularity"] == "tensor" and base["granularity"] == "group"
+    assert cfgs["quantgpt-no-bank@2-2-8"]["negative_source"] == "batch"
+    for name, cfg in cfgs.items():
+        if name.startswith("quantgpt-"):
+            assert cfg != base, f"{name} is the default run under another name"
+
+
 def test_study_runs_side_by_side(tmp_path, model_dir):
     """--jobs N: each run in its own process, N at a time, every row appended whole and marked as sharing."""
     out = tmp_path / "study.jsonl"
