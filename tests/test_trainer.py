@@ -181,6 +181,23 @@ def test_lr_and_lambda_follow_the_weight_bits():
     assert TrainConfig(bits="2-2-8", lr="3e-4").lr == 3e-4  # YAML's 3e-4 is a string
 
 
+def test_compress_layout_is_the_documented_quantconfig(tmp_path, tiny, tokenizer, ids):
+    """README: compress at 2 bits trains the layout of QuantConfig(bits="2-2-8", group_size=64, ragged_groups=True,
+    grid="full", embedding_group_size=64): the same quantizers, module by module, with the same scale shapes."""
+    from quantgpt import QuantConfig, quantize_model
+
+    tr = Trainer(_cfg(tmp_path, steps=1), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    ref = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=64, ragged_groups=True, grid="full",
+                                                    embedding_group_size=64))
+
+    def layout(model):
+        return {n: (repr(m), [tuple(p.shape) for p in m.parameters()]) for n, m in model.named_modules()
+                if n.endswith(("weight_quantizer", "act_quantizer"))}
+
+    got, want = layout(tr.student), layout(ref)
+    assert got == want and len(got) > 10
+
+
 def test_embedding_has_its_own_scale_layout(tmp_path, tiny, tokenizer, ids):
     tr = Trainer(_cfg(tmp_path, embedding_group_size=16, steps=1), teacher=tiny("llama"), tokenizer=tokenizer,
                  train_ids=ids)
