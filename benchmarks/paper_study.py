@@ -189,8 +189,7 @@ def main():
         return
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
-    if args.jobs > 1 and len(runs) > 1:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and len(runs) > 1:  # each child makes the --out folder and appends its row
         raise SystemExit(run_parallel(list(runs), args.jobs, args.runs_dir, args.tag))
     from quantgpt.device import pick_device, pick_dtype
 

@@ -68,11 +68,11 @@ def common_budget(rows: list[dict]) -> int | None:
     return budgets.most_common(1)[0][0] if budgets else None
 
 
-def best_runs(rows: list[dict]) -> dict[tuple[str, str], dict]:
+def best_runs(rows: list[dict], budget: int | None = None) -> dict[tuple[str, str], dict]:
     """The lowest-perplexity run of each (method, bits) at the common training budget (post-training rows
     too), ablations and noted (invalid) runs left out: what each method reached with the same training,
     whatever setting got it there (the full table lists every run)."""
-    budget = common_budget(rows)
+    budget = common_budget(rows) if budget is None else budget
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r.get("ablation") or r.get("note") or not r.get("perplexity") or r.get("tokens_trained") not in (0, None, budget):
@@ -83,23 +83,24 @@ def best_runs(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return best
 
 
-def best_table(best: dict[tuple[str, str], dict]) -> list[str]:
-    """Markdown: one row per bit setting, one column per method, the best perplexity in each cell."""
+def best_cells(best: dict[tuple[str, str], dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per bit setting, one column per method, the best perplexity in each cell."""
     methods = sorted({m for m, _ in best}, key=lambda m: (m != "float", m))
     bits = sorted({b for _, b in best}, key=lambda b: (-_bits_key(b), b))
-    lines = ["| bits | " + " | ".join(methods) + " |", "|" + " --- |" * (len(methods) + 1)]
-    for b in bits:
-        lines.append(f"| {b} | " + " | ".join(_fmt(best[(m, b)]["perplexity"]) if (m, b) in best else "-"
-                                              for m in methods) + " |")
-    return lines
+    rows = [[b] + [_fmt(best[(m, b)]["perplexity"]) if (m, b) in best else "-" for m in methods] for b in bits]
+    return ["bits", *methods], rows
+
+
+def best_table(best: dict[tuple[str, str], dict]) -> list[str]:
+    """The best-perplexity table in Markdown."""
+    head, rows = best_cells(best)
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def best_html(best: dict[tuple[str, str], dict]) -> str:
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in best_table(best)]
-    head, body = cells[0], cells[2:]
-    return ("<h2>Best perplexity of each method</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
-            + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-            + "</table>")
+    head, rows = best_cells(best)
+    return ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
 
 
 def make_report(results, out) -> dict:
@@ -107,7 +108,9 @@ def make_report(results, out) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
-    best = best_runs(rows)
+    budget = common_budget(rows)
+    best = best_runs(rows, budget)
+    best_title = f"Best perplexity of each method ({budget or 0:,} training tokens)"
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in sorted({m for m, _ in best}):
@@ -178,7 +181,7 @@ def make_report(results, out) -> dict:
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
-          f"## Best perplexity of each method ({common_budget(rows) or 0:,} training tokens)", "", *best_table(best), "", "## Every run", "",
+          f"## {best_title}", "", *best_table(best), "", "## Every run", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         r.setdefault("scales", scales(r))
@@ -191,7 +194,7 @@ def make_report(results, out) -> dict:
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
-            + best_html(best) + "<h2>Every run</h2><table><tr>"
+            + f"<h2>{html.escape(best_title)}</h2>" + best_html(best) + "<h2>Every run</h2><table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import check_grid
 from ..errors import QuantGPTError
 
 
@@ -125,11 +126,7 @@ def grid_k(bits: int, grid: str) -> int:
     """The grid's denominator: ``sym`` (the paper's) has 2k+1 = 2^b - 1 levels {-k..k}/k, k = 2^(b-1) - 1;
     ``full`` uses all 2^b codes, levels (c + 1/2)/k for c in {-k..k-1}, k = 2^(b-1) (at 2 bits
     {-3/4, -1/4, 1/4, 3/4}: no zero level, but a fourth level ternary leaves unused)."""
-    if grid == "sym":
-        return sym_levels(bits)
-    if grid == "full":
-        return 2 ** (bits - 1)
-    raise QuantGPTError(f"unknown grid {grid!r}: choose sym or full")
+    return sym_levels(bits) if check_grid(grid) == "sym" else 2 ** (bits - 1)
 
 
 def grid_codes(u: torch.Tensor, k: int, grid: str) -> torch.Tensor:
