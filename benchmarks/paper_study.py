@@ -167,6 +167,9 @@ def main():
     p.add_argument("--resume", action="store_true",
                    help="continue a training run whose folder holds a checkpoint (one stopped by a time limit: send "
                         "SIGTERM or SIGINT, e.g. `timeout -s INT 540 ...`, and the run saves its state first)")
+    p.add_argument("--skip-done", action="store_true",
+                   help="leave out runs that already have a row in --out (to go on with a sweep cut short; with "
+                        "--resume a cut run continues from its checkpoint)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--eval-seq-len", type=int, default=2048)
@@ -184,6 +187,12 @@ def main():
     args = p.parse_args()
     runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
     overrides = parse_overrides(args.set)
+    if args.skip_done and Path(args.out).is_file():
+        done = {json.loads(line).get("name") for line in Path(args.out).read_text().splitlines() if line.strip()}
+        runs = {k: v for k, v in runs.items() if k + (f"+{args.tag}" if args.tag else "") not in done}
+        if not runs:
+            print(f"every run asked for already has a row in {args.out}")
+            return
     if args.list or not runs:
         print("\n".join(grid() if args.list else ["no run matches --only"]))
         return
@@ -222,9 +231,9 @@ def main():
             settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
             out = Path(args.runs_dir) / (name.replace("@", "_") + args.tag)
             resume = args.resume and (out / "checkpoint" / "state.json").is_file()
-            cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                              out=str(out), device=args.device, calib_samples=args.calib_samples, resume=resume,
-                              **settings)
+            base = dict(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, out=str(out),
+                        device=args.device, calib_samples=args.calib_samples, resume=resume)
+            cfg = TrainConfig(**{**base, **settings})  # --set may override the flags' values too (batch_size=32)
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
             r = tr.run()
             if "interrupted" in r:  # stopped by a signal (e.g. a time limit): its checkpoint can be resumed

@@ -1,9 +1,12 @@
 """Training throughput of compress variants measured side by side in one process (same model, data, GPU).
 
     python benchmarks/train_speed.py --model smollm2-135m --data $QG_DATA/corpora --steps 20
+    python benchmarks/train_speed.py ... --variants compiled --batch-size 16 32 64   # tokens/s against batch
 
 Variants: 'plain' (fake-quant student, full logits materialised, KL in float32: the loop most people
-write), 'fused' (our fused chunked KD + contrastive, eager) and 'compiled' (the same with torch.compile).
+write), 'fused' (our fused chunked KD + contrastive, eager), 'compiled' (the same with torch.compile) and
+'run-like' (compiled, after the forwards at other shapes a real run makes first: its step-0 homogeneity
+probe and held-out evaluation, so the blocks may be recompiled with a dynamic batch dimension).
 """
 from __future__ import annotations
 
@@ -77,9 +80,10 @@ def main():
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[16], help="one or more micro-batch sizes (sequences)")
     p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--variants", nargs="+", default=["plain", "fused", "compiled"])
+    p.add_argument("--variants", nargs="+", default=["plain", "fused", "compiled"],
+                   choices=["plain", "fused", "compiled", "run-like"])
     p.add_argument("--bits", default="2-2-8")
     p.add_argument("--out", default=None)
     p.add_argument("--breakdown", action="store_true", help="also time each part of the step (CUDA events)")
@@ -89,13 +93,18 @@ def main():
     commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                            text=True).stdout.strip()
     rows = []
-    for v in args.variants:
-        cfg = TrainConfig(model=args.model, bits=args.bits, steps=10_000, seq_len=args.seq_len, batch_size=args.batch_size,
-                          out=f"/tmp/speed_{v}_{time.time_ns()}", progress=False, compile=(v == "compiled"))
+    for batch, v in [(b, v) for b in args.batch_size for v in args.variants]:
+        cfg = TrainConfig(model=args.model, bits=args.bits, steps=10_000, seq_len=args.seq_len, batch_size=batch,
+                          out=f"/tmp/speed_{v}_{time.time_ns()}", progress=False, compile=v in ("compiled", "run-like"))
+        torch._dynamo.reset()  # each setting compiles afresh: no shape-generalised (dynamic) graph from the last one
         try:
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=ids)
             if v == "plain":
                 tr.losses = plain_losses(tr)
+            if v == "run-like":
+                tr.homogeneity()
+                tr.eval_ids = ids[: 8 * args.seq_len]
+                tr.evaluate()
             torch.cuda.synchronize()
             t_first = time.time()
             tr.train_step()
@@ -110,14 +119,14 @@ def main():
                 tr.train_step()
             torch.cuda.synchronize()
             dt = time.time() - t0
-            row = {"variant": v, "tok_per_s": args.steps * args.batch_size * args.seq_len / dt,
+            row = {"variant": v, "tok_per_s": args.steps * batch * args.seq_len / dt,
                    "step_ms": 1000 * dt / args.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                    "first_step_s": round(first_step_s, 1)}
             if args.breakdown and v != "plain":
                 row["breakdown_ms"] = {k: round(t, 2) for k, t in breakdown(tr).items()}
         except Exception as e:  # report and go on with the other variants
             row = {"variant": v, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-        row.update(bits=args.bits, batch=args.batch_size, seq_len=args.seq_len, device=torch.cuda.get_device_name(),
+        row.update(bits=args.bits, batch=batch, seq_len=args.seq_len, device=torch.cuda.get_device_name(),
                    commit=commit, date=time.strftime("%Y-%m-%d"))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -128,14 +137,14 @@ def main():
             for r in rows:
                 f.write(json.dumps(r) + "\n")
     base = next((r["tok_per_s"] for r in rows if r["variant"] == "plain" and "tok_per_s" in r), None)
-    print(f"{'variant':10s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} {'x plain':>8s} {'1st step s':>10s}")
+    print(f"{'variant':10s} {'batch':>5s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} {'x plain':>8s} {'1st step s':>10s}")
     for r in rows:
         if "tok_per_s" in r:
             ratio = f"{r['tok_per_s'] / base:.2f}" if base else "-"
-            print(f"{r['variant']:10s} {r['tok_per_s']:10.0f} {r['step_ms']:8.1f} {r['peak_gib']:6.1f} {ratio:>8s} "
+            print(f"{r['variant']:10s} {r['batch']:5d} {r['tok_per_s']:10.0f} {r['step_ms']:8.1f} {r['peak_gib']:6.1f} {ratio:>8s} "
                   f"{r['first_step_s']:10.1f}")
         else:
-            print(f"{r['variant']:10s} {r['error']}")
+            print(f"{r['variant']:10s} {r['batch']:5d} {r['error']}")
 
 
 if __name__ == "__main__":

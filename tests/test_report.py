@@ -99,6 +99,12 @@ def test_study_runs_side_by_side(tmp_path, model_dir):
     assert {p.name for p in (tmp_path / "runs" / "logs").iterdir()} == {"rtn_4-4-8-p.log", "pact_2-2-8-p.log", "float-p.log"}
     assert (tmp_path / "runs" / "pact_2-2-8-p" / "model.safetensors").is_file()
 
+    # --skip-done: runs with a row already are left out, so a sweep cut short goes on where it stopped
+    r = subprocess.run(cmd + ["--skip-done"], capture_output=True, text=True,
+                       env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0 and "already has a row" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 3
+
 
 def test_best_runs_compare_methods_at_the_common_budget():
     """The main table keeps each method's best run among those trained on the budget most runs share (and the

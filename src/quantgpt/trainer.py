@@ -347,9 +347,7 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 t0 = time.time()
-                row = self.train_step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                row = self.train_step()  # waits for the step's losses (the NaN guard), not for its optimizer update
                 dt = time.time() - t0
                 self.elapsed += dt
                 tok_window += tokens_per_step
