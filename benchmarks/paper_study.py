@@ -170,7 +170,7 @@ def main():
     p.add_argument("--skip-done", action="store_true",
                    help="leave out runs that already have a row in --out (to go on with a sweep cut short; with "
                         "--resume a cut run continues from its checkpoint)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: TrainConfig's, 32)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--eval-seq-len", type=int, default=2048)
     p.add_argument("--ptq-group-size", type=int, default=64)
@@ -231,8 +231,10 @@ def main():
             settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
             out = Path(args.runs_dir) / (name.replace("@", "_") + args.tag)
             resume = args.resume and (out / "checkpoint" / "state.json").is_file()
-            base = dict(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, out=str(out),
-                        device=args.device, calib_samples=args.calib_samples, resume=resume)
+            base = dict(model=args.model, steps=args.steps, seq_len=args.seq_len, out=str(out), device=args.device,
+                        calib_samples=args.calib_samples, resume=resume)
+            if args.batch_size:
+                base["batch_size"] = args.batch_size
             cfg = TrainConfig(**{**base, **settings})  # --set may override the flags' values too (batch_size=32)
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
             r = tr.run()

@@ -132,3 +132,18 @@ def test_report_bad_input(tmp_path):
         make_report(bad, tmp_path / "o")
     with pytest.raises(QuantGPTError, match="cannot read"):
         make_report(tmp_path / "missing.jsonl", tmp_path / "o")
+
+
+def test_report_reads_several_result_files(tmp_path):
+    """A study made over several sessions: the files are read as one (rows of both in the tables)."""
+    def row(name, method, ppl):
+        return json.dumps({"name": name, "method": method, "bits": "2-2-8", "perplexity": ppl, "accuracy": 0.1,
+                           "tokens_trained": 100})
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(row("pact@2-2-8", "pact", 130.0) + "\n")
+    b.write_text(row("quantgpt@2-2-8", "quantgpt", 110.0) + "\n")
+    r = make_report([a, b], tmp_path / "o")
+    assert r["runs"] == 2
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| 2-2-8 | 130 | 110 |" in md
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "o2")]) == 0

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="Markdown and HTML report of a study's results (JSON lines)")
-    r.add_argument("results")
+    r.add_argument("results", nargs="+", help="one or more JSON-lines files of study results, read as one")
     r.add_argument("--out", required=True)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_report)

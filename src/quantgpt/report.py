@@ -1,4 +1,4 @@
-"""``quantgpt report RESULTS.jsonl --out DIR``: Markdown and HTML report of a study's JSON lines, with
+"""``quantgpt report RESULTS.jsonl [MORE.jsonl ...] --out DIR``: Markdown and HTML report of a study's JSON lines, with
 perplexity against bits per method, loss curves, learned clip factors per module, and histograms of
 pairwise token-representation similarity (the paper's homogeneity figure)."""
 from __future__ import annotations
@@ -104,7 +104,9 @@ def best_html(best: dict[tuple[str, str], dict]) -> str:
 
 
 def make_report(results, out) -> dict:
-    rows = read_results(results)
+    """``results``: one JSON-lines file or several (a study made over several sessions), read as one."""
+    paths = [results] if isinstance(results, (str, Path)) else list(results)
+    rows = [row for path in paths for row in read_results(path)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
