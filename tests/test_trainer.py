@@ -72,6 +72,41 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method):
     assert [r.get("kd") for r in log_a] == [r.get("kd") for r in log_b]
 
 
+def test_a_checkpoint_cut_while_written_resumes_from_the_last_whole_one(tmp_path, tiny, tokenizer, ids, monkeypatch):
+    """A process killed while writing step 2's checkpoint (here: before its state.json is in place) leaves
+    step 1's checkpoint whole: resuming gives exactly step 1's student, optimizer and step."""
+    import os
+
+    from quantgpt import train_state
+
+    teacher = tiny("llama")
+    tr = Trainer(_cfg(tmp_path, steps=4), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    tr.train_step()
+    train_state.save_state(tr)
+    at_step1 = {k: v.clone() for k, v in tr.student.state_dict().items()}
+    tr.train_step()
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if str(dst).endswith("state.json"):
+            raise KeyboardInterrupt  # the process dies between the tensor files and state.json
+        real_replace(src, dst)
+
+    monkeypatch.setattr(train_state.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_state.save_state(tr)
+    monkeypatch.setattr(train_state.os, "replace", real_replace)
+    folder = tmp_path / "run" / "checkpoint"
+    assert {p.name for p in folder.glob("*.safetensors")} >= {"student.1.safetensors", "student.2.safetensors"}
+    resumed = Trainer(_cfg(tmp_path, steps=4, resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    assert resumed.step == 1
+    for k, v in resumed.student.state_dict().items():
+        assert torch.equal(v.cpu(), at_step1[k].cpu()), k
+    resumed.train_step()
+    train_state.save_state(resumed)  # a whole new checkpoint clears the files of older ones
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["state.2.safetensors", "student.2.safetensors"]
+
+
 def test_resume_of_another_setting_is_refused(tmp_path, tiny, tokenizer, ids):
     teacher = tiny("llama")
     Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids).run()

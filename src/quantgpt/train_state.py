@@ -25,12 +25,17 @@ def _optimizer_tensors(opt) -> tuple[dict, dict]:
 
 
 def save_state(tr) -> Path:
-    """Write the trainer's state to ``tr.out/checkpoint`` atomically; returns the folder."""
+    """Write the trainer's state to ``tr.out/checkpoint`` atomically; returns the folder.
+
+    The tensors go to files named by the step, and ``state.json``, replaced last, names them: until it is
+    replaced the previous checkpoint stays whole, so a process killed at any point leaves one consistent
+    checkpoint (never the student of one step with the optimizer of another). Older files go afterwards."""
     final = tr.out / "checkpoint"
     final.mkdir(parents=True, exist_ok=True)
     tmp = final / "state.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    files = {"student": f"student.{tr.step}.safetensors", "state": f"state.{tr.step}.safetensors"}
     save_model(tr.student, str(tmp / "student.safetensors"))
     tensors, meta = _optimizer_tensors(tr.optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
@@ -43,12 +48,21 @@ def save_state(tr) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
     sched = {k: v for k, v in tr.scheduler.state_dict().items() if k != "lr_lambdas"}
     meta.update(step=tr.step, total_steps=tr.total_steps, best=tr.best, elapsed=tr.elapsed,
-                fingerprint=tr.fingerprint, scheduler=sched)
+                fingerprint=tr.fingerprint, scheduler=sched, files=files)
     (tmp / "state.json").write_text(json.dumps(meta))
-    for name in ("student.safetensors", "state.safetensors", "state.json"):  # state.json last: it marks completeness
-        os.replace(tmp / name, final / name)
+    for kind, name in files.items():
+        os.replace(tmp / f"{kind}.safetensors", final / name)
+    os.replace(tmp / "state.json", final / "state.json")  # the commit point
     tmp.rmdir()
+    for old in list(final.glob("student*.safetensors")) + list(final.glob("state*.safetensors")):
+        if old.name not in files.values():
+            old.unlink()
     return final
+
+
+def _files(meta: dict) -> dict:
+    """The tensor files a ``state.json`` names (checkpoints written before they were named by step: fixed names)."""
+    return meta.get("files") or {"student": "student.safetensors", "state": "state.safetensors"}
 
 
 def load_state(tr) -> None:
@@ -56,7 +70,7 @@ def load_state(tr) -> None:
     folder = tr.out / "checkpoint"
     try:
         meta = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "state.safetensors"))
+        tensors = load_file(str(folder / _files(meta)["state"]))
     except Exception as e:
         raise QuantGPTError(f"{folder}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     theirs, ours = meta.get("fingerprint", {}), tr.fingerprint
@@ -64,7 +78,7 @@ def load_state(tr) -> None:
     if diff:
         what = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours[k]!r})" for k in diff)
         raise QuantGPTError(f"{folder}: the checkpoint belongs to another setting: {what}")
-    missing, unexpected = load_model(tr.student, str(folder / "student.safetensors"), strict=False)
+    missing, unexpected = load_model(tr.student, str(folder / _files(meta)["student"]), strict=False)
     if missing or unexpected:
         raise QuantGPTError(f"{folder}: the checkpoint does not match the model")
     tr.student.to(tr.device)
