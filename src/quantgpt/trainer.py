@@ -74,6 +74,7 @@ class Trainer:
         from .device import pick_device, pick_dtype
         from .models import load_float
 
+        self._t_start = time.time()  # this process's run: setup, training, evaluations and writing the model
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
@@ -351,7 +352,8 @@ class Trainer:
                 dt = time.time() - t0
                 self.elapsed += dt
                 tok_window += tokens_per_step
-                row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.scheduler.get_last_lr()[0])
+                row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.scheduler.get_last_lr()[0],
+                           train_seconds=round(self.elapsed, 2))
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     now = time.time()
                     row["tok_per_s"] = tok_window / max(now - t_window, 1e-9)
@@ -415,7 +417,8 @@ class Trainer:
         plot_training(self.out / "train_log.jsonl", self.out)
         tokens = self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
         return {"out": str(self.out), "steps": self.step, "tokens": tokens, "train_seconds": round(self.elapsed, 1),
-                "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best}
+                "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best,
+                "run_seconds": round(time.time() - self._t_start, 1)}
 
 
 def compress(cfg: TrainConfig, **kw) -> dict:
