@@ -181,8 +181,8 @@ def main():
     p.add_argument("--runs-dir", default="runs/study")
     p.add_argument("--out", default="results/study.jsonl")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs side by side on the one device, each in its own process (about 12 GiB of GPU memory "
-                        "per SmolLM2 run; 4 fit an H100 with room for evaluation)")
+                   help="runs side by side on the one device, each in its own process (a SmolLM2 run needs about 22 GiB "
+                        "of GPU memory at batch 32, 12 GiB at 16: 3 or 4 to an H100, with room for evaluation)")
     p.add_argument("--shared-gpu", type=int, default=1, help=argparse.SUPPRESS)  # set by --jobs for its children
     args = p.parse_args()
     runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
