@@ -86,6 +86,16 @@ def cos_hist(model, window, device, dtype):
     return pairwise_cosine_histogram(h)
 
 
+def row_name(name: str, tag: str) -> str:
+    """The name a run's row carries (``quantgpt@2-2-8+tag``): --skip-done matches on it."""
+    return name + (f"+{tag}" if tag else "")
+
+
+def run_slug(name: str, tag: str) -> str:
+    """A run's folder (under --runs-dir) and log file name: ``quantgpt_2-2-8tag``."""
+    return name.replace("@", "_") + tag
+
+
 def without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     """``argv`` less the given options and their values (``--only a b``, ``--jobs=4``)."""
     out, dropping = [], False
@@ -122,7 +132,7 @@ def run_parallel(names: list[str], jobs: int, runs_dir: str, tag: str) -> int:
                 stop.clear()
             while pending and len(running) < jobs:
                 name = pending.pop(0)
-                log = open(logs / f"{name.replace('@', '_')}{tag}.log", "w")
+                log = open(logs / f"{run_slug(name, tag)}.log", "w")
                 cmd = [sys.executable, sys.argv[0], *argv, "--only", name, "--shared-gpu", str(shared)]
                 running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                 log.close()
@@ -189,7 +199,7 @@ def main():
     overrides = parse_overrides(args.set)
     if args.skip_done and Path(args.out).is_file():
         done = {json.loads(line).get("name") for line in Path(args.out).read_text().splitlines() if line.strip()}
-        runs = {k: v for k, v in runs.items() if k + (f"+{args.tag}" if args.tag else "") not in done}
+        runs = {k: v for k, v in runs.items() if row_name(k, args.tag) not in done}
         if not runs:
             print(f"every run asked for already has a row in {args.out}")
             return
@@ -216,7 +226,7 @@ def main():
     for name, spec in runs.items():
         t0 = time.time()
         method, bits = spec["method"], spec["bits"]
-        row = {"name": name + (f"+{args.tag}" if args.tag else ""), "method": method, "bits": bits,
+        row = {"name": row_name(name, args.tag), "method": method, "bits": bits,
                "ablation": spec.get("ablation")}
         if method in ("float", "rtn", "gptq"):
             model = teacher if method == "float" else rtn_quantize(copy.deepcopy(teacher).to(device),
@@ -229,7 +239,7 @@ def main():
             row["tokens_trained"] = 0
         else:
             settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
-            out = Path(args.runs_dir) / (name.replace("@", "_") + args.tag)
+            out = Path(args.runs_dir) / run_slug(name, args.tag)
             resume = args.resume and (out / "checkpoint" / "state.json").is_file()
             base = dict(model=args.model, steps=args.steps, seq_len=args.seq_len, out=str(out), device=args.device,
                         calib_samples=args.calib_samples, resume=resume)

@@ -115,8 +115,9 @@ def cmd_compress(args) -> int:
         return 130
     best = r.get("best") or {}
     text = (f"wrote {cfg.method} {cfg.bits} model to {r['out']}: {r['steps']} steps, {r['tokens']} tokens, "
-            f"{r['tok_per_s']:.0f} tokens/s, {r['run_seconds'] / 60:.1f} min in all" + (f", best held-out perplexity {best['eval_ppl']:.3f} at step {best['step']}"
-                                                if best else ""))
+            f"{r['tok_per_s']:.0f} tokens/s, {r['run_seconds'] / 60:.1f} min in all")
+    if best:
+        text += f", best held-out perplexity {best['eval_ppl']:.3f} at step {best['step']}"
     _emit(args, r, text)
     return 0
 

@@ -70,7 +70,8 @@ def load_state(tr) -> None:
     folder = tr.out / "checkpoint"
     try:
         meta = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / _files(meta)["state"]))
+        files = _files(meta)
+        tensors = load_file(str(folder / files["state"]))
     except Exception as e:
         raise QuantGPTError(f"{folder}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     theirs, ours = meta.get("fingerprint", {}), tr.fingerprint
@@ -78,7 +79,7 @@ def load_state(tr) -> None:
     if diff:
         what = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours[k]!r})" for k in diff)
         raise QuantGPTError(f"{folder}: the checkpoint belongs to another setting: {what}")
-    missing, unexpected = load_model(tr.student, str(folder / _files(meta)["student"]), strict=False)
+    missing, unexpected = load_model(tr.student, str(folder / files["student"]), strict=False)
     if missing or unexpected:
         raise QuantGPTError(f"{folder}: the checkpoint does not match the model")
     tr.student.to(tr.device)
