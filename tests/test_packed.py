@@ -31,7 +31,9 @@ CASES = [("gpt2", dict(bits="2-2-8")), ("gpt2", dict(bits="2-2-16")), ("llama", 
          ("llama", dict(bits="3-16-8", quantizer="minmax", symmetric=False, group_size=8)),
          ("llama", dict(bits="2-2-16", quantizer="lsq")), ("bart", dict(bits="2-2-8")),
          ("llama", dict(bits="2-2-16", grid="full", group_size=16)),
-         ("gpt2", dict(bits="2-2-8", granularity="channel", embedding_group_size=24))]  # ragged embedding groups
+         ("gpt2", dict(bits="2-2-8", granularity="channel", embedding_group_size=24)),  # ragged embedding groups
+         ("llama", dict(bits="4-4-8", grid="asym", group_size=16)),  # a zero point per group
+         ("gpt2", dict(bits="2-2-16", grid="asym", granularity="channel", embedding_group_size=24))]
 
 
 @pytest.mark.parametrize("arch,kw", CASES)

@@ -367,3 +367,97 @@ def test_gptq_ragged_groups():
     q.set_params(s, z)
     assert s.shape == (8 * 3, 1)
     assert torch.allclose(q(Q), Q, atol=1e-6)
+
+
+def _q4_1_blocks(out=8, inp=64, block=32, seed=0):
+    """Weights as a dequantized Q4_1 file holds them: per block of 32 inputs, m + d * q with q in 0..15 (both
+    ends used, as min-max quantization leaves them)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = out * inp // block
+    d = torch.rand(rows, 1, generator=g) * 0.01 + 1e-3
+    m = -torch.rand(rows, 1, generator=g) * 0.08
+    q = torch.randint(0, 16, (rows, block), generator=g).float()
+    q[:, 0], q[:, -1] = 0, 15
+    return (m + d * q).reshape(out, inp)
+
+
+def test_asym_grid_reproduces_q4_1_blocks_exactly():
+    """The SmolLM2 teacher's decoder weights are Q4_1 blocks of 32: 4-bit asym groups of 32 start at zero error,
+    in the fake-quant forward and in the integer codes the packed checkpoint stores."""
+    w = _q4_1_blocks()
+    q = MDSQuantizer(4, w.shape, "group", 32, grid="asym")
+    q.initialize(w)
+    assert torch.allclose(q(w).detach(), w, atol=1e-6)
+    enc = q.encode(w)
+    assert (enc.qmin, enc.qmax) == (-8, 7) and enc.zero.shape == (q.rows, 1)
+    assert torch.allclose(enc.dequantize(), w, atol=1e-6)
+    # the symmetric grids and a misaligned group cannot
+    for kw in (dict(group_size=32, grid="full"), dict(group_size=32, grid="sym"), dict(group_size=64, grid="asym")):
+        other = MDSQuantizer(4, w.shape, "group", kw["group_size"], grid=kw["grid"])
+        other.initialize(w)
+        assert (other(w).detach() - w).abs().max() > 1e-4, kw
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_asym_grid_levels_are_the_centre_plus_the_full_grid(bits):
+    w = W(8, 32, seed=3) + 0.03  # weights off centre
+    q = MDSQuantizer(bits, w.shape, "channel", grid="asym")
+    q.initialize(w)
+    n = 2 ** (bits - 1)
+    w2, wq = q.to_rows(w), q.to_rows(q(w).detach())
+    assert torch.allclose(q.center.detach(), (w2.amax(1, keepdim=True) + w2.amin(1, keepdim=True)) / 2)
+    alpha = q.alpha(w2)
+    assert torch.allclose(alpha, q.gamma * (w2 - q.center).abs().mean(1, keepdim=True))
+    v = (wq - q.center) / alpha * 2 * n  # odd integers -(2n-1)..(2n-1)
+    assert torch.allclose(v, torch.round(v), atol=1e-4)
+    assert set(torch.round(v).flatten().tolist()) <= set(range(-2 * n + 1, 2 * n, 2))
+    # a better fit than the full grid about zero on shifted weights
+    full = MDSQuantizer(bits, w.shape, "channel", grid="full")
+    full.initialize(w)
+    assert (w - q(w).detach()).square().sum() < (w - full(w).detach()).square().sum()
+
+
+@pytest.mark.parametrize("mean_grad", [False, True])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_asym_grid_backward_matches_formula(bits, mean_grad):
+    """dL/dw = g inside, dL/dgamma = mean|w - b| sum g (Q(u) - u inside, Q(u) outside), dL/db = sum g outside
+    (plus the mean's terms with mean_grad), checked against autograd through a straight-through surrogate."""
+    w = (W(16, 32, seed=bits) + 0.02).requires_grad_()
+    q = MDSQuantizer(bits, w.shape, "group", 16, grid="asym", mean_grad=mean_grad)
+    q.initialize(w.detach())
+    with torch.no_grad():
+        q.gamma.mul_(torch.linspace(0.6, 1.4, q.gamma.numel()).reshape(q.gamma.shape))  # some weights clipped
+        q.center.add_(torch.linspace(-0.01, 0.01, q.center.numel()).reshape(q.center.shape))
+    g = torch.randn_like(w)
+    (q(w) * g).sum().backward()
+    n = 2 ** (bits - 1)
+    w2, g2 = w.detach().reshape(q.rows, -1), g.reshape(q.rows, -1)
+    b, gamma = q.center.detach(), q.gamma.detach()
+    m = (w2 - b).abs().mean(1, keepdim=True)
+    u = (w2 - b) / (gamma * m)
+    inside = u.abs() <= 1
+    if not mean_grad:  # the hand formula
+        Qu = (torch.floor(n * u.clamp(-1, 1)).clamp(-n, n - 1) + 0.5) / n
+        assert torch.equal(w.grad, (g2 * inside).reshape(w.shape))
+        assert torch.allclose(q.gamma.grad, m * (g2 * torch.where(inside, Qu - u, Qu)).sum(1, keepdim=True),
+                              rtol=1e-4, atol=1e-7)
+        assert torch.allclose(q.center.grad, (g2 * ~inside).sum(1, keepdim=True), rtol=1e-5, atol=1e-6)
+    w_s, gamma_s, b_s = (t.clone().requires_grad_() for t in (w2, gamma, b))
+    c = w_s - b_s
+    m_s = c.abs().mean(1, keepdim=True)
+    a_s = gamma_s * (m_s if mean_grad else m_s.detach())
+    v = (c / a_s).clamp(-1, 1)
+    Qv = (torch.floor(n * v).clamp(-n, n - 1) + 0.5) / n
+    ((b_s + a_s * (v + (Qv - v).detach())) * g2).sum().backward()
+    assert torch.allclose(gamma_s.grad, q.gamma.grad, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(b_s.grad, q.center.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(w_s.grad.reshape(w.shape), w.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_asym_grid_is_mds_only():
+    from quantgpt.quantizers import make_weight_quantizer
+
+    with pytest.raises(QuantGPTError, match="asym"):
+        make_weight_quantizer("pact", 2, (8, 8), QuantConfig(quantizer="pact", grid="asym"))
+    with pytest.raises(QuantGPTError, match="asym"):
+        make_weight_quantizer("lsq", 2, (8, 8), QuantConfig(quantizer="lsq", grid="asym"))

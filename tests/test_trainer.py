@@ -113,8 +113,31 @@ def test_resume_of_another_setting_is_refused(tmp_path, tiny, tokenizer, ids):
     Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids).run()
     with pytest.raises(QuantGPTError, match="another setting.*bits"):
         Trainer(_cfg(tmp_path, bits="4-4-8", resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    with pytest.raises(QuantGPTError, match="another setting.*embedding_granularity"):
+        Trainer(_cfg(tmp_path, embedding_granularity="channel", resume=True), teacher=teacher, tokenizer=tokenizer,
+                train_ids=ids)
     with pytest.raises(QuantGPTError, match="--resume"):
         Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+
+
+def test_asym_centres_train_with_the_weights(tmp_path, tiny, tokenizer, ids):
+    """The asym grid's centres are in the weights' units: they get the weights' learning rate, not quant_lr,
+    receive gradient through the clipped weights, and move."""
+    tr = Trainer(_cfg(tmp_path, grid="asym", bits="2-2-16", lr=1e-3, quant_lr=1e-2), teacher=tiny("llama"),
+                 tokenizer=tokenizer, train_ids=ids)
+    q = tr.student.model.layers[0].mlp.up_proj.weight_quantizer
+    start = q.center.detach().clone()
+    groups = tr.optimizer.param_groups
+    by_group = [{id(p) for p in g["params"]} for g in groups]
+    assert id(q.center) in by_group[0] and id(q.gamma) in by_group[1]
+    assert groups[0]["lr"] < groups[1]["lr"]
+    tr.losses(tr.batch(0, 0))["loss"].backward()
+    assert q.center.grad is not None and q.center.grad.abs().sum() > 0
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.train_step()
+    assert not torch.equal(q.center.detach(), start)
+    with pytest.raises(QuantGPTError, match="asym"):
+        _cfg(tmp_path, method="pact", grid="asym")
 
 
 def test_nan_loss_stops_with_checkpoint(tmp_path, tiny, tokenizer, ids):
@@ -291,7 +314,8 @@ def test_quantgpt_beats_rtn_at_2_2_8(tmp_path, tiny, tokenizer, ids):
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids):
+@pytest.mark.parametrize("grid", [None, "asym"])
+def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, grid):
     """torch.compile must not change what is trained: one 2-2-8 step, float32 on CPU, eager against compiled
     blocks, same student and batch. (A compiled activation quantizer once trained to 10x worse perplexity.)"""
     import copy
@@ -301,7 +325,7 @@ def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids):
     grads = {}
     for mode in (False, True):
         torch.manual_seed(0)
-        tr = Trainer(_cfg(tmp_path / str(mode), compile=mode), teacher=copy.deepcopy(teacher), tokenizer=tokenizer,
+        tr = Trainer(_cfg(tmp_path / str(mode), compile=mode, grid=grid), teacher=copy.deepcopy(teacher), tokenizer=tokenizer,
                      train_ids=ids)
         tr.losses(x)["loss"].backward()
         grads[mode] = {n: p.grad.detach().flatten() for n, p in tr.student.named_parameters() if p.grad is not None}

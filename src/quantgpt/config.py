@@ -10,12 +10,14 @@ WEIGHT_BITS = (2, 3, 4, 8)
 OFF_BITS = (16, 32)  # "16 or 32 bits" means: leave it in floating point
 ACT_BITS = (2, 3, 4, 8)
 WEIGHT_QUANTIZERS = ("mds", "pact", "lsq", "laq", "minmax")
-GRIDS = ("sym", "full")  # mds / pact rounding grids: the paper's 2^b - 1 levels, or all 2^b codes
+GRIDS = ("sym", "full", "asym")  # rounding grids: the paper's 2^b - 1 levels, all 2^b codes, all 2^b codes about a
+# learned centre (mds only)
 
 
 def check_grid(grid: str) -> str:
     if grid not in GRIDS:
-        raise QuantGPTError(f"unknown grid {grid!r}: choose sym (the paper's) or full (all 2^b codes)")
+        raise QuantGPTError(f"unknown grid {grid!r}: choose sym (the paper's), full (all 2^b codes) or asym "
+                           f"(all 2^b codes about a learned centre, mds only)")
     return grid
 
 
@@ -106,7 +108,8 @@ class QuantConfig:
     ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
     embedding_granularity: str | None = None  # the embedding's (and LM head's) scales; None: as the weights'
     embedding_group_size: int | None = None  # a shorter last group is allowed (ragged)
-    grid: str = "sym"  # mds/pact: sym (the paper's 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes)
+    grid: str = "sym"  # mds/pact: sym (the paper's 2^b - 1 levels, ternary at 2 bits) | full (all 2^b codes);
+    # mds only: asym (all 2^b codes about a learned centre per scale group)
     symmetric: bool = True  # minmax only; the learned quantizers are symmetric
     act_granularity: str = "group"  # dynamic scales per group of act_group_size features of a token | token | tensor
     act_group_size: int | None = None  # default DEFAULT_ACT_GROUP under group granularity

@@ -49,7 +49,7 @@ class TrainConfig:
     contrastive: bool | None = None  # default: the method's
     granularity: str | None = None  # weight scales: tensor | channel | group (default, with group_size)
     group_size: int | None = None  # default 64 under group granularity
-    grid: str | None = None  # mds/pact rounding grid, sym | full; default: the method's
+    grid: str | None = None  # mds/pact rounding grid, sym | full (| asym, mds only); default: the method's
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
     embedding_group_size: int | None = None  # default 64 under group granularity
     init: str | None = None  # start the student's weights from a PTQ solution: rtn | gptq
@@ -120,6 +120,9 @@ class TrainConfig:
             grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
             self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
+        if self.grid == "asym" and self.weight_quantizer != "mds":
+            raise QuantGPTError(f"grid 'asym' applies to the mds quantizer (methods quantgpt and kd), not "
+                                f"{self.weight_quantizer}")
         if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
             raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
         if self.init not in (None, "rtn", "gptq"):

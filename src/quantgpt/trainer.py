@@ -133,6 +133,7 @@ class Trainer:
         self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
+                            "embedding_granularity": cfg.embedding_granularity,
                             "embedding_group_size": cfg.embedding_group_size,
                             "vocab": self.student.config.vocab_size,
                             "params": sum(p.numel() for p in self.student.parameters())}
@@ -190,7 +191,9 @@ class Trainer:
         for name, p in self.student.named_parameters():
             if not p.requires_grad:
                 continue
-            (qparams if ("weight_quantizer." in name or "act_quantizer." in name) else wparams).append(p)
+            # quantizers' clips and steps get quant_lr; the asym grid's centres are in the weights' units
+            quant = ("weight_quantizer." in name or "act_quantizer." in name) and not name.endswith(".center")
+            (qparams if quant else wparams).append(p)
         if self.contrastive is not None:
             wparams += [p for p in self.contrastive.parameters() if p.requires_grad]
         groups = [{"params": wparams, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}]

@@ -125,12 +125,14 @@ def sym_levels(bits: int) -> int:
 def grid_k(bits: int, grid: str) -> int:
     """The grid's denominator: ``sym`` (the paper's) has 2k+1 = 2^b - 1 levels {-k..k}/k, k = 2^(b-1) - 1;
     ``full`` uses all 2^b codes, levels (c + 1/2)/k for c in {-k..k-1}, k = 2^(b-1) (at 2 bits
-    {-3/4, -1/4, 1/4, 3/4}: no zero level, but a fourth level ternary leaves unused)."""
+    {-3/4, -1/4, 1/4, 3/4}: no zero level, but a fourth level ternary leaves unused). ``asym`` is the full
+    grid about a learned centre of each scale group (the quantizer subtracts the centre first)."""
     return sym_levels(bits) if check_grid(grid) == "sym" else 2 ** (bits - 1)
 
 
 def grid_codes(u: torch.Tensor, k: int, grid: str) -> torch.Tensor:
-    """Integer codes (as floats) of ``u`` in [-1, 1]: sym -> round(k u) in [-k, k]; full -> floor(k u) in [-k, k-1]."""
+    """Integer codes (as floats) of ``u`` in [-1, 1]: sym -> round(k u) in [-k, k]; full (and asym, whose ``u`` is
+    already centred) -> floor(k u) in [-k, k-1]."""
     if grid == "sym":
         return torch.round(k * u)
     return torch.floor(k * u).clamp(-k, k - 1)
@@ -142,13 +144,17 @@ def grid_round(u: torch.Tensor, k: int, grid: str = "sym") -> torch.Tensor:
     return c / k if grid == "sym" else (c + 0.5) / k
 
 
-def grid_encode(w2: torch.Tensor, alpha: torch.Tensor, k: int, grid: str):
+def grid_encode(w2: torch.Tensor, alpha: torch.Tensor, k: int, grid: str, center: torch.Tensor | None = None):
     """``encode_rows``'s tuple for clip ``alpha`` on ``grid``: int8 codes of :func:`grid_codes`, scale alpha / k,
-    zero point (None on the sym grid, one -1/2 on the full grid), qmin, qmax; value = (code - zero) * scale."""
-    codes = grid_codes((w2.float() / alpha).clamp(-1, 1), k, grid).to(torch.int8)
+    zero point (None on the sym grid, one -1/2 on the full grid, -1/2 - center / scale per row on the asym grid),
+    qmin, qmax; value = (code - zero) * scale."""
+    c = w2.float() if center is None else w2.float() - center
+    codes = grid_codes((c / alpha).clamp(-1, 1), k, grid).to(torch.int8)
+    scale = alpha / k
     if grid == "sym":
-        return codes, alpha / k, None, -k, k
-    return codes, alpha / k, torch.full((1, 1), -0.5, dtype=alpha.dtype, device=alpha.device), -k, k - 1
+        return codes, scale, None, -k, k
+    zero = torch.full((1, 1), -0.5, dtype=alpha.dtype, device=alpha.device) if center is None else -0.5 - center / scale
+    return codes, scale, zero, -k, k - 1
 
 
 @torch.no_grad()
@@ -161,7 +167,9 @@ def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20
     of ``n_grid`` points, then as many again between the best one's neighbours, per row. This covers both
     ternary weights (best clip near 1.5 mean|w|) and 8-bit weights of heavy-tailed matrices (best clip near
     the maximum). A per-tensor search scores a fixed random subset of at most ``max_elems`` weights.
-    Returns ``(rows, 1)`` when ``per_row`` else ``(1, 1)``.
+    On the ``asym`` grid, ``w2`` is already centred and one more candidate is the min-max fit, whose outer
+    levels (k - 1/2) alpha / k land on the extremes: exact for weights that already lie on such a grid (a
+    dequantized Q4_1 block at 4 bits). Returns ``(rows, 1)`` when ``per_row`` else ``(1, 1)``.
     """
     w2 = w2.float()
     if not per_row:
@@ -184,9 +192,10 @@ def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20
         return best
 
     ratio = 100 ** (1 / (n_grid - 1))  # spacing of the coarse grid
-    coarse = best_of([amax * f for f in torch.logspace(-2, 0, n_grid).tolist()])
+    fit = [amax * (k / (k - 0.5))] if grid == "asym" else []
+    coarse = best_of([amax * f for f in torch.logspace(-2, 0, n_grid).tolist()] + fit)
     lo, hi = coarse / ratio, torch.minimum(coarse * ratio, amax)
-    fine = best_of([lo * (hi / lo) ** (j / (n_grid - 1)) for j in range(n_grid)] + [coarse])
+    fine = best_of([lo * (hi / lo) ** (j / (n_grid - 1)) for j in range(n_grid)] + fit + [coarse])
     return fine / m
 
 

@@ -4,6 +4,10 @@ alpha = gamma * mean|w| (one learnable gamma per matrix, or per row / group as a
 u = clip(w / alpha, -1, 1); w_q = alpha * Q(u) with Q the rounding to the grid: the paper's symmetric
 ``sym`` grid round(k u) / k, k = 2^(b-1) - 1 (ternary at 2 bits), or the ``full`` grid of all 2^b codes
 (floor(k u) + 1/2) / k, k = 2^(b-1) (see ``base.grid_k``).
+
+The ``asym`` grid (an extension) is the full grid about a learned centre b of each scale group:
+alpha = gamma * mean|w - b|, u = clip((w - b) / alpha, -1, 1), w_q = b + alpha * Q(u). The scale still
+follows the weights' spread; the centre is a weight-like parameter, set to the group's mid-range at the start.
 """
 from __future__ import annotations
 
@@ -14,37 +18,44 @@ from .base import WeightQuantizer, grid_encode, grid_k, grid_round, search_clip_
 
 
 class MDSFunction(torch.autograd.Function):
-    """Forward as above, on the ``(rows, cols)`` view with ``gamma`` of shape ``(rows, 1)``.
+    """Forward as above, on the ``(rows, cols)`` view with ``gamma`` (and ``center``, or None) of shape ``(rows, 1)``.
 
-    Backward (straight-through for the rounding):
-      dL/dw     = g * 1[|u| <= 1]                        (+ dL/dalpha * gamma * sign(w) / cols if mean_grad)
+    Backward (straight-through for the rounding; c = w - b, b = 0 without a centre):
+      dL/dw     = g * 1[|u| <= 1]                        (+ dL/dalpha * gamma * sign(c) / cols if mean_grad)
       dL/dalpha = sum_row g * (Q(u) - u  if |u| <= 1 else Q(u))   (Q(u) = sign(w) outside, on the sym grid)
-      dL/dgamma = mean|w| * dL/dalpha
+      dL/dgamma = mean|c| * dL/dalpha
+      dL/db     = sum_row g * 1[|u| > 1]    (inside, b's shift cancels: d(b + alpha Q((w-b)/alpha))/db = 1 - 1)
+                                            (- dL/dalpha * gamma * mean_row sign(c) if mean_grad)
     """
 
     @staticmethod
-    def forward(ctx, w2, gamma, k: int, mean_grad: bool, grid: str = "sym"):
-        m = w2.abs().mean(1, keepdim=True)
+    def forward(ctx, w2, gamma, k: int, mean_grad: bool, grid: str = "sym", center=None):
+        c = w2 if center is None else w2 - center
+        m = c.abs().mean(1, keepdim=True)
         alpha = (gamma * m).clamp_min(1e-12)
-        q = grid_round((w2 / alpha).clamp(-1, 1), k, grid)
-        ctx.save_for_backward(w2, gamma)
+        q = grid_round((c / alpha).clamp(-1, 1), k, grid)
+        ctx.save_for_backward(w2, gamma, center)
         ctx.k, ctx.mean_grad, ctx.grid = k, mean_grad, grid
-        return alpha * q
+        return alpha * q if center is None else alpha * q + center
 
     @staticmethod
     def backward(ctx, g):
-        w2, gamma = ctx.saved_tensors
+        w2, gamma, center = ctx.saved_tensors
         k = ctx.k
-        m = w2.abs().mean(1, keepdim=True)
+        c = w2 if center is None else w2 - center
+        m = c.abs().mean(1, keepdim=True)
         alpha = (gamma * m).clamp_min(1e-12)
-        u = w2 / alpha
+        u = c / alpha
         inside = u.abs() <= 1
         q = grid_round(u.clamp(-1, 1), k, ctx.grid)
         dalpha = (g * torch.where(inside, q - u, q)).sum(1, keepdim=True)
         dw = g * inside
+        dcenter = None if center is None else (g * ~inside).sum(1, keepdim=True)
         if ctx.mean_grad:
-            dw = dw + dalpha * gamma * torch.sign(w2) / w2.shape[1]
-        return dw, (m * dalpha).to(gamma.dtype), None, None, None
+            dw = dw + dalpha * gamma * torch.sign(c) / w2.shape[1]
+            if center is not None:
+                dcenter = dcenter - dalpha * gamma * torch.sign(c).mean(1, keepdim=True)
+        return dw, (m * dalpha).to(gamma.dtype), None, None, None, None if center is None else dcenter.to(center.dtype)
 
 
 class MDSQuantizer(WeightQuantizer):
@@ -58,20 +69,30 @@ class MDSQuantizer(WeightQuantizer):
         self.mean_grad = mean_grad
         self.init_gamma = init_gamma
         self.gamma = nn.Parameter(torch.ones(self.rows, 1))
+        # the asym grid's centre; the trainer gives it the weights' learning rate (it is in the weights' units)
+        self.center = nn.Parameter(torch.zeros(self.rows, 1)) if grid == "asym" else None
 
     @torch.no_grad()
     def initialize(self, w):
+        w2 = self.to_rows(w).float()
+        if self.center is not None:
+            self.center.copy_((w2.amax(1, keepdim=True) + w2.amin(1, keepdim=True)) / 2)
+            w2 = w2 - self.center
         if self.init_gamma is not None:
             self.gamma.fill_(self.init_gamma)
         else:
-            self.gamma.copy_(search_clip_factor(self.to_rows(w), self.k, per_row=self.rows > 1, grid=self.grid))
+            self.gamma.copy_(search_clip_factor(w2, self.k, per_row=self.rows > 1, grid=self.grid))
+
+    def centered(self, w2):
+        return w2 if self.center is None else w2 - self.center.to(w2.dtype)
 
     def alpha(self, w2):
-        return (self.gamma * w2.abs().mean(1, keepdim=True)).clamp_min(1e-12)
+        return (self.gamma * self.centered(w2).abs().mean(1, keepdim=True)).clamp_min(1e-12)
 
     def quantize_rows(self, w2):
-        return MDSFunction.apply(w2, self.gamma.to(w2.dtype), self.k, self.mean_grad, self.grid)
+        center = None if self.center is None else self.center.to(w2.dtype)
+        return MDSFunction.apply(w2, self.gamma.to(w2.dtype), self.k, self.mean_grad, self.grid, center)
 
     def encode_rows(self, w2):
-        alpha = self.alpha(w2.float())
-        return grid_encode(w2, alpha, self.k, self.grid)
+        w2 = w2.float()
+        return grid_encode(w2, self.alpha(w2), self.k, self.grid, None if self.center is None else self.center.float())

@@ -1,0 +1,29 @@
+# Sourced by the sweep scripts beside it, on the GPU machine after device-stage's assemble.sh (QG_DATA set).
+# Rows go to runs/study.jsonl (kept between calls while the machine is warm) and are copied to $OUT with the
+# logs; each run is one paper_study process in the background, stopped (with a resumable checkpoint) at
+# LIMIT seconds.
+set -u
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TRANSFORMERS_VERBOSITY=error
+OUTDIR=${OUT:-results}
+mkdir -p runs/logs "$OUTDIR"
+S="python benchmarks/paper_study.py --train-data $QG_DATA/corpora --eval-data $QG_DATA/wikitext2/valid.tokens.txt
+   --test-data $QG_DATA/wikitext2/test.raw.txt --runs-dir runs/study --out runs/study.jsonl --skip-done --resume"
+T="timeout -s INT ${LIMIT:-530}"
+bg() {  # bg LOGNAME ARGS...: one study process in the background
+  local log=$1; shift
+  $T $S "$@" > "runs/logs/$log.log" 2>&1 &
+}
+finish() {  # wait, then copy rows and logs to $OUT and print a short table
+  wait
+  cp runs/study.jsonl "$OUTDIR/" 2>/dev/null
+  tar -czf "$OUTDIR/logs.tgz" runs/logs $(ls runs/study/*/train_log.jsonl 2>/dev/null)
+  python - <<'PY'
+import json, pathlib
+p = pathlib.Path("runs/study.jsonl")
+rows = [json.loads(x) for x in p.read_text().splitlines()] if p.is_file() else []
+for r in rows:
+    b = r.get("best_eval") or {}
+    print(f"{r['name']:40s} ppl {r['perplexity']:10.3f} acc {r['accuracy']:.4f} tokens {r.get('tokens_trained', 0):>10} "
+          f"train_s {r.get('train_seconds', 0)!s:>7} best {b}")
+PY
+}
