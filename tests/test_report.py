@@ -46,7 +46,7 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert last["config"]["grid"] == "full" and last["config"]["granularity"] == "group" and last["config"]["group_size"] == 8
     from quantgpt.report import scales
 
-    assert scales(last) == "g8 full act32 emb64" and scales(by["rtn@4-4-8"]) == ""
+    assert scales(last) == "g8 full act32 emb32" and scales(by["rtn@4-4-8"]) == ""
 
     # --resume continues a run from its checkpoint (here: extends the finished 2-step run to 4 steps)
     r = subprocess.run(cmd[:5] + ["quantgpt@2-2-8", "--steps", "4", "--resume"] + cmd[11:],

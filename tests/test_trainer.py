@@ -8,6 +8,7 @@ import torch
 from quantgpt import evaluate
 from quantgpt.errors import QuantGPTError
 from quantgpt.train_config import TrainConfig
+from quantgpt.convert import weight_quantizers
 from quantgpt.trainer import Trainer
 
 
@@ -206,23 +207,26 @@ def test_signal_while_finishing_still_writes_the_model(tmp_path, tiny, tokenizer
 
 
 def test_scaling_defaults():
-    """The study's defaults: one clip per 64 input columns of a row, four codes at 2-bit weights (the paper's
-    symmetric grid above), activation scales per 32 features of a token; every paper setting stays one flag away."""
+    """The study's defaults: one clip per 32 input columns of a row on the asym grid (all 2^b codes about a learned
+    centre) for quantgpt and kd at every width, pact's symmetric grids, activation scales per 32 features of a
+    token; every paper setting stays one flag away."""
     c = TrainConfig(bits="2-2-8")
-    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("group", 64, "full", "group", 32)
-    assert TrainConfig(bits="4-4-8").grid == "sym" and TrainConfig(method="lsq").grid == "sym"
-    assert TrainConfig(method="pact").grid == "full" and TrainConfig(method="laq").group_size == 64
+    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("group", 32, "asym", "group", 32)
+    assert TrainConfig(bits="4-4-8").grid == "asym" and TrainConfig(method="kd", bits="8-8-8").grid == "asym"
+    assert TrainConfig(method="lsq").grid == "sym" and TrainConfig(method="laq").group_size == 32
+    assert TrainConfig(method="pact").grid == "full" and TrainConfig(method="pact", bits="4-4-8").grid == "sym"
+    assert TrainConfig(quantizer="pact").grid == "full"  # quantgpt with a static clip: asym is mds-only
     paper = TrainConfig(bits="2-2-8", granularity="tensor", grid="sym", act_granularity="token")
     assert (paper.granularity, paper.group_size, paper.grid, paper.act_group_size) == ("tensor", None, "sym", None)
     assert TrainConfig(granularity="channel").group_size is None
-    assert TrainConfig(group_size=32).granularity == "group" and TrainConfig(group_size=32).group_size == 32
+    assert TrainConfig(group_size=64).granularity == "group" and TrainConfig(group_size=64).group_size == 64
     with pytest.raises(QuantGPTError, match="weight group size 0"):
         TrainConfig(group_size=0)
     with pytest.raises(QuantGPTError, match="a weight group size applies to group granularity, not 'channel'"):
         TrainConfig(granularity="channel", group_size=64)  # a conflict is an error, not a silent choice
     with pytest.raises(QuantGPTError, match="unknown weight granularity 'row'"):
         TrainConfig(granularity="row")
-    assert (c.embedding_granularity, c.embedding_group_size) == ("group", 64)
+    assert (c.embedding_granularity, c.embedding_group_size) == ("group", 32)
     assert TrainConfig(embedding_granularity="channel").embedding_group_size is None
     with pytest.raises(QuantGPTError, match="embedding group size"):
         TrainConfig(embedding_granularity="tensor", embedding_group_size=8)
@@ -241,13 +245,13 @@ def test_lr_and_lambda_follow_the_weight_bits():
 
 
 def test_compress_layout_is_the_documented_quantconfig(tmp_path, tiny, tokenizer, ids):
-    """README: compress at 2 bits trains the layout of QuantConfig(bits="2-2-8", group_size=64, ragged_groups=True,
-    grid="full", embedding_group_size=64): the same quantizers, module by module, with the same scale shapes."""
+    """README: compress at 2 bits trains the layout of QuantConfig(bits="2-2-8", group_size=32, ragged_groups=True,
+    grid="asym", embedding_group_size=32): the same quantizers, module by module, with the same scale shapes."""
     from quantgpt import QuantConfig, quantize_model
 
     tr = Trainer(_cfg(tmp_path, steps=1), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
-    ref = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=64, ragged_groups=True, grid="full",
-                                                    embedding_group_size=64))
+    ref = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=32, ragged_groups=True, grid="asym",
+                                                    embedding_group_size=32))
 
     def layout(model):
         return {n: (repr(m), [tuple(p.shape) for p in m.parameters()]) for n, m in model.named_modules()
@@ -273,7 +277,9 @@ def test_init_from_gptq_starts_at_its_solution(tmp_path, tiny, tokenizer, ids):
                  tokenizer=tokenizer, train_ids=ids)
     w = tr.student.model.layers[1].mlp.down_proj.weight
     assert not torch.equal(w, tr.teacher.model.layers[1].mlp.down_proj.weight)
-    assert len(torch.unique(w[0])) <= 16  # on a 4-bit grid per row
+    gs = tr.cfg.group_size
+    for group in w[0, : w.shape[1] // gs * gs].reshape(-1, gs):
+        assert len(torch.unique(group)) <= 16  # on a 4-bit grid per group
 
 
 def _train_teacher(tiny, ids, steps=300):
@@ -314,7 +320,7 @@ def test_quantgpt_beats_rtn_at_2_2_8(tmp_path, tiny, tokenizer, ids):
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
-@pytest.mark.parametrize("grid", [None, "asym"])
+@pytest.mark.parametrize("grid", ["full", "asym"])
 def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, grid):
     """torch.compile must not change what is trained: one 2-2-8 step, float32 on CPU, eager against compiled
     blocks, same student and batch. (A compiled activation quantizer once trained to 10x worse perplexity.)"""
@@ -327,6 +333,13 @@ def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, g
         torch.manual_seed(0)
         tr = Trainer(_cfg(tmp_path / str(mode), compile=mode, grid=grid), teacher=copy.deepcopy(teacher), tokenizer=tokenizer,
                      train_ids=ids)
+        # Off the start's ties: where the clip search keeps the whole range (alpha = max|w|), a group's extreme
+        # weights sit at |u| = 1 up to the last bit, and eager and compiled code round that bit differently.
+        # Such a weight is inside the clip in one and outside in the other: a real but measure-zero difference
+        # that moves gamma's and the centre's gradients (seen: cosine 0.85 for one matrix's centres at g32).
+        with torch.no_grad():
+            for _, q in weight_quantizers(tr.student):
+                q.gamma.mul_(0.97)
         tr.losses(x)["loss"].backward()
         grads[mode] = {n: p.grad.detach().flatten() for n, p in tr.student.named_parameters() if p.grad is not None}
     assert grads[False].keys() == grads[True].keys()

@@ -143,12 +143,12 @@ def _compress_parser(sub):
     c.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=None,
                    help="token-level contrastive distillation on/off (default: the method's)")
     c.add_argument("--granularity", help="weight scales: tensor (paper) | channel | group (default)")
-    c.add_argument("--group-size", type=int, help="input columns per weight scale (default 64)")
+    c.add_argument("--group-size", type=int, help="input columns per weight scale (default 32)")
     c.add_argument("--grid", help="mds/pact rounding grid: sym (paper: 2^b - 1 levels, ternary at 2 bits) | full "
-                   "(all 2^b codes) | asym (mds: all 2^b codes about a learned centre per group); default full at "
-                   "2-bit weights, sym above")
+                   "(all 2^b codes) | asym (mds: all 2^b codes about a learned centre per group); default asym for "
+                   "quantgpt and kd; for pact full at 2-bit weights, sym above")
     c.add_argument("--embedding-granularity", help="scales of the token embedding / tied head: group (default) | channel | tensor")
-    c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 64)")
+    c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 32)")
     c.add_argument("--init", help="start from a post-training solution: rtn | gptq")
     c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
     c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")

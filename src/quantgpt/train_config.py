@@ -11,17 +11,18 @@ from .config import Bits, WEIGHT_QUANTIZERS, check_grid, resolve_act, resolve_gr
 from .errors import QuantGPTError
 
 # Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
-# with logit distillation, so pact / lsq / laq get it too). All share one scale layout (per output row)
+# with logit distillation, so pact / lsq / laq get it too). All share one scale layout (32-column groups)
 # and one activation quantizer, so a comparison isolates how each learns its clip or step.
-# quantgpt's defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md sections 6-7): one dynamic
-# clip per 64 input columns of a row, at 2 bits the grid of all four codes instead of ternary, and a learning
-# rate and contrastive weight that depend on the weight bits.
-DEFAULT_EMBEDDING_GROUP = 64  # features per scale of the token embedding / tied head (docs/method.md)
-DEFAULT_GROUP = 64  # input columns per weight scale of the decoder's linear layers
+# quantgpt's defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md sections 6-9): one dynamic
+# clip per 32 input columns of a row, all 2^b codes about a learned centre of each group (the asym grid, an mds
+# extension), and a learning rate and contrastive weight that depend on the weight bits. pact keeps a symmetric
+# grid: all four codes at 2 bits, the paper's grid above ("auto").
+DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head (docs/method.md)
+DEFAULT_GROUP = 32  # input columns per weight scale of the decoder's linear layers
 
 METHODS = {
-    "quantgpt": {"quantizer": "mds", "contrastive": True, "grid": "auto"},
-    "kd": {"quantizer": "mds", "contrastive": False, "grid": "auto"},
+    "quantgpt": {"quantizer": "mds", "contrastive": True, "grid": "asym"},
+    "kd": {"quantizer": "mds", "contrastive": False, "grid": "asym"},
     "pact": {"quantizer": "pact", "contrastive": False, "grid": "auto"},
     "lsq": {"quantizer": "lsq", "contrastive": False},
     "laq": {"quantizer": "laq", "contrastive": False},
@@ -48,10 +49,10 @@ class TrainConfig:
     quantizer: str | None = None  # default: the method's
     contrastive: bool | None = None  # default: the method's
     granularity: str | None = None  # weight scales: tensor | channel | group (default, with group_size)
-    group_size: int | None = None  # default 64 under group granularity
-    grid: str | None = None  # mds/pact rounding grid, sym | full (| asym, mds only); default: the method's
+    group_size: int | None = None  # default 32 under group granularity
+    grid: str | None = None  # rounding grid, sym | full | asym (mds only); default: the method's (asym for quantgpt, kd)
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
-    embedding_group_size: int | None = None  # default 64 under group granularity
+    embedding_group_size: int | None = None  # default 32 under group granularity
     init: str | None = None  # start the student's weights from a PTQ solution: rtn | gptq
     train_data: list[str] = field(default_factory=lambda: ["sample"])
     eval_data: list[str] | None = None
@@ -118,6 +119,8 @@ class TrainConfig:
             ("group", "channel", "tensor"))
         if self.grid is None:  # the method's; "auto": all four codes at 2 bits, the paper's symmetric grid above
             grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
+            if grid == "asym" and self.weight_quantizer != "mds":  # e.g. quantgpt with --quantizer pact
+                grid = "auto"
             self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
         if self.grid == "asym" and self.weight_quantizer != "mds":
