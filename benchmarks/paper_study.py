@@ -43,18 +43,23 @@ def grid() -> dict[str, dict]:
     runs["float"] = {"method": "float", "bits": "16-16-16"}
     q = {"method": "quantgpt", "bits": "2-2-8"}
     ablations = {
-        "fixed-alpha": {"quantizer": "pact"},  # a learned but static clip instead of dynamic scaling
+        # a learned but static clip instead of dynamic scaling; pact has no asym grid, so it runs on the full grid:
+        # compare it with full-grid below, where only the clip rule differs
+        "fixed-alpha": {"quantizer": "pact"},
         "no-bank": {"negative_source": "batch"},
         "student-negatives": {"negative_source": "student"},
         "tau0.05": {"tau": 0.05}, "tau0.3": {"tau": 0.3},
         "lambda0.01": {"cont_weight": 0.01}, "lambda0.5": {"cont_weight": 0.5}, "lambda1": {"cont_weight": 1.0},
         "layer-mid": {"layer": 14},
         "init-gptq": {"init": "gptq"},
-        # scaling choices the paper leaves open; quantgpt's defaults are 64-column groups, four codes at 2 bits,
-        # 32-feature activation groups, 64-feature embedding groups
+        # scaling choices the paper leaves open; quantgpt's defaults are 32-column groups on the asym grid (all
+        # 2^b codes about a learned centre), 32-feature activation groups, 32-feature embedding groups
         "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip
         "per-channel": {"granularity": "channel"},  # one clip per output row
         "ternary": {"grid": "sym"},
+        "full-grid": {"grid": "full"},  # four codes about zero: 2.5 bits a weight in 32-groups, as asym-g64 is
+        "asym-g64": {"group_size": 64, "embedding_group_size": 64},  # 2.5 bits a weight
+        "full-g64": {"grid": "full", "group_size": 64, "embedding_group_size": 64},  # the 2.25-bit layout before
         "token-acts": {"act_granularity": "token"},
         "embedding-per-channel": {"embedding_granularity": "channel"},
         "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token",
@@ -152,6 +157,15 @@ def run_parallel(names: list[str], jobs: int, runs_dir: str, tag: str) -> int:
     return 1 if failed else 0
 
 
+def git_commit() -> str:
+    """HEAD's short hash, with ``-dirty`` when the code (src/, benchmarks/) differs from it: a copy of a work tree
+    sent to a GPU machine runs uncommitted code (set QG_COMMIT to name it)."""
+    run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True)  # noqa: E731
+    head = run("rev-parse", "--short", "HEAD").stdout.strip()
+    dirty = head and run("diff", "--quiet", "HEAD", "--", "src", "benchmarks").returncode == 1
+    return head + ("-dirty" if dirty else "")
+
+
 def append_row(path: str, row: dict) -> None:
     """One write of one line: rows of runs made side by side (--jobs) do not interleave."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -193,7 +207,8 @@ def main():
     p.add_argument("--jobs", type=int, default=1,
                    help="runs side by side on the one device, each in its own process (a SmolLM2 run needs about 22 GiB "
                         "of GPU memory at batch 32, 12 GiB at 16: 3 or 4 to an H100, with room for evaluation)")
-    p.add_argument("--shared-gpu", type=int, default=1, help=argparse.SUPPRESS)  # set by --jobs for its children
+    p.add_argument("--shared-gpu", type=int, default=int(os.environ.get("QG_SHARED_GPU", 1)),
+                   help=argparse.SUPPRESS)  # set by --jobs for its children, or QG_SHARED_GPU by a script that starts several
     args = p.parse_args()
     runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
     overrides = parse_overrides(args.set)
@@ -214,8 +229,7 @@ def main():
 
     device = pick_device(args.device)
     dtype = pick_dtype("auto", device)
-    commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                           text=True).stdout.strip()
+    commit = os.environ.get("QG_COMMIT") or git_commit()
     teacher, tok = load_float(args.model)
     train_ids = tokenize_files(args.train_data, tok)
     eval_ids = tokenize_files(args.eval_data, tok) if args.eval_data else None

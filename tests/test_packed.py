@@ -172,3 +172,31 @@ def test_float_tied_embedding_is_stored_once(tmp_path, tiny, tokenizer):
     x = torch.randint(0, 300, (1, 10))
     with torch.no_grad():
         assert torch.allclose(m(x).logits, p(x).logits, atol=1e-3 * m(x).logits.abs().max().item())
+
+
+@pytest.mark.parametrize("arch,bits", [("llama", "2-2-8"), ("llama", "4-16-16"), ("bart", "2-16-8")])
+def test_loading_never_builds_the_float_weights(tmp_path, tiny, tokenizer, monkeypatch, arch, bits):
+    """The float model behind a packed one is built on the meta device (its weights are never allocated),
+    and every tensor it keeps, a float tied table included, comes from the file."""
+    import quantgpt.convert
+
+    m = quantize_model(tiny(arch), QuantConfig(bits=bits, group_size=16))
+    save_packed(m, tokenizer, tmp_path / "p")
+    seen = []
+    real = quantgpt.convert.quantize_model
+
+    def spy(model, cfg=None, **kw):
+        seen.append({p.device.type for p in model.parameters()})
+        return real(model, cfg, **kw)
+
+    monkeypatch.setattr(quantgpt.convert, "quantize_model", spy)
+    p = load(tmp_path / "p")
+    assert seen == [{"meta"}]
+    assert not any(t.is_meta for t in [*p.parameters(), *p.buffers()])
+    x = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        a, b = m(input_ids=x).logits, p(input_ids=x).logits
+    tol = 1e-2 if QuantConfig(bits=bits).bits.quantize_activations else 1e-3
+    assert (a - b).abs().max() <= tol * a.abs().max()
+    if arch == "llama" and bits == "4-16-16":  # a float embedding and its tied head: one Parameter again
+        assert p.get_output_embeddings().weight is p.get_input_embeddings().weight

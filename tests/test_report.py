@@ -84,6 +84,11 @@ def test_every_study_run_is_a_valid_config():
     for name, cfg in cfgs.items():
         if name.startswith("quantgpt-"):
             assert cfg != base, f"{name} is the default run under another name"
+    names = list(cfgs)
+    same = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if cfgs[a] == cfgs[b]]
+    assert not same, f"runs under two names: {same}"
+    # pact has no asym grid: the static-clip ablation runs on the full grid, as the full-grid ablation does
+    assert cfgs["quantgpt-fixed-alpha@2-2-8"]["grid"] == cfgs["quantgpt-full-grid@2-2-8"]["grid"] == "full"
 
 
 def test_study_runs_side_by_side(tmp_path, model_dir):

@@ -1,7 +1,9 @@
 # Sourced by the sweep scripts beside it, on the GPU machine after device-stage's assemble.sh (QG_DATA set).
 # Rows go to runs/study.jsonl (kept between calls while the machine is warm) and are copied to $OUT with the
 # logs; each run is one paper_study process in the background, stopped (with a resumable checkpoint) at
-# LIMIT seconds.
+# LIMIT seconds. Set QG_SHARED_GPU to the number of training runs started together (the rows record it) and
+# QG_COMMIT to the commit sent. Call `finish` in the same shell as `bg`, never in a pipe: a piped finish waits
+# for nothing, and the device tool ends the runs when the command returns.
 set -u
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TRANSFORMERS_VERBOSITY=error
 OUTDIR=${OUT:-results}

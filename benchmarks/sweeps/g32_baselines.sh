@@ -2,6 +2,7 @@
 # The baselines in the same 32-column weight groups and 32-feature embedding groups as quantgpt's asym32 runs
 # (pact, lsq and laq keep their symmetric grids; kd is mds with asym, without the contrastive term), 300 steps.
 # Usage: bash benchmarks/sweeps/g32_baselines.sh
+export QG_SHARED_GPU=${QG_SHARED_GPU:-5}
 source "$(dirname "$0")/common.sh"
 G32="group_size=32 embedding_group_size=32"
 bg p448 --steps 300 --only pact@4-4-8 --set $G32 --tag=-g32

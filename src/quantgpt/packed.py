@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -171,8 +172,18 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
     except Exception as e:
         raise QuantGPTError(f"{path}: unreadable safetensors file ({str(e).splitlines()[0][:200]})") from None
     config = AutoConfig.from_pretrained(folder)
-    model = _auto_class(config).from_config(config)
+    # Parameters on the meta device (buffers stay real): the float weights are never allocated, so loading
+    # peaks at the packed size. Every parameter is then assigned from the file. The meta context wraps each
+    # Parameter as it is registered, which unties tied ones: tie them again before converting.
+    with init_empty_weights():
+        model = _auto_class(config).from_config(config)
+    model.tie_weights()
     quantize_model(model, QuantConfig.from_dict(manifest["quant_config"]), init=False)
+    aliases = manifest.get("aliases", {})
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for k, target in aliases.items():  # stored once: the model must tie them itself
+        if k in params and target in params and params[k] is not params[target]:
+            raise QuantGPTError(f"{path}: {k} is stored as {target}, but this model does not tie them")
     modules = manifest.get("modules", {})
     packed_of = {}
     for name, info in modules.items():
@@ -204,17 +215,19 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
     for name, info in modules.items():
         if "tied_to" in info:
             model.get_submodule(name)._tied = [model.get_submodule(info["tied_to"])]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    aliases = manifest.get("aliases", {})
-    params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    for k, target in aliases.items():  # stored once: the model must tie them itself
-        if k in params and target in params and params[k] is not params[target]:
-            raise QuantGPTError(f"{path}: {k} is stored as {target}, but this model does not tie them")
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    for k, target in aliases.items():  # assign=True replaced the owner's Parameter: tie the alias to it again
+        if k in params and target in params:
+            owner, _, attr = k.rpartition(".")
+            setattr(model.get_submodule(owner), attr, model.get_parameter(target))
     missing = [k for k in missing if k not in aliases and not k.endswith(
         ("packed.qweight", "packed.scale", "packed.zero", "packed_weight.qweight", "packed_weight.scale", "packed_weight.zero"))]
     if missing or unexpected:
         raise QuantGPTError(f"{path}: does not match the model ({len(missing)} missing, {len(unexpected)} unexpected tensors"
                             f"{': ' + (missing + unexpected)[0] if missing or unexpected else ''})")
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise QuantGPTError(f"{path}: does not match the model ({len(left)} tensors not in the file: {left[0]})")
     if dtype is not None:
         model.to(dtype)
     if device is not None:
