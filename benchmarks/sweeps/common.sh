@@ -16,6 +16,7 @@ bg() {  # bg LOGNAME ARGS...: one study process in the background
   $T $S "$@" > "runs/logs/$log.log" 2>&1 &
 }
 finish() {  # wait, then copy rows and logs to $OUT and print a short table
+  [ -n "$(jobs -p)" ] || echo "finish: no runs to wait for (called in a pipe or a subshell?)" >&2
   wait
   cp runs/study.jsonl "$OUTDIR/" 2>/dev/null
   tar -czf "$OUTDIR/logs.tgz" runs/logs $(ls runs/study/*/train_log.jsonl 2>/dev/null)
