@@ -5,7 +5,8 @@
 #                   run_seconds add up to the time; the second call resumes the first's checkpoint)
 #   PART=3:         quantgpt 4-4-8 at 1500 steps (and at 700 with 16-feature embedding groups) beside the
 #                   baselines in 32-column groups at 2-2-8 and 8-8-8,
-#                   and the storage-matched 2-bit pair (full grid g32 against asym g64: 2.5 bits a weight each)
+#                   and the storage-matched 2-bit pair (full grid g32 against asym g64: 2.5 bits a weight each);
+#                   about two calls of work: run PART=3 again and the runs cut by LIMIT resume where they stopped
 # Usage: source .devcache/p2/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 case ${PART:?set PART=1, 2 or 3} in
   1|2) export QG_SHARED_GPU=1 LIMIT=${LIMIT:-540} ;;
