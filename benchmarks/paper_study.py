@@ -251,6 +251,8 @@ def main():
                 calib = calib[torch.randperm(calib.shape[0], generator=torch.Generator().manual_seed(0))[: args.calib_samples]]
                 gptq_quantize(model, calib, autocast_dtype=dtype if dtype != torch.float32 else None, progress=False)
             row["tokens_trained"] = 0
+            if method != "float":
+                row["ptq_group_size"] = args.ptq_group_size
         else:
             settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
             out = Path(args.runs_dir) / run_slug(name, args.tag)

@@ -47,6 +47,12 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     from quantgpt.report import scales
 
     assert scales(last) == "g8 full act32 emb32" and scales(by["rtn@4-4-8"]) == ""
+    from quantgpt.report import weight_bits
+
+    # stored bits per decoder weight: 2 + 16/8 for one fp16 scale per 8; asym and min-max add a zero point per group
+    assert weight_bits(last) == 4.0 and weight_bits(by["quantgpt@2-2-8"]) == 3.0
+    assert weight_bits(by["rtn@4-4-8"]) == 4 + 32 / 64 and weight_bits(by["float"]) is None
+    assert weight_bits({"bits": "4-4-8", "config": {"granularity": "channel", "grid": "sym"}}) == 4.0
 
     # --resume continues a run from its checkpoint (here: extends the finished 2-step run to 4 steps)
     r = subprocess.run(cmd[:5] + ["quantgpt@2-2-8", "--steps", "4", "--resume"] + cmd[11:],

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
 
-COLUMNS = ("name", "method", "bits", "scales", "perplexity", "accuracy", "tokens_trained", "wall_seconds", "device",
-           "commit")
+COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "perplexity", "accuracy", "tokens_trained", "wall_seconds",
+           "device", "commit")
 
 
 def scales(row: dict) -> str:
@@ -32,6 +32,24 @@ def scales(row: dict) -> str:
     emb = {"group": f"emb{c.get('embedding_group_size')}", "channel": "emb-channel", "tensor": "emb-tensor"}.get(
         c.get("embedding_granularity") or "", "")
     return " ".join(x for x in (w, c.get("grid") or "", act, emb) if x)
+
+
+def weight_bits(row: dict) -> float | None:
+    """Stored bits per decoder weight, scales included: W + 16/g for one fp16 scale per g weights, W + 32/g with
+    a zero point per group too (the asym grid; min-max RTN and GPTQ, whose group size the row records as
+    ``ptq_group_size``). Per row or per tensor the scales are negligible: W. None when unknown or float."""
+    w = int(str(row.get("bits", "16")).split("-")[0])
+    if w >= 16:
+        return None
+    c = row.get("config")
+    if c:
+        g = c.get("group_size") if c.get("granularity") == "group" else None
+        per_scale = 32 if c.get("grid") == "asym" else 16
+    elif row.get("ptq_group_size"):
+        g, per_scale = row["ptq_group_size"], 32
+    else:
+        return None
+    return round(w + per_scale / g, 3) if g else float(w)
 
 
 def read_results(path) -> list[dict]:
@@ -187,6 +205,7 @@ def make_report(results, out) -> dict:
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         r.setdefault("scales", scales(r))
+        r.setdefault("weight_bits", weight_bits(r))
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows_sorted]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
