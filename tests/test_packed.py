@@ -200,3 +200,21 @@ def test_loading_never_builds_the_float_weights(tmp_path, tiny, tokenizer, monke
     assert (a - b).abs().max() <= tol * a.abs().max()
     if arch == "llama" and bits == "4-16-16":  # a float embedding and its tied head: one Parameter again
         assert p.get_output_embeddings().weight is p.get_input_embeddings().weight
+
+
+def test_a_config_the_tensors_do_not_fill_is_one_error(tmp_path, tiny, tokenizer):
+    """A packed folder whose config asks for more than its tensors hold (here a third layer, the manifest
+    rewritten to match) fails in one line instead of leaving weights on the meta device."""
+    import json
+
+    from quantgpt.checkpoint import read_manifest, write_manifest
+    from quantgpt.errors import QuantGPTError
+
+    m = quantize_model(tiny("llama"), QuantConfig(bits="4-16-16", group_size=16))
+    save_packed(m, tokenizer, tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    write_manifest(tmp_path / "p", read_manifest(tmp_path / "p", verify=False))
+    with pytest.raises(QuantGPTError, match=r"does not match the model \(\d+ missing.*layers\.2\."):
+        load(tmp_path / "p")

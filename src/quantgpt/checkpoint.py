@@ -147,8 +147,16 @@ def _load_fakequant(folder: Path, manifest: dict, dtype, device):
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError) as e:
         raise QuantGPTError(f"{path}: unreadable or does not match the model ({str(e).splitlines()[0]})") from None
+    return finish_loading(model, path, missing, unexpected, dtype, device)
+
+
+def finish_loading(model, path, missing, unexpected, dtype=None, device=None):
+    """The end of every loader: a one-line error when the file's tensors do not match the model, then the asked
+    dtype and device, in eval mode."""
     if missing or unexpected:
-        raise QuantGPTError(f"{path}: does not match the model ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+        first = [*missing, *unexpected][0]
+        raise QuantGPTError(f"{path}: does not match the model ({len(missing)} missing, {len(unexpected)} unexpected "
+                            f"tensors: {first})")
     if dtype is not None:
         model.to(dtype)
     if device is not None:

@@ -13,7 +13,7 @@ from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import atomic_dir, atomic_files, write_manifest
+from .checkpoint import atomic_dir, atomic_files, finish_loading, write_manifest
 from .config import QuantConfig
 from .convert import replace_module
 from .errors import QuantGPTError
@@ -222,14 +222,5 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
             setattr(model.get_submodule(owner), attr, model.get_parameter(target))
     missing = [k for k in missing if k not in aliases and not k.endswith(
         ("packed.qweight", "packed.scale", "packed.zero", "packed_weight.qweight", "packed_weight.scale", "packed_weight.zero"))]
-    if missing or unexpected:
-        raise QuantGPTError(f"{path}: does not match the model ({len(missing)} missing, {len(unexpected)} unexpected tensors"
-                            f"{': ' + (missing + unexpected)[0] if missing or unexpected else ''})")
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise QuantGPTError(f"{path}: does not match the model ({len(left)} tensors not in the file: {left[0]})")
-    if dtype is not None:
-        model.to(dtype)
-    if device is not None:
-        model.to(device)
-    return model.eval()
+    missing += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in missing]
+    return finish_loading(model, path, missing, unexpected, dtype, device)
