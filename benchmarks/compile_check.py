@@ -15,16 +15,23 @@ import json
 import torch
 
 from paper_study import parse_overrides  # this folder is on sys.path when the script runs
+from quantgpt.convert import weight_quantizers
 from quantgpt.data import tokenize_files
 from quantgpt.models import load_float
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
 
 
-def grads(cfg, teacher, tok, ids, x):
+def grads(cfg, teacher, tok, ids, x, clip_scale=1.0):
     import copy
 
     tr = Trainer(cfg, teacher=copy.deepcopy(teacher), tokenizer=tok, train_ids=ids)
+    with torch.no_grad():  # off the start's ties (see --clip-scale)
+        for _, q in weight_quantizers(tr.student):
+            for name in ("gamma", "alpha"):
+                t = getattr(q, name, None)
+                if isinstance(t, torch.nn.Parameter):
+                    t.mul_(clip_scale)
     tr.losses(x.to(tr.device))["loss"].backward()
     return {n: p.grad.detach().float().flatten() for n, p in tr.student.named_parameters() if p.grad is not None}
 
@@ -39,6 +46,10 @@ def main():
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--clip-scale", type=float, default=0.97,
+                   help="multiply every learned clip (gamma, alpha) after the start by this: where the clip search keeps "
+                        "a group's whole range, its extreme weights sit at |u| = 1 to the last bit, and eager and compiled "
+                        "code put them on different sides of the clip (1 keeps the start as it is)")
     args = p.parse_args()
     extra = parse_overrides(args.set)
     teacher, tok = load_float(args.model)
@@ -49,7 +60,7 @@ def main():
         cfg = TrainConfig(model=args.model, bits=args.bits, method=args.method, batch_size=args.batch_size,
                           seq_len=args.seq_len, steps=1, compile=mode, device=args.device, progress=False,
                           out=f"/tmp/compile_check_{mode}", **extra)
-        out[mode] = grads(cfg, teacher, tok, ids, x)
+        out[mode] = grads(cfg, teacher, tok, ids, x, args.clip_scale)
     rows = {}
     for kind in ("weight", "quantizer"):
         names = [n for n in out[False] if ("quantizer." in n) == (kind == "quantizer")]
@@ -61,7 +72,7 @@ def main():
         rows[kind] = {"cosine": torch.nn.functional.cosine_similarity(a, b, dim=0).item(),
                       "norm_ratio": (b.norm() / a.norm()).item(), "worst_param": worst,
                       "worst_cosine": torch.nn.functional.cosine_similarity(out[False][worst], out[True][worst], dim=0).item()}
-    print(json.dumps({"bits": args.bits, "method": args.method, **rows}))
+    print(json.dumps({"bits": args.bits, "method": args.method, "clip_scale": args.clip_scale, **rows}))
 
 
 if __name__ == "__main__":
