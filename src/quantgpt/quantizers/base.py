@@ -195,7 +195,7 @@ def search_clip_factor(w2: torch.Tensor, k: int, per_row: bool, n_grid: int = 20
     fit = [amax * (k / (k - 0.5))] if grid == "asym" else []
     coarse = best_of([amax * f for f in torch.logspace(-2, 0, n_grid).tolist()] + fit)
     lo, hi = coarse / ratio, torch.minimum(coarse * ratio, amax)
-    fine = best_of([lo * (hi / lo) ** (j / (n_grid - 1)) for j in range(n_grid)] + fit + [coarse])
+    fine = best_of([lo * (hi / lo) ** (j / (n_grid - 1)) for j in range(n_grid)] + [coarse])  # coarse: the fit if it won
     return fine / m
 
 
