@@ -10,10 +10,9 @@ OUTDIR=${OUT:-results}
 mkdir -p runs/logs "$OUTDIR"
 S="python benchmarks/paper_study.py --train-data $QG_DATA/corpora --eval-data $QG_DATA/wikitext2/valid.tokens.txt
    --test-data $QG_DATA/wikitext2/test.raw.txt --runs-dir runs/study --out runs/study.jsonl --skip-done --resume"
-T="timeout -s INT ${LIMIT:-530}"
-bg() {  # bg LOGNAME ARGS...: one study process in the background
+bg() {  # bg LOGNAME ARGS...: one study process in the background, stopped at LIMIT seconds (read at each call)
   local log=$1; shift
-  $T $S "$@" > "runs/logs/$log.log" 2>&1 &
+  timeout -s INT "${LIMIT:-530}" $S "$@" > "runs/logs/$log.log" 2>&1 &
 }
 finish() {  # wait, then copy rows and logs to $OUT and print a short table
   [ -n "$(jobs -p)" ] || echo "finish: no runs to wait for (called in a pipe or a subshell?)" >&2
