@@ -17,7 +17,7 @@ from .errors import QuantGPTError
 # clip per 32 input columns of a row, all 2^b codes about a learned centre of each group (the asym grid, an mds
 # extension), and a learning rate and contrastive weight that depend on the weight bits. pact keeps a symmetric
 # grid: all four codes at 2 bits, the paper's grid above ("auto").
-DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head (docs/method.md)
+DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head, but 16 at 3-4 bits
 DEFAULT_GROUP = 32  # input columns per weight scale of the decoder's linear layers
 
 METHODS = {
@@ -33,6 +33,15 @@ def default_lr(weight_bits: int) -> float:
     """Weights' learning rate: 2-bit weights must travel further from the float solution (study, section 7:
     2-2-8 at 3e-4 / 1e-3 / 3e-3 gave 242 / 149 / 408); at 4 bits 3e-4 beat 1e-3 (25.2 vs 26.5)."""
     return 1e-3 if weight_bits <= 2 else 3e-4
+
+
+def default_embedding_group(embedding_bits: int) -> int:
+    """Features per scale of the token embedding (and its tied head). At 4 bits the embedding is what is left of
+    4-4-8's gap (the decoder starts exact): 16-feature groups gave 21.96 against 22.09 with 32 after the same
+    700 steps (BENCHMARKS section 10) for 1 more bit per embedding weight. At 8 bits 32 is exact (the teacher's
+    embedding is Q8_0, blocks of 32); at 2 bits 32 is what was measured, and 16 would add a third to the
+    embedding's storage untried."""
+    return 16 if embedding_bits in (3, 4) else DEFAULT_EMBEDDING_GROUP
 
 
 def default_cont_weight(weight_bits: int) -> float:
@@ -108,14 +117,15 @@ class TrainConfig:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         self.granularity, self.group_size = resolve_grouping(  # the same scale layout for every method
             "weight", self.granularity, self.group_size, DEFAULT_GROUP, ("group", "channel", "tensor"))
-        weight_bits = Bits.parse(self.bits).weight
+        bits = Bits.parse(self.bits)
+        weight_bits = bits.weight
         if self.lr is None:
             self.lr = default_lr(weight_bits)
         if self.cont_weight is None:
             self.cont_weight = default_cont_weight(weight_bits)
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
         self.embedding_granularity, self.embedding_group_size = resolve_grouping(
-            "embedding", self.embedding_granularity, self.embedding_group_size, DEFAULT_EMBEDDING_GROUP,
+            "embedding", self.embedding_granularity, self.embedding_group_size, default_embedding_group(bits.embedding),
             ("group", "channel", "tensor"))
         if self.grid is None:  # the method's; "auto": all four codes at 2 bits, the paper's symmetric grid above
             grid = METHODS[self.method].get("grid", "sym") if self.weight_quantizer in ("mds", "pact") else "sym"
