@@ -188,11 +188,14 @@ class Trainer:
 
     def _optimizer(self):
         qparams, wparams = [], []
+        # quantizers' clips and steps get quant_lr, but a quantizer's weight_unit_params (the asym grid's
+        # centres) are in the weights' units and train with them
+        weight_like = {id(getattr(m, n)) for m in self.student.modules()
+                       for n in getattr(m, "weight_unit_params", ()) if getattr(m, n, None) is not None}
         for name, p in self.student.named_parameters():
             if not p.requires_grad:
                 continue
-            # quantizers' clips and steps get quant_lr; the asym grid's centres are in the weights' units
-            quant = ("weight_quantizer." in name or "act_quantizer." in name) and not name.endswith(".center")
+            quant = ("weight_quantizer." in name or "act_quantizer." in name) and id(p) not in weight_like
             (qparams if quant else wparams).append(p)
         if self.contrastive is not None:
             wparams += [p for p in self.contrastive.parameters() if p.requires_grad]

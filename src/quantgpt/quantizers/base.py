@@ -73,6 +73,7 @@ class WeightQuantizer(nn.Module):
 
     family = "base"
     symmetric = True
+    weight_unit_params: tuple[str, ...] = ()  # parameters in the weights' units: they train at the weights' lr
 
     def __init__(self, bits: int, shape: tuple[int, int], granularity: str = "tensor", group_size: int | None = None,
                  ragged: bool = False):

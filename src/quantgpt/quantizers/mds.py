@@ -60,6 +60,7 @@ class MDSFunction(torch.autograd.Function):
 
 class MDSQuantizer(WeightQuantizer):
     family = "mds"
+    weight_unit_params = ("center",)  # the asym grid's centres
 
     def __init__(self, bits, shape, granularity="tensor", group_size=None, mean_grad=False, init_gamma=None, ragged=False,
                  grid="sym"):
