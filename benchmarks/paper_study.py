@@ -52,6 +52,7 @@ def grid() -> dict[str, dict]:
         "lambda0.01": {"cont_weight": 0.01}, "lambda0.5": {"cont_weight": 0.5}, "lambda1": {"cont_weight": 1.0},
         "layer-mid": {"layer": 14},
         "init-gptq": {"init": "gptq"},
+        "init-blockwise": {"init": "blockwise"},  # each block first trained alone towards the teacher's
         # scaling choices the paper leaves open; quantgpt's defaults are 32-column groups on the asym grid (all
         # 2^b codes about a learned centre), 32-feature activation groups, 32-feature embedding groups
         "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip

@@ -358,3 +358,46 @@ def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, g
         a, b = (torch.cat([grads[m][n] for n in names]) for m in (False, True))
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > min_cos, kind
         assert (b.norm() / a.norm()).item() == pytest.approx(1.0, abs=1e-3), kind
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_blockwise_init_lowers_every_blocks_error(tmp_path, tiny, tokenizer, ids, arch):
+    """init blockwise trains each block of the 2-bit student towards the teacher's block output: every block's
+    relative error drops, the teacher stays as it was, and the per-block errors go to the step-0 log row."""
+    teacher = tiny(arch)
+    start = {k: v.clone() for k, v in teacher.state_dict().items()}
+    tr = Trainer(_cfg(tmp_path, init="blockwise", block_steps=30, calib_samples=16, steps=1, eval_every=1),
+                 teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    stats = tr.block_init
+    assert [d["block"] for d in stats] == [0, 1]
+    assert all(d["rel_error_after"] < 0.9 * d["rel_error_before"] for d in stats), stats
+    assert all(torch.equal(v, start[k]) for k, v in tr.teacher.state_dict().items())
+    tr.run()
+    first = json.loads((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["blockwise"] == stats
+
+
+def test_blockwise_block_inputs_are_the_models_own(tiny):
+    """The first block's call, caught from the model's forward: its hidden states are the embedding's output,
+    and calling the blocks in order with the caught arguments reproduces the model's final hidden state."""
+    from quantgpt.blockwise import block_inputs, block_output, decoder_blocks
+
+    model = tiny("llama")
+    x = torch.randint(0, 300, (2, 16))
+    blocks = decoder_blocks(model)
+    (args, kwargs), = block_inputs(model, blocks, [x])
+    h = args[0] if args else kwargs["hidden_states"]
+    assert torch.equal(h, model.model.embed_tokens(x))
+    with torch.no_grad():
+        for b in blocks:
+            h = block_output(b(h, *args[1:], **kwargs) if args else b(**{**kwargs, "hidden_states": h}))
+        want = model.model(input_ids=x, use_cache=False).last_hidden_state
+    assert torch.allclose(model.model.norm(h), want, atol=1e-5)
+
+
+def test_blockwise_needs_a_decoder_only_model(tmp_path, tiny, tokenizer, ids):
+    with pytest.raises(QuantGPTError, match="decoder-only"):
+        Trainer(_cfg(tmp_path, init="blockwise", block_steps=2), teacher=tiny("bart"), tokenizer=tokenizer,
+                train_ids=ids)
+    with pytest.raises(QuantGPTError, match="block-steps must be positive"):
+        TrainConfig(init="blockwise", block_steps=0)

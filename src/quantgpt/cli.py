@@ -123,7 +123,7 @@ def cmd_compress(args) -> int:
 
 
 COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid",
-                 "embedding_granularity", "embedding_group_size", "init", "train_data",
+                 "embedding_granularity", "embedding_group_size", "init", "block_steps", "train_data",
                  "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "init_gamma",
@@ -149,7 +149,9 @@ def _compress_parser(sub):
                    "quantgpt and kd; for pact full at 2-bit weights, sym above")
     c.add_argument("--embedding-granularity", help="scales of the token embedding / tied head: group (default) | channel | tensor")
     c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 32)")
-    c.add_argument("--init", help="start from a post-training solution: rtn | gptq")
+    c.add_argument("--init", help="start from a post-training solution (rtn | gptq), or blockwise: each block "
+                   "first trained alone to reproduce the teacher's block output")
+    c.add_argument("--block-steps", type=int, help="init blockwise: steps per block (default 100)")
     c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
     c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")
     c.add_argument("--steps", type=int)

@@ -107,6 +107,20 @@ def quantized_linears(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear) and not m._tied]
 
 
+def split_quant_parameters(model: nn.Module) -> tuple[list, list]:
+    """The trainable parameters as ``(weights, quantizer parameters)``: the quantizers' clips and steps train at
+    their own learning rate, but parameters a quantizer lists in ``weight_unit_params`` (the asym grid's
+    centres) are in the weights' units and go with the weights."""
+    weight_like = {id(getattr(m, n)) for m in model.modules()
+                   for n in getattr(m, "weight_unit_params", ()) if getattr(m, n, None) is not None}
+    weights, quant = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            is_quant = ("weight_quantizer." in name or "act_quantizer." in name) and id(p) not in weight_like
+            (quant if is_quant else weights).append(p)
+    return weights, quant
+
+
 def weight_quantizers(model: nn.Module):
     """``(module name, quantizer)`` for every distinct weight quantizer in the model."""
     seen, out = set(), []

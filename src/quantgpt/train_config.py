@@ -62,7 +62,8 @@ class TrainConfig:
     grid: str | None = None  # rounding grid, sym | full | asym (mds only); default: the method's (asym for quantgpt, kd)
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
     embedding_group_size: int | None = None  # default 32 under group granularity
-    init: str | None = None  # start the student's weights from a PTQ solution: rtn | gptq
+    init: str | None = None  # start the student's weights from a PTQ solution (rtn | gptq), or blockwise
+    block_steps: int = 100  # init blockwise: AdamW steps per decoder block
     train_data: list[str] = field(default_factory=lambda: ["sample"])
     eval_data: list[str] | None = None
     steps: int | None = None
@@ -103,7 +104,7 @@ class TrainConfig:
     resume: bool = False
     gen_temperature: float = 1.0  # data-free mode (train_data generated:N)
     gen_top_p: float = 0.95
-    calib_samples: int = 128  # for init gptq
+    calib_samples: int = 128  # for init gptq and blockwise
     progress: bool = True
 
     def __post_init__(self):
@@ -138,13 +139,13 @@ class TrainConfig:
                                 f"{self.weight_quantizer}")
         if self.quantizer is not None and self.quantizer not in WEIGHT_QUANTIZERS:
             raise QuantGPTError(f"unknown quantizer {self.quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}")
-        if self.init not in (None, "rtn", "gptq"):
-            raise QuantGPTError(f"unknown init {self.init!r}: choose rtn or gptq")
+        if self.init not in (None, "rtn", "gptq", "blockwise"):
+            raise QuantGPTError(f"unknown init {self.init!r}: choose rtn, gptq or blockwise")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
         if self.negative_source not in ("bank", "batch", "student"):
             raise QuantGPTError(f"unknown negative source {self.negative_source!r}: choose bank, batch or student")
-        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every"):
+        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every", "block_steps", "calib_samples"):
             if getattr(self, name) <= 0:
                 raise QuantGPTError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps <= 0:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .packed import save_packed
 from .config import QuantConfig
-from .convert import quantize_model, weight_quantizers
+from .blockwise import blockwise_reconstruct
+from .convert import quantize_model, split_quant_parameters, weight_quantizers
 from .data import blocks, tokenize_files
 from .errors import QuantGPTError
 from .device import autocast_for
@@ -119,6 +120,12 @@ class Trainer:
                                             cfg.proj_dim, cfg.tau, cfg.negatives, cfg.momentum,
                                             cfg.negative_source).to(self.device) if cfg.use_contrastive else None
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # negatives' sampling
+        self.block_init = None  # per-block MSE of init blockwise (a resumed run restores its trained weights)
+        if cfg.init == "blockwise" and not cfg.resume:
+            self.block_init = blockwise_reconstruct(
+                self.student, self.teacher, self._calib(), steps=cfg.block_steps, batch_size=cfg.batch_size,
+                lr=cfg.lr, quant_lr=cfg.quant_lr, max_grad_norm=cfg.max_grad_norm, dtype=self.dtype,
+                progress=cfg.progress)
         self.optimizer = self._optimizer()
         self._laq = self._laq_links()  # fixed once the student is built; read after every optimizer step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
@@ -159,16 +166,14 @@ class Trainer:
     def _build_student(self, teacher):
         cfg = self.cfg
         student = copy.deepcopy(teacher).requires_grad_(True).to(self.device)  # quantizer init runs on the GPU
-        if cfg.init is not None:
+        if cfg.init in ("rtn", "gptq"):
             from .ptq import gptq_quantize, rtn_quantize
             from .ptq.rtn import rtn_config
 
             ptq = copy.deepcopy(teacher).to(self.device)
             rtn_quantize(ptq, rtn_config(cfg.bits, cfg.group_size, ragged_groups=True))
             if cfg.init == "gptq":
-                g = torch.Generator().manual_seed(cfg.seed)
-                calib = self.train[torch.randperm(self.train.shape[0], generator=g)[: cfg.calib_samples]]
-                gptq_quantize(ptq, calib, autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
+                gptq_quantize(ptq, self._calib(), autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
                               progress=cfg.progress)
             # the student's float weights start at the PTQ solution (its dequantized weights)
             src = dict(ptq.named_modules())
@@ -186,17 +191,13 @@ class Trainer:
                            embedding_granularity=cfg.embedding_granularity, embedding_group_size=cfg.embedding_group_size)
         return quantize_model(student, qcfg)
 
+    def _calib(self) -> torch.Tensor:
+        """``calib_samples`` training blocks, drawn by the seed (init gptq and blockwise)."""
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        return self.train[torch.randperm(self.train.shape[0], generator=g)[: self.cfg.calib_samples]]
+
     def _optimizer(self):
-        qparams, wparams = [], []
-        # quantizers' clips and steps get quant_lr, but a quantizer's weight_unit_params (the asym grid's
-        # centres) are in the weights' units and train with them
-        weight_like = {id(getattr(m, n)) for m in self.student.modules()
-                       for n in getattr(m, "weight_unit_params", ()) if getattr(m, n, None) is not None}
-        for name, p in self.student.named_parameters():
-            if not p.requires_grad:
-                continue
-            quant = ("weight_quantizer." in name or "act_quantizer." in name) and id(p) not in weight_like
-            (qparams if quant else wparams).append(p)
+        wparams, qparams = split_quant_parameters(self.student)
         if self.contrastive is not None:
             wparams += [p for p in self.contrastive.parameters() if p.requires_grad]
         groups = [{"params": wparams, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}]
@@ -342,6 +343,8 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.step == 0:
             row = {"step": 0, "tokens": 0, "quant_params": self.quant_params(), **self.homogeneity()}
+            if self.block_init:
+                row["blockwise"] = self.block_init
             if self.eval_ids is not None:
                 row.update(self.evaluate())
                 # the starting point competes too: at 8 bits it can be better than any trained step

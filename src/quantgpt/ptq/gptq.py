@@ -96,13 +96,13 @@ class _Stop(Exception):
     pass
 
 
-def _input_groups(model, modules, batch):
-    """Run one batch and group the layers by the input tensor they read, in call order."""
+def _input_groups(run, modules):
+    """Call ``run()`` once and group the layers by the input tensor they read, in call order."""
     order, hooks = [], []
     for name, m in modules:
         hooks.append(m.register_forward_pre_hook(lambda mod, args, name=name: order.append((name, args[0]))))
     try:
-        model(batch)
+        run()
     finally:
         for h in hooks:
             h.remove()
@@ -118,6 +118,55 @@ def _input_groups(model, modules, batch):
     return [names for _, names in groups]
 
 
+def _solve_groups(groups, byname, runs, percdamp, blocksize, act_order, bar):
+    """GPTQ each group of layers in order: the Hessian of a group's input comes from calling every function in
+    ``runs`` (one per calibration batch) up to the group's first layer, after the groups before it are solved."""
+    for names in groups:
+        bar.set_postfix_str(names[0])
+        first = byname[names[0]]
+        device = first.weight.device
+        H = torch.zeros(first.in_features, first.in_features, device=device)
+        count = [0]
+
+        def hook(mod, args):
+            x = args[0]
+            if mod.act_quantizer is not None:
+                x = mod.act_quantizer(x)
+            x = x.reshape(-1, x.shape[-1]).float()
+            n = x.shape[0]
+            H.mul_(count[0] / (count[0] + n))
+            count[0] += n
+            x = math.sqrt(2 / count[0]) * x
+            H.addmm_(x.t(), x)
+            raise _Stop
+
+        h = first.register_forward_pre_hook(hook)
+        try:
+            for run in runs:
+                try:
+                    run()
+                except _Stop:
+                    pass
+        finally:
+            h.remove()
+        for name in names:
+            m = byname[name]
+            wq = m.weight_quantizer
+            Q, s, z = gptq_layer(m.weight_2d(), H, wq.bits, wq.group_size, wq.symmetric, percdamp, blocksize, act_order)
+            wq.set_params(s, z)
+            m.weight_2d().copy_(Q.to(m.weight.dtype))
+        bar.update(1)
+
+
+def _blocks_of(model):
+    from ..blockwise import decoder_blocks
+
+    try:
+        return decoder_blocks(model)
+    except QuantGPTError:  # encoder-decoder, or no list of blocks: the whole model runs for every group
+        return None
+
+
 @torch.no_grad()
 def gptq_quantize(model: nn.Module, calib: torch.Tensor, *, batch_size: int = 8, percdamp: float = 0.01,
                   act_order: bool = False, blocksize: int = 128, autocast_dtype=None, progress: bool = True) -> nn.Module:
@@ -125,51 +174,38 @@ def gptq_quantize(model: nn.Module, calib: torch.Tensor, *, batch_size: int = 8,
 
     ``calib`` is a ``(n, seq_len)`` tensor of token ids. Run :func:`rtn_quantize` first: that creates
     the quantized layers (and quantizes the embedding, which GPTQ leaves as rounded to nearest).
+    In a decoder-only model the first block's inputs are caught once and each block then runs on its own,
+    on the outputs of the quantized blocks before it (the same inputs as running the model up to it, without
+    running the prefix again for every layer); layers outside the blocks, and other models, run the model.
     """
     layers = [(n, m) for n, m in quantized_linears(model) if isinstance(m.weight_quantizer, MinMaxQuantizer)]
     if not layers:
         raise QuantGPTError("GPTQ needs a model quantized with min-max quantizers (run rtn first)")
+    from ..blockwise import block_inputs, block_output, with_hidden
+
     device = next(model.parameters()).device
-    calib = calib.to(device)
+    batches = [b.to(device) for b in calib.split(batch_size)]
     byname = dict(layers)
     was_training = model.training
     model.eval()
     ac = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
+    whole = [lambda b=b: model(b) for b in batches]
     with ac:
-        groups = _input_groups(model, layers, calib[:1])
-        bar = tqdm(groups, desc="GPTQ", disable=not progress, unit="group")
-        for names in bar:
-            bar.set_postfix_str(names[0])
-            first = byname[names[0]]
-            H = torch.zeros(first.in_features, first.in_features, device=device)
-            count = [0]
-
-            def hook(mod, args):
-                x = args[0]
-                if mod.act_quantizer is not None:
-                    x = mod.act_quantizer(x)
-                x = x.reshape(-1, x.shape[-1]).float()
-                n = x.shape[0]
-                H.mul_(count[0] / (count[0] + n))
-                count[0] += n
-                x = math.sqrt(2 / count[0]) * x
-                H.addmm_(x.t(), x)
-                raise _Stop
-
-            h = first.register_forward_pre_hook(hook)
-            try:
-                for i in range(0, calib.shape[0], batch_size):
-                    try:
-                        model(calib[i:i + batch_size])
-                    except _Stop:
-                        pass
-            finally:
-                h.remove()
-            for name in names:
-                m = byname[name]
-                wq = m.weight_quantizer
-                Q, s, z = gptq_layer(m.weight_2d(), H, wq.bits, wq.group_size, wq.symmetric, percdamp, blocksize, act_order)
-                wq.set_params(s, z)
-                m.weight_2d().copy_(Q.to(m.weight.dtype))
+        groups = _input_groups(whole[0], layers)
+        bar = tqdm(total=len(groups), desc="GPTQ", disable=not progress, unit="group")
+        blocks = _blocks_of(model)
+        done = set()
+        if blocks is not None:
+            ids = {id(m): n for n, m in layers}
+            calls = block_inputs(model, blocks, batches)
+            for block in blocks:
+                inside = {ids[id(m)] for m in block.modules() if id(m) in ids}
+                runs = [lambda a=a, k=k: block(*a, **k) for a, k in calls]
+                _solve_groups([g for g in groups if g[0] in inside], byname, runs, percdamp, blocksize, act_order, bar)
+                done |= inside
+                outs = [block_output(r()) for r in runs]
+                calls = [with_hidden(a, k, h) for (a, k), h in zip(calls, outs)]
+        _solve_groups([g for g in groups if g[0] not in done], byname, whole, percdamp, blocksize, act_order, bar)
+        bar.close()
     model.train(was_training)
     return model
