@@ -113,3 +113,23 @@ def test_already_quantized(tiny):
     m = quantize_model(tiny("llama"), QuantConfig())
     with pytest.raises(QuantGPTError, match="already"):
         quantize_model(m, QuantConfig())
+
+
+def test_quantconfig_scale_layout_rules():
+    """QuantConfig follows the layout rules of TrainConfig (one resolve_grouping) with the paper's defaults: one
+    clip per matrix unless a group size is given; the embedding follows the weights unless told; a group size
+    with another granularity, or group without a size, is an error."""
+    c = QuantConfig()
+    assert (c.granularity, c.group_size, c.embedding_granularity, c.embedding_group_size) == ("tensor", None, None, None)
+    c = QuantConfig(group_size=32, embedding_group_size=16)
+    assert (c.granularity, c.group_size, c.embedding_granularity, c.embedding_group_size) == ("group", 32, "group", 16)
+    assert QuantConfig(granularity="channel").group_size is None
+    assert QuantConfig.from_dict(QuantConfig(group_size=64).to_dict()).group_size == 64
+    for kw, message in ((dict(granularity="channel", group_size=32), "weight group size applies to group"),
+                        (dict(granularity="group"), r"needs a group size \(--group-size G\)"),
+                        (dict(embedding_granularity="group"), r"needs a group size \(--embedding-group-size G\)"),
+                        (dict(embedding_granularity="tensor", embedding_group_size=8), "embedding group size applies"),
+                        (dict(group_size=0), "bad weight group size 0"),
+                        (dict(granularity="row"), "unknown weight granularity 'row'")):
+        with pytest.raises(QuantGPTError, match=message):
+            QuantConfig(**kw)

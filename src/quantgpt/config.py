@@ -68,12 +68,16 @@ class Bits:
 DEFAULT_ACT_GROUP = 32  # features per activation scale (the block size of the OCP MX formats)
 
 
-def resolve_grouping(what: str, granularity: str | None, group_size: int | None, default_group: int,
-                     choices: tuple[str, ...]) -> tuple[str, int | None]:
-    """``(granularity, group_size)`` of a scale layout whose default is ``group`` of ``default_group`` features
-    (the trained weights, activations, the trained embedding); ``what`` names it in errors. A group size alone
-    means ``group``; a group size with another granularity is an error."""
-    granularity = granularity or "group"
+def resolve_grouping(what: str, granularity: str | None, group_size: int | None, default_group: int | None,
+                     choices: tuple[str, ...], default_granularity: str | None = "group") -> tuple[str | None, int | None]:
+    """``(granularity, group_size)`` of a scale layout (the weights, activations, the embedding); ``what`` names it
+    in errors. No granularity means ``group`` when a group size is given, else ``default_granularity`` (None
+    stays None: the embedding's "as the weights'"). ``group`` without a size takes ``default_group``, or is an
+    error when there is none; a group size with another granularity is an error."""
+    if granularity is None:
+        granularity = "group" if group_size is not None else default_granularity
+        if granularity is None:
+            return None, None
     if granularity not in choices:
         raise QuantGPTError(f"unknown {what} granularity {granularity!r}: choose {', '.join(choices[:-1])} or {choices[-1]}")
     if group_size is not None:
@@ -82,7 +86,12 @@ def resolve_grouping(what: str, granularity: str | None, group_size: int | None,
             raise QuantGPTError(f"{article} {what} group size applies to group granularity, not {granularity!r}")
         if group_size <= 0:
             raise QuantGPTError(f"bad {what} group size {group_size}: it must be a positive number of features")
-    return granularity, (group_size or default_group) if granularity == "group" else None
+    if granularity != "group":
+        return granularity, None
+    if group_size is None and default_group is None:
+        flag = "group-size" if what == "weight" else f"{what}-group-size"
+        raise QuantGPTError(f"{what} granularity 'group' needs a group size (--{flag} G)")
+    return granularity, group_size or default_group
 
 
 def resolve_act(granularity: str | None, group_size: int | None) -> tuple[str, int | None]:
@@ -103,7 +112,7 @@ class QuantConfig:
     bits: Bits = field(default_factory=lambda: Bits(2, 2, 8))
     quantizer: str = "mds"
     embedding_quantizer: str | None = None  # default: the weight quantizer
-    granularity: str = "tensor"
+    granularity: str | None = None  # None: group when group_size is given, else tensor (the paper's)
     group_size: int | None = None
     ragged_groups: bool = False  # allow a group size that does not divide a layer's width (shorter last group)
     embedding_granularity: str | None = None  # the embedding's (and LM head's) scales; None: as the weights'
@@ -127,24 +136,11 @@ class QuantConfig:
             raise QuantGPTError(
                 f"unknown embedding quantizer {self.embedding_quantizer!r}: choose one of {', '.join(WEIGHT_QUANTIZERS)}"
             )
-        if self.group_size is not None:
-            if self.group_size <= 0:
-                raise QuantGPTError(f"bad group size {self.group_size}: it must be a positive number of input columns")
-            self.granularity = "group"
-        if self.granularity not in ("tensor", "channel", "group"):
-            raise QuantGPTError(f"unknown granularity {self.granularity!r}: choose tensor, channel or group")
-        if self.granularity == "group" and self.group_size is None:
-            raise QuantGPTError("granularity 'group' needs a group size (--group-size G)")
-        if self.embedding_group_size is not None:
-            if self.embedding_group_size <= 0:
-                raise QuantGPTError(f"bad embedding group size {self.embedding_group_size}")
-            self.embedding_granularity = "group"
-        if self.embedding_granularity not in (None, "tensor", "channel", "group"):
-            raise QuantGPTError(f"unknown embedding granularity {self.embedding_granularity!r}: choose tensor, channel or group")
-        if self.embedding_granularity == "group" and self.embedding_group_size is None:
-            raise QuantGPTError("embedding granularity 'group' needs a group size (--embedding-group-size G)")
-        if self.embedding_granularity != "group":
-            self.embedding_group_size = None
+        self.granularity, self.group_size = resolve_grouping(
+            "weight", self.granularity, self.group_size, None, ("tensor", "channel", "group"), "tensor")
+        self.embedding_granularity, self.embedding_group_size = resolve_grouping(
+            "embedding", self.embedding_granularity, self.embedding_group_size, None, ("tensor", "channel", "group"),
+            None)
         check_grid(self.grid)
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
 
