@@ -275,7 +275,8 @@ def main():
             model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
             row.update(bits=cfg.bits, method=cfg.method, resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
-                       train_seconds=r["train_seconds"], run_seconds=r["run_seconds"], best_eval=r.get("best"),
+                       train_seconds=r["train_seconds"], run_seconds=r["run_seconds"],
+                       run_seconds_all=r["run_seconds_all"], best_eval=r.get("best"),
                        settings={k: getattr(cfg, k) for k in settings},
                        config=cfg.to_dict())
             del tr

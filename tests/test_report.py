@@ -30,6 +30,7 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     q = by["quantgpt@2-2-8"]
     assert q["tokens_trained"] == 2 * 2 * 32 and Path(q["train_log"]).is_file() and by["rtn@4-4-8"]["tokens_trained"] == 0
     assert q["run_seconds"] > 0 and q["run_seconds"] >= q["train_seconds"]  # the whole run (setup, evaluations, writing) and its steps
+    assert q["run_seconds_all"] >= q["run_seconds"]  # one segment here: the same, up to rounding
     assert main(["report", str(out), "--out", str(tmp_path / "report"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert set(rep["figures"]) == {"perplexity_vs_bits.png", "loss_curves.png", "gamma.png", "homogeneity.png"}

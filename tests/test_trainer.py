@@ -62,7 +62,10 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method):
     resumed = Trainer(_cfg(tmp_path / "b", method=method, resume=True), teacher=teacher, tokenizer=tokenizer,
                       train_ids=ids, eval_ids=ids[:2000])
     assert resumed.step == 3
-    resumed.run()
+    first = json.loads((tmp_path / "b" / "run" / "checkpoint" / "state.json").read_text())["run_seconds_all"]
+    assert first > 0 and resumed.earlier_run_seconds == first
+    summary = resumed.run()
+    assert summary["run_seconds_all"] >= first + summary["run_seconds"] - 0.2  # both segments, rounded
     a, b = full.student.state_dict(), resumed.student.state_dict()
     assert a.keys() == b.keys()
     for k in a:

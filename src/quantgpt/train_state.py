@@ -48,6 +48,7 @@ def save_state(tr) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
     sched = {k: v for k, v in tr.scheduler.state_dict().items() if k != "lr_lambdas"}
     meta.update(step=tr.step, total_steps=tr.total_steps, best=tr.best, elapsed=tr.elapsed,
+                run_seconds_all=tr.run_seconds_all(),
                 fingerprint=tr.fingerprint, scheduler=sched, files=files)
     (tmp / "state.json").write_text(json.dumps(meta))
     for kind, name in files.items():
@@ -98,6 +99,7 @@ def load_state(tr) -> None:
         tr.contrastive.load_state_dict({k[len("contrastive."):]: v for k, v in tensors.items()
                                         if k.startswith("contrastive.")})
     tr.step, tr.best, tr.elapsed = meta["step"], meta["best"], meta.get("elapsed", 0.0)
+    tr.earlier_run_seconds = meta.get("run_seconds_all", 0.0)  # the segments before this process
     if tr.step > tr.total_steps:
         raise QuantGPTError(f"{folder}: the checkpoint is at step {tr.step}, past this run's {tr.total_steps} steps")
     tr.update_laq_curvature()

@@ -76,6 +76,7 @@ class Trainer:
         from .models import load_float
 
         self._t_start = time.time()  # this process's run: setup, training, evaluations and writing the model
+        self.earlier_run_seconds = 0.0  # a resumed run's earlier processes, from their last checkpoint
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
@@ -332,6 +333,11 @@ class Trainer:
         return {n: quant_param_value(q) for n, q in weight_quantizers(self.student)}
 
     # ---- the loop ---------------------------------------------------------------------------------
+    def run_seconds_all(self) -> float:
+        """Wall time of the whole run so far, over resumed segments: each one's setup, training, evaluations (a
+        segment's time after its last checkpoint is lost with it)."""
+        return round(self.earlier_run_seconds + time.time() - self._t_start, 1)
+
     def _on_signal(self, signum, frame):
         self._stop_signal = signal.Signals(signum).name
 
@@ -427,7 +433,7 @@ class Trainer:
         tokens = self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
         return {"out": str(self.out), "steps": self.step, "tokens": tokens, "train_seconds": round(self.elapsed, 1),
                 "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best,
-                "run_seconds": round(time.time() - self._t_start, 1)}
+                "run_seconds": round(time.time() - self._t_start, 1), "run_seconds_all": self.run_seconds_all()}
 
 
 def compress(cfg: TrainConfig, **kw) -> dict:
