@@ -9,6 +9,8 @@
 #           embedding-bits ablations 2-16-8 and 2-4-8 on the asym g32 layout; 2-2-8 with 16-feature
 #           embedding groups (4 bits per embedding weight instead of 3)
 #   PART=2: the same command again: the runs LIMIT cut continue (--skip-done --resume)
+#   Then, if the block-wise start beats 69.43 at 300 steps: the 15-minute run with it (4000 steps alone,
+#   `--set init=blockwise --tag=-bw-15min`, two calls as in section 10; run_seconds_all gives its whole time).
 # Usage: source .devcache/p2/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 shared() {
