@@ -151,7 +151,7 @@ def _compress_parser(sub):
     c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 32)")
     c.add_argument("--init", help="start from a post-training solution (rtn | gptq), or blockwise: each block "
                    "first trained alone to reproduce the teacher's block output")
-    c.add_argument("--block-steps", type=int, help="init blockwise: steps per block (default 100)")
+    c.add_argument("--block-steps", type=int, help="init blockwise: steps per block (default 200)")
     c.add_argument("--train-data", nargs="+", help="files/folders, 'sample', or generated:N (data-free)")
     c.add_argument("--eval-data", nargs="+", help="held-out text for periodic evaluation")
     c.add_argument("--steps", type=int)

@@ -63,7 +63,7 @@ class TrainConfig:
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
     embedding_group_size: int | None = None  # default 32 under group granularity
     init: str | None = None  # start the student's weights from a PTQ solution (rtn | gptq), or blockwise
-    block_steps: int = 100  # init blockwise: AdamW steps per decoder block
+    block_steps: int = 200  # init blockwise: AdamW steps per decoder block (200 started better than 60)
     train_data: list[str] = field(default_factory=lambda: ["sample"])
     eval_data: list[str] | None = None
     steps: int | None = None
