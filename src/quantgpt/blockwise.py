@@ -25,18 +25,30 @@ from .device import autocast_for
 from .errors import QuantGPTError
 
 
-class _Stop(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once it has what it came for."""
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's list of identical transformer blocks."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise QuantGPTError("init 'blockwise' needs a decoder-only model (this one is an encoder-decoder)")
+def identical_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The first list of two or more modules of one class (a model's transformer blocks), or None."""
     for m in model.modules():
         if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1:
             return m
-    raise QuantGPTError("init 'blockwise': the model has no list of identical transformer blocks")
+    return None
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder-only model's list of identical transformer blocks."""
+    if is_encoder_decoder(model):
+        raise QuantGPTError("init 'blockwise' needs a decoder-only model (this one is an encoder-decoder)")
+    blocks = identical_blocks(model)
+    if blocks is None:
+        raise QuantGPTError("init 'blockwise': the model has no list of identical transformer blocks")
+    return blocks
 
 
 def with_hidden(args, kwargs, h):
@@ -56,14 +68,14 @@ def block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: list[torch.Te
 
     def hook(mod, args, kwargs):
         caught.append((args, kwargs))
-        raise _Stop
+        raise StopForward
 
     h = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for x in batches:
             try:
                 model(input_ids=x, use_cache=False)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         h.remove()
@@ -97,13 +109,15 @@ def blockwise_reconstruct(student: nn.Module, teacher: nn.Module, calib: torch.T
         with torch.no_grad(), autocast_for(device, dtype):
             targets = [o.float() for o in _run(tb, t_calls)]
 
-        def rel_error():  # ||out - target||^2 / ||target||^2 over the calibration set
+        def outputs():
             with torch.no_grad(), autocast_for(device, dtype):
-                outs = _run(sb, s_calls)
+                return _run(sb, s_calls)
+
+        def rel_error(outs):  # ||out - target||^2 / ||target||^2 over the calibration set
             return (sum((o.float() - t).pow(2).sum().item() for o, t in zip(outs, targets))
                     / max(sum(t.pow(2).sum().item() for t in targets), 1e-30))
 
-        before = rel_error()
+        before = rel_error(outputs())
         weights, quant = split_quant_parameters(sb)
         groups = [{"params": weights, "lr": lr}] + ([{"params": quant, "lr": quant_lr}] if quant else [])
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
@@ -124,12 +138,11 @@ def blockwise_reconstruct(student: nn.Module, teacher: nn.Module, calib: torch.T
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        after = rel_error()
+        s_out = outputs()  # the trained block's output: its error, and the next block's input
+        after = rel_error(s_out)
         stats.append({"block": i, "rel_error_before": before, "rel_error_after": after})
         bar.set_postfix(rel_error=f"{before:.3g} -> {after:.3g}")
         # the next block reads this block's trained output; the teacher's stream moves on with its own
-        with torch.no_grad(), autocast_for(device, dtype):
-            s_out = _run(sb, s_calls)
         s_calls = [with_hidden(a, k, h.detach()) for (a, k), h in zip(s_calls, s_out)]
         t_calls = [with_hidden(a, k, h) for (a, k), h in zip(t_calls, targets)]
     bar.close()

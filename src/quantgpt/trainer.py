@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .packed import save_packed
 from .config import QuantConfig
-from .blockwise import blockwise_reconstruct
+from .blockwise import blockwise_reconstruct, identical_blocks
 from .convert import quantize_model, split_quant_parameters, weight_quantizers
 from .data import blocks, tokenize_files
 from .errors import QuantGPTError
@@ -48,12 +48,12 @@ def compile_blocks(model: torch.nn.Module) -> None:
     """torch.compile each transformer block in place. The blocks share one class and their parameters are
     graph inputs, so one compiled graph serves all of them: compiling takes seconds, not the minutes a
     whole unrolled model takes. Models without a list of identical blocks are compiled whole."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1:
-            for block in m:
-                block.compile()
-            return
-    model.compile()
+    blocks = identical_blocks(model)
+    if blocks is None:
+        model.compile()
+        return
+    for block in blocks:
+        block.compile()
 
 
 def _lr_lambda(cfg: TrainConfig, total: int):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..blockwise import StopForward, block_inputs, block_output, identical_blocks, is_encoder_decoder, with_hidden
 from ..convert import quantized_linears
 from ..errors import QuantGPTError
 from ..quantizers.minmax import MinMaxQuantizer, minmax_params
@@ -92,10 +93,6 @@ def gptq_layer(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
     return Q, scales.reshape(-1, 1), zeros.reshape(-1, 1)
 
 
-class _Stop(Exception):
-    pass
-
-
 def _input_groups(run, modules):
     """Call ``run()`` once and group the layers by the input tensor they read, in call order."""
     order, hooks = [], []
@@ -138,14 +135,14 @@ def _solve_groups(groups, byname, runs, percdamp, blocksize, act_order, bar):
             count[0] += n
             x = math.sqrt(2 / count[0]) * x
             H.addmm_(x.t(), x)
-            raise _Stop
+            raise StopForward
 
         h = first.register_forward_pre_hook(hook)
         try:
             for run in runs:
                 try:
                     run()
-                except _Stop:
+                except StopForward:
                     pass
         finally:
             h.remove()
@@ -159,12 +156,8 @@ def _solve_groups(groups, byname, runs, percdamp, blocksize, act_order, bar):
 
 
 def _blocks_of(model):
-    from ..blockwise import decoder_blocks
-
-    try:
-        return decoder_blocks(model)
-    except QuantGPTError:  # encoder-decoder, or no list of blocks: the whole model runs for every group
-        return None
+    """The decoder-only model's blocks; None (the whole model runs for every group) for other models."""
+    return None if is_encoder_decoder(model) else identical_blocks(model)
 
 
 @torch.no_grad()
@@ -181,8 +174,6 @@ def gptq_quantize(model: nn.Module, calib: torch.Tensor, *, batch_size: int = 8,
     layers = [(n, m) for n, m in quantized_linears(model) if isinstance(m.weight_quantizer, MinMaxQuantizer)]
     if not layers:
         raise QuantGPTError("GPTQ needs a model quantized with min-max quantizers (run rtn first)")
-    from ..blockwise import block_inputs, block_output, with_hidden
-
     device = next(model.parameters()).device
     batches = [b.to(device) for b in calib.split(batch_size)]
     byname = dict(layers)
