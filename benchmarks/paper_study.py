@@ -63,6 +63,7 @@ def grid() -> dict[str, dict]:
         "full-g64": {"grid": "full", "group_size": 64, "embedding_group_size": 64},  # the 2.25-bit layout before
         "token-acts": {"act_granularity": "token"},
         "embedding-per-channel": {"embedding_granularity": "channel"},
+        "embedding-g16": {"embedding_group_size": 16},  # the 4-bit default's layout at 2 bits: 4 bits per embedding weight
         "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token",
                           "embedding_granularity": "tensor"},
     }
