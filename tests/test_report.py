@@ -138,6 +138,24 @@ def test_best_runs_compare_methods_at_the_common_budget():
     assert table[2:] == ["| 16-16-16 | 21.6 | - | - | - |", "| 2-2-8 | - | 2.000e+06 | 130 | 110 |"]
 
 
+def test_other_budgets_get_their_own_tables():
+    """A budget at which two or more methods trained at one bit setting gets its own table (with the post-training
+    rows of those bits); a budget with a single method's run (say one long run) does not."""
+    from quantgpt.report import budget_runs, other_budgets
+
+    def row(method, bits, ppl, tokens, **kw):
+        return {"method": method, "bits": bits, "perplexity": ppl, "tokens_trained": tokens, **kw}
+
+    rows = [row("quantgpt", "2-2-8", 70.0, 100), row("kd", "2-2-8", 71.0, 100), row("pact", "2-2-8", 100.0, 100),
+            row("quantgpt", "4-4-8", 22.0, 700), row("kd", "4-4-8", 21.9, 700), row("pact", "4-4-8", 23.8, 700),
+            row("quantgpt", "2-2-8", 48.0, 4000), row("kd", "2-2-8", 40.0, 4000, ablation="x"),
+            row("gptq", "4-4-8", 32.0, 0), row("gptq", "2-2-8", 6e4, 0)]
+    assert other_budgets(rows, 100) == [700]
+    b = budget_runs(rows, 700)
+    assert {k: v["perplexity"] for k, v in b.items()} == {
+        ("quantgpt", "4-4-8"): 22.0, ("kd", "4-4-8"): 21.9, ("pact", "4-4-8"): 23.8, ("gptq", "4-4-8"): 32.0}
+
+
 def test_report_bad_input(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text("{not json\n")

@@ -101,6 +101,24 @@ def best_runs(rows: list[dict], budget: int | None = None) -> dict[tuple[str, st
     return best
 
 
+def other_budgets(rows: list[dict], main: int | None) -> list[int]:
+    """The other training budgets at which at least two methods were trained at one bit setting: each gets a
+    table of its own, so a longer comparison (say every method at 700 steps) is not hidden by the main one."""
+    methods: dict[tuple[int, str], set[str]] = {}
+    for r in rows:
+        t = r.get("tokens_trained")
+        if t and t != main and not r.get("ablation") and not r.get("note") and r.get("perplexity"):
+            methods.setdefault((t, r["bits"]), set()).add(r["method"])
+    return sorted({t for (t, _), ms in methods.items() if len(ms) >= 2})
+
+
+def budget_runs(rows: list[dict], budget: int) -> dict[tuple[str, str], dict]:
+    """best_runs at ``budget``, kept to the bit settings trained at it (post-training rows beside them)."""
+    best = best_runs(rows, budget)
+    trained = {b for (_, b), r in best.items() if r.get("tokens_trained")}
+    return {k: r for k, r in best.items() if k[1] in trained}
+
+
 def best_cells(best: dict[tuple[str, str], dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per bit setting, one column per method, the best perplexity in each cell."""
     methods = sorted({m for m, _ in best}, key=lambda m: (m != "float", m))
@@ -131,6 +149,7 @@ def make_report(results, out) -> dict:
     budget = common_budget(rows)
     best = best_runs(rows, budget)
     best_title = f"Best perplexity of each method ({budget or 0:,} training tokens)"
+    more = [(f"Best perplexity at {t:,} training tokens", budget_runs(rows, t)) for t in other_budgets(rows, budget)]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in sorted({m for m, _ in best}):
@@ -201,7 +220,10 @@ def make_report(results, out) -> dict:
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
-          f"## {best_title}", "", *best_table(best), "", "## Every run", "",
+          f"## {best_title}", "", *best_table(best), ""]
+    for title, b in more:
+        md += [f"## {title}", "", *best_table(b), ""]
+    md += ["## Every run", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         r.setdefault("scales", scales(r))
@@ -215,7 +237,8 @@ def make_report(results, out) -> dict:
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
-            + f"<h2>{html.escape(best_title)}</h2>" + best_html(best) + "<h2>Every run</h2><table><tr>"
+            + f"<h2>{html.escape(best_title)}</h2>" + best_html(best)
+            + "".join(f"<h2>{html.escape(t)}</h2>" + best_html(b) for t, b in more) + "<h2>Every run</h2><table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
