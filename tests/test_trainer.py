@@ -246,14 +246,22 @@ def test_embedding_groups_follow_the_embedding_bits():
 
 
 def test_lr_and_lambda_follow_the_weight_bits():
-    """2-bit weights train at lr 1e-3 with lambda 0.1; 3 bits and up at 3e-4 with lambda 0.01 (study, section 7).
-    An explicit value always wins, also one that equals another width's default."""
+    """2-bit weights train at lr 1e-3 with lambda 0.1; 3 bits and up at 3e-4 without the contrastive term (study,
+    sections 7 and 11), or with lambda 0.01 when it is asked for. An explicit value always wins, also one that
+    equals another width's default."""
     assert (TrainConfig(bits="2-2-8").lr, TrainConfig(bits="2-2-8").cont_weight) == (1e-3, 0.1)
     assert (TrainConfig(bits="2-16-8").lr, TrainConfig(bits="2-16-8").cont_weight) == (1e-3, 0.1)
+    assert TrainConfig(bits="2-2-8").use_contrastive
     for bits in ("3-3-8", "4-4-8", "8-8-8", "16-2-8"):
-        assert (TrainConfig(bits=bits).lr, TrainConfig(bits=bits).cont_weight) == (3e-4, 0.01)
+        cfg = TrainConfig(bits=bits)
+        assert (cfg.lr, cfg.cont_weight, cfg.use_contrastive) == (3e-4, 0.0, False), bits
+        asked = TrainConfig(bits=bits, contrastive=True)
+        assert (asked.cont_weight, asked.use_contrastive) == (0.01, True), bits
     assert (TrainConfig(bits="8-8-8", lr=1e-3, cont_weight=0.1).lr, TrainConfig(bits="2-2-8", cont_weight=0.01).cont_weight) == \
         (1e-3, 0.01)
+    assert TrainConfig(bits="4-4-8", cont_weight=0.1).use_contrastive  # quantgpt's flag with an explicit weight
+    assert not TrainConfig(bits="2-2-8", cont_weight=0).use_contrastive  # a zero weight builds no term
+    assert not TrainConfig(bits="2-2-8", method="kd", cont_weight=0.1).use_contrastive  # kd has no term at all
     assert TrainConfig(bits="2-2-8", lr="3e-4").lr == 3e-4  # YAML's 3e-4 is a string
 
 

@@ -166,7 +166,7 @@ def _compress_parser(sub):
     c.add_argument("--schedule", help="cosine | linear | constant")
     c.add_argument("--max-grad-norm", type=float)
     c.add_argument("--temperature", type=float, help="logit distillation temperature")
-    c.add_argument("--cont-weight", type=float, help="lambda, weight of the contrastive loss (default 0.1 at 2-bit weights, 0.01 above)")
+    c.add_argument("--cont-weight", type=float, help="lambda, weight of the contrastive loss (default 0.1 at 2-bit weights; above, 0, or 0.01 with --contrastive)")
     c.add_argument("--tau", type=float, help="contrastive temperature")
     c.add_argument("--negatives", type=int, help="K, negatives per anchor")
     c.add_argument("--momentum", type=float, help="memory-bank momentum")
