@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from quantgpt import evaluate, gptq_quantize, load, rtn_quantize
 from quantgpt.data import blocks, tokenize_files
 from quantgpt.device import autocast_for
+from quantgpt.errors import QuantGPTError
 from quantgpt.losses import pairwise_cosine_histogram
 from quantgpt.models import load_float
 from quantgpt.ptq.rtn import rtn_config
@@ -72,18 +72,6 @@ def grid() -> dict[str, dict]:
     for b in ("2-16-8", "2-4-8"):
         runs[f"quantgpt@{b}"] = {"method": "quantgpt", "bits": b, "ablation": "embedding bits"}
     return runs
-
-
-def parse_overrides(items: list[str]) -> dict:
-    known = set(TrainConfig.__dataclass_fields__)
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.replace("-", "_")
-        if not sep or key not in known:
-            raise SystemExit(f"--set {item!r}: write KEY=VALUE with KEY a TrainConfig field")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 @torch.no_grad()
@@ -213,7 +201,10 @@ def main():
                    help=argparse.SUPPRESS)  # set by --jobs for its children, or QG_SHARED_GPU by a script that starts several
     args = p.parse_args()
     runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
-    overrides = parse_overrides(args.set)
+    try:
+        overrides = TrainConfig.from_assignments(args.set)
+    except QuantGPTError as e:
+        raise SystemExit(str(e)) from None
     if args.skip_done and Path(args.out).is_file():
         done = {json.loads(line).get("name") for line in Path(args.out).read_text().splitlines() if line.strip()}
         runs = {k: v for k, v in runs.items() if row_name(k, args.tag) not in done}

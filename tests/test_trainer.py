@@ -265,6 +265,27 @@ def test_lr_and_lambda_follow_the_weight_bits():
     assert TrainConfig(bits="2-2-8", lr="3e-4").lr == 3e-4  # YAML's 3e-4 is a string
 
 
+def test_config_sources_and_assignments(tmp_path):
+    """YAML file, then flags; ``KEY=VALUE`` assignments (paper_study's --set) read each value as YAML. Option names
+    may be written with dashes; an unknown key or a malformed assignment is a one-line error naming its source."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("bits: 4-4-8\ngroup-size: 64\nlr: 1e-4\n")
+    got = TrainConfig.from_sources(str(cfg), lr=3e-3, steps=None)
+    assert (got.bits, got.group_size, got.lr) == ("4-4-8", 64, 3e-3)
+    sets = TrainConfig.from_assignments(["init=blockwise", "block-steps=60", "lr=1e-3", "eval_data=[a, b]"])
+    assert sets == {"init": "blockwise", "block_steps": 60, "lr": "1e-3", "eval_data": ["a", "b"]}  # YAML 1.1's 1e-3
+    assert TrainConfig(**sets).lr == 1e-3  # ... which the config reads as a number
+    cfg.write_text("bits: 4-4-8\ngroup-sise: 64\n")
+    with pytest.raises(QuantGPTError, match="run.yaml: unknown keys group_sise"):
+        TrainConfig.from_sources(str(cfg))
+    with pytest.raises(QuantGPTError, match="--set: unknown keys lerning_rate"):
+        TrainConfig.from_assignments(["lerning_rate=1"])
+    with pytest.raises(QuantGPTError, match="write KEY=VALUE"):
+        TrainConfig.from_assignments(["lr"])
+    with pytest.raises(QuantGPTError, match="not valid YAML"):
+        TrainConfig.from_assignments(["eval_data=[a"])
+
+
 def test_compress_layout_is_the_documented_quantconfig(tmp_path, tiny, tokenizer, ids):
     """README: compress at 2 bits trains the layout of QuantConfig(bits="2-2-8", group_size=32, ragged_groups=True,
     grid="asym", embedding_group_size=32): the same quantizers, module by module, with the same scale shapes."""

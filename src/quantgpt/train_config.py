@@ -192,7 +192,6 @@ class TrainConfig:
     def from_sources(cls, yaml_path: str | None = None, **overrides) -> "TrainConfig":
         """Defaults, then the YAML file, then explicit overrides (flags); unknown keys are an error."""
         values: dict = {}
-        known = {f.name for f in dataclasses.fields(cls)}
         if yaml_path:
             try:
                 loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
@@ -200,10 +199,30 @@ class TrainConfig:
                 raise QuantGPTError(f"{yaml_path}: cannot read the YAML config ({type(e).__name__})") from None
             if not isinstance(loaded, dict):
                 raise QuantGPTError(f"{yaml_path}: the YAML config must be a mapping of option: value")
-            loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
-            unknown = sorted(set(loaded) - known)
-            if unknown:
-                raise QuantGPTError(f"{yaml_path}: unknown keys {', '.join(unknown)}")
-            values.update(loaded)
+            values.update(cls.known_keys(loaded, yaml_path))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def known_keys(cls, values: dict, where: str) -> dict:
+        """``values`` with option names written as fields (``group-size`` -> ``group_size``); an unknown key
+        is an error that names ``where`` the keys came from."""
+        out = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(out) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise QuantGPTError(f"{where}: unknown keys {', '.join(unknown)}")
+        return out
+
+    @classmethod
+    def from_assignments(cls, items: list[str], where: str = "--set") -> dict:
+        """``KEY=VALUE`` strings as overrides, each value read as YAML (``lr=1e-3``, ``init=blockwise``)."""
+        pairs = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise QuantGPTError(f"{where} {item!r}: write KEY=VALUE")
+            try:
+                pairs[key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise QuantGPTError(f"{where} {item!r}: the value is not valid YAML") from None
+        return cls.known_keys(pairs, where)
