@@ -15,7 +15,7 @@ import json
 import torch
 
 from paper_study import parse_overrides  # this folder is on sys.path when the script runs
-from quantgpt.convert import weight_quantizers
+from quantgpt.convert import scale_clips
 from quantgpt.data import tokenize_files
 from quantgpt.models import load_float
 from quantgpt.train_config import TrainConfig
@@ -26,12 +26,7 @@ def grads(cfg, teacher, tok, ids, x, clip_scale=1.0):
     import copy
 
     tr = Trainer(cfg, teacher=copy.deepcopy(teacher), tokenizer=tok, train_ids=ids)
-    with torch.no_grad():  # off the start's ties (see --clip-scale)
-        for _, q in weight_quantizers(tr.student):
-            for name in ("gamma", "alpha"):
-                t = getattr(q, name, None)
-                if isinstance(t, torch.nn.Parameter):
-                    t.mul_(clip_scale)
+    scale_clips(tr.student, clip_scale)  # off the start's ties (see --clip-scale)
     tr.losses(x.to(tr.device))["loss"].backward()
     return {n: p.grad.detach().float().flatten() for n, p in tr.student.named_parameters() if p.grad is not None}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -130,3 +131,18 @@ def weight_quantizers(model: nn.Module):
             seen.add(id(q))
             out.append((n, q))
     return out
+
+
+@torch.no_grad()
+def scale_clips(model: nn.Module, factor: float) -> int:
+    """Multiply every weight quantizer's learned clip (mds's gamma, pact's alpha) by ``factor``; returns how many.
+    Used to move a fresh start off its ties: where the clip search keeps a group's whole range, its extreme
+    weights sit exactly on the clip, and two correct implementations may round them to different sides."""
+    n = 0
+    for _, q in weight_quantizers(model):
+        for name in ("gamma", "alpha"):
+            t = getattr(q, name, None)
+            if isinstance(t, nn.Parameter):
+                t.mul_(factor)
+                n += 1
+    return n
