@@ -54,7 +54,8 @@ def make_model(arch: str, seed: int = 0, **kw):
                           tie_word_embeddings=kw.pop("tie_word_embeddings", True), **kw)
         m = LlamaForCausalLM(cfg)
     elif arch == "bart":
-        cfg = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        cfg = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=kw.pop("encoder_layers", 1),
+                         decoder_layers=kw.pop("decoder_layers", 1), encoder_attention_heads=2,
                          decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
                          pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0, **kw)
         m = BartForConditionalGeneration(cfg)

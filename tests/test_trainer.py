@@ -390,6 +390,26 @@ def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, g
         assert (b.norm() / a.norm()).item() == pytest.approx(1.0, abs=1e-3), kind
 
 
+def test_compile_blocks_compiles_every_block_list(tiny):
+    """compile_blocks compiles each transformer block in place: Llama's one list, and both of BART's (encoder and
+    decoder; it once found only the encoder's). A model without block lists is compiled whole. Compilation is
+    lazy, so this checks what is wrapped, not the compiled code (the compiled-step test does that)."""
+    from quantgpt.blockwise import block_lists
+    from quantgpt.trainer import compile_blocks
+
+    llama, bart = tiny("llama"), tiny("bart", encoder_layers=2, decoder_layers=2)
+    assert [len(b) for b in block_lists(llama)] == [llama.config.num_hidden_layers]
+    lists = block_lists(bart)
+    assert lists == [bart.model.encoder.layers, bart.model.decoder.layers]
+    for model in (llama, bart):
+        compile_blocks(model)
+        assert all(b._compiled_call_impl is not None for blocks in block_lists(model) for b in blocks)
+        assert model._compiled_call_impl is None
+    flat = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    compile_blocks(flat)
+    assert flat._compiled_call_impl is not None
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_blockwise_init_lowers_every_blocks_error(tmp_path, tiny, tokenizer, ids, arch):
     """init blockwise trains each block of the 2-bit student towards the teacher's block output: every block's

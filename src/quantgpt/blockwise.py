@@ -29,12 +29,23 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once it has what it came for."""
 
 
-def identical_blocks(model: nn.Module) -> nn.ModuleList | None:
-    """The first list of two or more modules of one class (a model's transformer blocks), or None."""
+def block_lists(model: nn.Module) -> list[nn.ModuleList]:
+    """Every list of two or more modules of one class (a model's transformer blocks: one list in a decoder-only
+    model, the encoder's and the decoder's in BART), in module order; lists inside a found block are skipped."""
+    found, inside = [], set()
     for m in model.modules():
+        if id(m) in inside:
+            continue
         if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1:
-            return m
-    return None
+            found.append(m)
+            inside.update(id(c) for c in m.modules())
+    return found
+
+
+def identical_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The first list of transformer blocks (block_lists), or None."""
+    lists = block_lists(model)
+    return lists[0] if lists else None
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:

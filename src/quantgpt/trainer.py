@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .packed import save_packed
 from .config import QuantConfig
-from .blockwise import blockwise_reconstruct, identical_blocks
+from .blockwise import block_lists, blockwise_reconstruct
 from .convert import quantize_model, split_quant_parameters, weight_quantizers
 from .data import blocks, tokenize_files
 from .errors import QuantGPTError
@@ -47,12 +47,12 @@ def quant_param_value(q) -> float:
 def compile_blocks(model: torch.nn.Module) -> None:
     """torch.compile each transformer block in place. The blocks share one class and their parameters are
     graph inputs, so one compiled graph serves all of them: compiling takes seconds, not the minutes a
-    whole unrolled model takes. Models without a list of identical blocks are compiled whole."""
-    blocks = identical_blocks(model)
-    if blocks is None:
+    whole unrolled model takes. Every block list is compiled (BART: the encoder's and the decoder's); models
+    without one are compiled whole."""
+    lists = block_lists(model)
+    if not lists:
         model.compile()
-        return
-    for block in blocks:
+    for block in (b for blocks in lists for b in blocks):
         block.compile()
 
 
