@@ -43,9 +43,11 @@ def grid() -> dict[str, dict]:
     runs["float"] = {"method": "float", "bits": "16-16-16"}
     q = {"method": "quantgpt", "bits": "2-2-8"}
     ablations = {
-        # a learned but static clip instead of dynamic scaling; pact has no asym grid, so it runs on the full grid:
-        # compare it with full-grid below, where only the clip rule differs
-        "fixed-alpha": {"quantizer": "pact"},
+        # a learned but static clip instead of dynamic scaling: mds with mean|w - b| frozen at the start, on the
+        # default asym grid, so only the clip rule differs from quantgpt
+        "fixed-alpha": {"dynamic_scale": False},
+        # the same with PACT's clip: pact has no asym grid, so it runs on the full grid (compare full-grid below)
+        "pact-clip": {"quantizer": "pact"},
         "no-bank": {"negative_source": "batch"},
         "student-negatives": {"negative_source": "student"},
         "tau0.05": {"tau": 0.05}, "tau0.3": {"tau": 0.3},

@@ -454,6 +454,60 @@ def test_asym_grid_backward_matches_formula(bits, mean_grad):
     assert torch.allclose(w_s.grad.reshape(w.shape), w.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("grid", ["sym", "asym"])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_static_mds_freezes_the_mean_and_its_gradients(grid, bits):
+    """dynamic=False (the fixed-alpha ablation): the start is mds's, then alpha = gamma * m0 with m0 = the start's
+    mean|w - b|, whatever w becomes. Backward: dL/dw = g inside (no mean term even with mean_grad), dL/dgamma = m0 *
+    dL/dalpha, dL/db = sum g outside; checked against autograd through a straight-through surrogate. The frozen
+    mean is in the state dict (training checkpoints resume it), and packing encodes with it."""
+    w0 = W(16, 32, seed=bits) + 0.01
+    dyn, q = (MDSQuantizer(bits, w0.shape, "group", 16, grid=grid, dynamic=d, mean_grad=True) for d in (True, False))
+    dyn.initialize(w0)
+    q.initialize(w0)
+    assert torch.equal(q(w0), dyn(w0))  # the same start
+    assert "m0" in q.state_dict() and "m0" not in dyn.state_dict()
+    m0 = q.m0.clone()
+    w = (1.5 * w0).requires_grad_()  # weights that moved: dynamic scaling would follow them, static does not
+    assert not torch.allclose(q(w), dyn(w))
+    with torch.no_grad():
+        q.gamma.mul_(torch.linspace(0.6, 1.4, q.gamma.numel()).reshape(q.gamma.shape))
+    g = torch.randn_like(w)
+    (q(w) * g).sum().backward()
+    w2, g2 = w.detach().reshape(q.rows, -1), g.reshape(q.rows, -1)
+    b = torch.zeros(q.rows, 1) if q.center is None else q.center.detach()
+    gamma = q.gamma.detach()
+    w_s, gamma_s, b_s = (t.clone().requires_grad_() for t in (w2, gamma, b))
+    a_s = gamma_s * m0
+    v = ((w_s - b_s) / a_s).clamp(-1, 1)
+    if grid == "asym":
+        n = 2 ** (bits - 1)
+        Qv = (torch.floor(n * v).clamp(-n, n - 1) + 0.5) / n
+    else:
+        k = 2 ** (bits - 1) - 1
+        Qv = torch.round(k * v) / k
+    ((b_s + a_s * (v + (Qv - v).detach())) * g2).sum().backward()
+    inside = ((w2 - b) / (gamma * m0)).abs() <= 1
+    assert (~inside).any() and inside.any()
+    assert torch.equal(w.grad.reshape(q.rows, -1), g2 * inside)
+    assert torch.allclose(q.gamma.grad, gamma_s.grad, rtol=1e-4, atol=1e-7)
+    if q.center is not None:
+        assert torch.allclose(q.center.grad, b_s.grad, rtol=1e-4, atol=1e-6)
+    q.eval()
+    assert torch.allclose(q.encode(w.detach()).dequantize(), q(w).detach(), atol=1e-6)
+    restored = MDSQuantizer(bits, w0.shape, "group", 16, grid=grid, dynamic=False)
+    restored.load_state_dict(q.state_dict())
+    assert torch.equal(restored.m0, m0)
+
+
+def test_static_scale_is_mds_only():
+    from quantgpt.train_config import TrainConfig
+
+    assert not TrainConfig(dynamic_scale=False).to_dict()["dynamic_scale"]
+    with pytest.raises(QuantGPTError, match="dynamic-scale applies to the mds quantizer"):
+        TrainConfig(method="pact", dynamic_scale=False)
+
+
 def test_asym_grid_is_mds_only():
     from quantgpt.quantizers import make_weight_quantizer
 

@@ -42,12 +42,15 @@ def test_gradients_reach_gamma_and_weights(tmp_path, tiny, tokenizer, ids):
     assert id(q.weight_quantizer.gamma) in qids and id(q.weight) not in qids
 
 
-@pytest.mark.parametrize("method", ["quantgpt", "laq"])
-def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method):
+@pytest.mark.parametrize("method, extra", [("quantgpt", {}), ("laq", {}), ("quantgpt", {"dynamic_scale": False})])
+def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
     teacher = tiny("llama")
-    full = Trainer(_cfg(tmp_path / "a", method=method), teacher=teacher, tokenizer=tokenizer, train_ids=ids, eval_ids=ids[:2000])
+    full = Trainer(_cfg(tmp_path / "a", method=method, **extra), teacher=teacher, tokenizer=tokenizer, train_ids=ids,
+                   eval_ids=ids[:2000])
+    start = {k: v.clone() for k, v in full.student.state_dict().items() if k.endswith(".m0")}
     full.run()
-    half = Trainer(_cfg(tmp_path / "b", method=method), teacher=teacher, tokenizer=tokenizer, train_ids=ids, eval_ids=ids[:2000])
+    half = Trainer(_cfg(tmp_path / "b", method=method, **extra), teacher=teacher, tokenizer=tokenizer, train_ids=ids,
+                   eval_ids=ids[:2000])
     step = half.train_step
 
     def interrupted():
@@ -59,7 +62,7 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method):
     half.train_step = interrupted
     r = half.run()
     assert r["interrupted"] == "SIGTERM" and r["step"] == 3
-    resumed = Trainer(_cfg(tmp_path / "b", method=method, resume=True), teacher=teacher, tokenizer=tokenizer,
+    resumed = Trainer(_cfg(tmp_path / "b", method=method, resume=True, **extra), teacher=teacher, tokenizer=tokenizer,
                       train_ids=ids, eval_ids=ids[:2000])
     assert resumed.step == 3
     first = json.loads((tmp_path / "b" / "run" / "checkpoint" / "state.json").read_text())["run_seconds_all"]
@@ -70,6 +73,9 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert bool(start) == (extra.get("dynamic_scale") is False)  # static scaling's frozen means: kept, unchanged
+    for k, v in start.items():
+        assert torch.equal(a[k], v), k
     if method == "quantgpt":
         assert torch.equal(full.contrastive.bank, resumed.contrastive.bank)
     log_a = [json.loads(x) for x in (tmp_path / "a" / "run" / "train_log.jsonl").read_text().splitlines()]

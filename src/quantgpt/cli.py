@@ -126,7 +126,8 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "embedding_granularity", "embedding_group_size", "init", "block_steps", "train_data",
                  "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
-                 "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "init_gamma",
+                 "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
+                 "init_gamma",
                  "act_granularity", "act_group_size",
                  "eval_every", "eval_tokens", "save_every", "log_every", "seed", "compile", "device", "dtype", "out",
                  "resume", "gen_temperature", "gen_top_p", "calib_samples")
@@ -176,6 +177,9 @@ def _compress_parser(sub):
     c.add_argument("--lm-weight", type=float, help="weight of the ground-truth LM loss (default 0)")
     c.add_argument("--mse-weight", type=float, help="weight of the hidden-state MSE (default 0)")
     c.add_argument("--mean-grad", action=argparse.BooleanOptionalAction, default=None)
+    c.add_argument("--dynamic-scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="mds: the clip follows mean|w| (default); --no-dynamic-scale freezes it at the start's "
+                        "(the paper's fixed-alpha ablation, on any grid)")
     c.add_argument("--init-gamma", type=float, help="fixed starting clip factor (default: searched)")
     c.add_argument("--act-granularity", help="activation scales: group (default, per-token groups) | token (paper) | tensor")
     c.add_argument("--act-group-size", type=int, help="features per activation scale (default 32)")

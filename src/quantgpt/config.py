@@ -124,6 +124,7 @@ class QuantConfig:
     act_group_size: int | None = None  # default DEFAULT_ACT_GROUP under group granularity
     act_learned_clip: bool = False
     mean_grad: bool = False  # mds: let mean|w| pass gradient to w
+    dynamic_scale: bool = True  # mds: False freezes mean|w - b| at the start (a learned static clip: the fixed-alpha ablation)
     init_gamma: float | None = None  # mds/pact: None = search the clip factor that minimises the rounding error
     skip: tuple[str, ...] = ()  # fnmatch patterns of module names to leave in floating point
 

@@ -93,6 +93,7 @@ class TrainConfig:
     lm_weight: float = 0.0
     mse_weight: float = 0.0
     mean_grad: bool = False
+    dynamic_scale: bool = True  # mds: False = the start's mean|w - b| frozen (fixed-alpha ablation)
     init_gamma: float | None = None
     act_learned_clip: bool = False
     act_granularity: str = "group"  # activation scales: group (of act_group_size features of a token) | token | tensor
@@ -139,6 +140,9 @@ class TrainConfig:
                 grid = "auto"
             self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
+        if not self.dynamic_scale and self.weight_quantizer != "mds":
+            raise QuantGPTError(f"--no-dynamic-scale applies to the mds quantizer (methods quantgpt and kd), not "
+                                f"{self.weight_quantizer}")
         if self.grid == "asym" and self.weight_quantizer != "mds":
             raise QuantGPTError(f"grid 'asym' applies to the mds quantizer (methods quantgpt and kd), not "
                                 f"{self.weight_quantizer}")

@@ -187,7 +187,8 @@ class Trainer:
             del ptq
         qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
                            group_size=cfg.group_size, ragged_groups=cfg.group_size is not None, grid=cfg.grid,
-                           mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, act_learned_clip=cfg.act_learned_clip,
+                           mean_grad=cfg.mean_grad, dynamic_scale=cfg.dynamic_scale, init_gamma=cfg.init_gamma,
+                           act_learned_clip=cfg.act_learned_clip,
                            act_granularity=cfg.act_granularity, act_group_size=cfg.act_group_size,
                            embedding_granularity=cfg.embedding_granularity, embedding_group_size=cfg.embedding_group_size)
         return quantize_model(student, qcfg)

@@ -22,7 +22,8 @@ def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: Q
     else:
         common = dict(granularity=cfg.granularity, group_size=cfg.group_size, ragged=cfg.ragged_groups)
     if family == "mds":
-        return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, grid=cfg.grid, **common)
+        return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, grid=cfg.grid,
+                            dynamic=cfg.dynamic_scale, **common)
     if cfg.grid == "asym":
         raise QuantGPTError(f"grid 'asym' applies to the mds quantizer, not {family}")
     if family == "pact":

@@ -8,6 +8,10 @@ u = clip(w / alpha, -1, 1); w_q = alpha * Q(u) with Q the rounding to the grid: 
 The ``asym`` grid (an extension) is the full grid about a learned centre b of each scale group:
 alpha = gamma * mean|w - b|, u = clip((w - b) / alpha, -1, 1), w_q = b + alpha * Q(u). The scale still
 follows the weights' spread; the centre is a weight-like parameter, set to the group's mid-range at the start.
+
+``dynamic=False`` is the paper's "fixed alpha" ablation on any grid: mean|w - b| is frozen at its start value,
+so alpha = gamma * m0 is a learned static clip (PACT's, in mds's units), and only the rule that makes the clip
+follow the weights differs from mds.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from .base import WeightQuantizer, grid_encode, grid_k, grid_round, search_clip_
 class MDSFunction(torch.autograd.Function):
     """Forward as above, on the ``(rows, cols)`` view with ``gamma`` (and ``center``, or None) of shape ``(rows, 1)``.
 
+    With ``m0`` given (static scaling) the mean is that fixed tensor, and the mean's gradient terms vanish.
+
     Backward (straight-through for the rounding; c = w - b, b = 0 without a centre):
       dL/dw     = g * 1[|u| <= 1]                        (+ dL/dalpha * gamma * sign(c) / cols if mean_grad)
       dL/dalpha = sum_row g * (Q(u) - u  if |u| <= 1 else Q(u))   (Q(u) = sign(w) outside, on the sym grid)
@@ -29,21 +35,21 @@ class MDSFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w2, gamma, k: int, mean_grad: bool, grid: str = "sym", center=None):
+    def forward(ctx, w2, gamma, k: int, mean_grad: bool, grid: str = "sym", center=None, m0=None):
         c = w2 if center is None else w2 - center
-        m = c.abs().mean(1, keepdim=True)
+        m = c.abs().mean(1, keepdim=True) if m0 is None else m0
         alpha = (gamma * m).clamp_min(1e-12)
         q = grid_round((c / alpha).clamp(-1, 1), k, grid)
-        ctx.save_for_backward(w2, gamma, center)
-        ctx.k, ctx.mean_grad, ctx.grid = k, mean_grad, grid
+        ctx.save_for_backward(w2, gamma, center, m0)
+        ctx.k, ctx.mean_grad, ctx.grid = k, mean_grad and m0 is None, grid
         return alpha * q if center is None else alpha * q + center
 
     @staticmethod
     def backward(ctx, g):
-        w2, gamma, center = ctx.saved_tensors
+        w2, gamma, center, m0 = ctx.saved_tensors
         k = ctx.k
         c = w2 if center is None else w2 - center
-        m = c.abs().mean(1, keepdim=True)
+        m = c.abs().mean(1, keepdim=True) if m0 is None else m0
         alpha = (gamma * m).clamp_min(1e-12)
         u = c / alpha
         inside = u.abs() <= 1
@@ -55,7 +61,8 @@ class MDSFunction(torch.autograd.Function):
             dw = dw + dalpha * gamma * torch.sign(c) / w2.shape[1]
             if center is not None:
                 dcenter = dcenter - dalpha * gamma * torch.sign(c).mean(1, keepdim=True)
-        return dw, (m * dalpha).to(gamma.dtype), None, None, None, None if center is None else dcenter.to(center.dtype)
+        return (dw, (m * dalpha).to(gamma.dtype), None, None, None, None if center is None else dcenter.to(center.dtype),
+                None)
 
 
 class MDSQuantizer(WeightQuantizer):
@@ -63,8 +70,9 @@ class MDSQuantizer(WeightQuantizer):
     weight_unit_params = ("center",)  # the asym grid's centres
 
     def __init__(self, bits, shape, granularity="tensor", group_size=None, mean_grad=False, init_gamma=None, ragged=False,
-                 grid="sym"):
+                 grid="sym", dynamic=True):
         super().__init__(bits, shape, granularity, group_size, ragged)
+        self.dynamic = dynamic
         self.grid = grid
         self.k = grid_k(self.bits, grid)
         self.mean_grad = mean_grad
@@ -72,6 +80,8 @@ class MDSQuantizer(WeightQuantizer):
         self.gamma = nn.Parameter(torch.ones(self.rows, 1))
         # the asym grid's centre; the trainer gives it the weights' learning rate (it is in the weights' units)
         self.center = nn.Parameter(torch.zeros(self.rows, 1)) if grid == "asym" else None
+        # static scaling: mean|w - b| at the start, frozen (kept in training checkpoints)
+        self.register_buffer("m0", None if dynamic else torch.ones(self.rows, 1))
 
     @torch.no_grad()
     def initialize(self, w):
@@ -79,6 +89,8 @@ class MDSQuantizer(WeightQuantizer):
         if self.center is not None:
             self.center.copy_((w2.amax(1, keepdim=True) + w2.amin(1, keepdim=True)) / 2)
             w2 = w2 - self.center
+        if self.m0 is not None:
+            self.m0.copy_(w2.abs().mean(1, keepdim=True))
         if self.init_gamma is not None:
             self.gamma.fill_(self.init_gamma)
         else:
@@ -88,11 +100,13 @@ class MDSQuantizer(WeightQuantizer):
         return w2 if self.center is None else w2 - self.center.to(w2.dtype)
 
     def alpha(self, w2):
-        return (self.gamma * self.centered(w2).abs().mean(1, keepdim=True)).clamp_min(1e-12)
+        m = self.centered(w2).abs().mean(1, keepdim=True) if self.m0 is None else self.m0.to(w2.dtype)
+        return (self.gamma * m).clamp_min(1e-12)
 
     def quantize_rows(self, w2):
         center = None if self.center is None else self.center.to(w2.dtype)
-        return MDSFunction.apply(w2, self.gamma.to(w2.dtype), self.k, self.mean_grad, self.grid, center)
+        m0 = None if self.m0 is None else self.m0.to(w2.dtype)
+        return MDSFunction.apply(w2, self.gamma.to(w2.dtype), self.k, self.mean_grad, self.grid, center, m0)
 
     def encode_rows(self, w2):
         w2 = w2.float()
