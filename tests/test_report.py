@@ -94,8 +94,10 @@ def test_every_study_run_is_a_valid_config():
     names = list(cfgs)
     same = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if cfgs[a] == cfgs[b]]
     assert not same, f"runs under two names: {same}"
-    # pact has no asym grid: the static-clip ablation runs on the full grid, as the full-grid ablation does
-    assert cfgs["quantgpt-fixed-alpha@2-2-8"]["grid"] == cfgs["quantgpt-full-grid@2-2-8"]["grid"] == "full"
+    # fixed alpha differs from the default run in the clip rule alone; pact has no asym grid, so PACT's clip runs
+    # on the full grid, as the full-grid ablation does
+    assert {k: v for k, v in cfgs["quantgpt-fixed-alpha@2-2-8"].items() if v != base[k]} == {"dynamic_scale": False}
+    assert cfgs["quantgpt-pact-clip@2-2-8"]["grid"] == cfgs["quantgpt-full-grid@2-2-8"]["grid"] == "full"
 
 
 def test_study_runs_side_by_side(tmp_path, model_dir):
