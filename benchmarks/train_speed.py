@@ -6,7 +6,9 @@
 Variants: 'plain' (fake-quant student, full logits materialised, KL in float32: the loop most people
 write), 'fused' (our fused chunked KD + contrastive, eager), 'compiled' (the same with torch.compile) and
 'run-like' (compiled, after the forwards at other shapes a real run makes first: its step-0 homogeneity
-probe and held-out evaluation, so the blocks may be recompiled with a dynamic batch dimension).
+probe and held-out evaluation, so the blocks may be recompiled with a dynamic batch dimension) and 'cached'
+(compiled, with teacher_cache: the teacher's last hidden states of the training text computed once, no
+teacher forward in the step; its row gives the cache's setup time and size).
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def main():
     p.add_argument("--batch-size", type=int, nargs="+", default=[16], help="one or more micro-batch sizes (sequences)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--variants", nargs="+", default=["plain", "fused", "compiled"],
-                   choices=["plain", "fused", "compiled", "run-like"])
+                   choices=["plain", "fused", "compiled", "run-like", "cached"])
     p.add_argument("--bits", default="2-2-8")
     p.add_argument("--out", default=None)
     p.add_argument("--breakdown", action="store_true", help="also time each part of the step (CUDA events)")
@@ -95,10 +97,13 @@ def main():
     rows = []
     for batch, v in [(b, v) for b in args.batch_size for v in args.variants]:
         cfg = TrainConfig(model=args.model, bits=args.bits, steps=10_000, seq_len=args.seq_len, batch_size=batch,
-                          out=f"/tmp/speed_{v}_{time.time_ns()}", progress=False, compile=v in ("compiled", "run-like"))
+                          out=f"/tmp/speed_{v}_{time.time_ns()}", progress=False,
+                          compile=v in ("compiled", "run-like", "cached"), teacher_cache=v == "cached")
         torch._dynamo.reset()  # each setting compiles afresh: no shape-generalised (dynamic) graph from the last one
         try:
+            t_setup = time.time()
             tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=ids)
+            setup_s = time.time() - t_setup
             if v == "plain":
                 tr.losses = plain_losses(tr)
             if v == "run-like":
@@ -121,7 +126,9 @@ def main():
             dt = time.time() - t0
             row = {"variant": v, "tok_per_s": args.steps * batch * args.seq_len / dt,
                    "step_ms": 1000 * dt / args.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                   "first_step_s": round(first_step_s, 1)}
+                   "first_step_s": round(first_step_s, 1), "setup_s": round(setup_s, 1)}
+            if tr._t_cache is not None:
+                row["teacher_cache_gib"] = round(tr._t_cache.numel() * tr._t_cache.element_size() / 2**30, 2)
             if args.breakdown and v != "plain":
                 row["breakdown_ms"] = {k: round(t, 2) for k, t in breakdown(tr).items()}
         except Exception as e:  # report and go on with the other variants

@@ -1,4 +1,5 @@
 """The compress trainer: gradients, resume equivalence, guards, and that the method beats RTN."""
+import copy
 import json
 import shutil
 
@@ -81,6 +82,34 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
     log_a = [json.loads(x) for x in (tmp_path / "a" / "run" / "train_log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x) for x in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r.get("kd") for r in log_a] == [r.get("kd") for r in log_b]
+
+
+def test_teacher_cache_trains_as_the_teacher_would(tmp_path, tiny, tokenizer, ids):
+    """teacher_cache: the teacher's last hidden states of every block, computed once (the last batch overlapping
+    the one before), are what it computes in a step, and six steps with them give the same student, losses
+    and memory bank as six steps running the teacher. A representation layer other than the last is refused."""
+    teacher = tiny("llama")
+    runs = {}
+    for cached in (False, True):
+        tr = Trainer(_cfg(tmp_path / str(cached), teacher_cache=cached), teacher=copy.deepcopy(teacher),
+                     tokenizer=tokenizer, train_ids=ids[:141 * 32])
+        runs[cached] = tr
+        if cached:
+            n = tr.train.shape[0]
+            assert n % tr.cfg.batch_size and tr._t_cache.shape == (n, 32, teacher.config.hidden_size)
+            with torch.no_grad():
+                direct = tr._t_base(input_ids=tr.train, use_cache=False).last_hidden_state
+            torch.testing.assert_close(tr._t_cache, direct, rtol=1e-5, atol=1e-5)
+        tr.run()
+    a, b = runs[False], runs[True]
+    log = lambda t: [json.loads(x) for x in (t.out / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r.get("kd") for r in log(a)] == pytest.approx([r.get("kd") for r in log(b)], rel=1e-5)
+    for k, v in a.student.state_dict().items():
+        torch.testing.assert_close(b.student.state_dict()[k], v, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.contrastive.bank, b.contrastive.bank, rtol=1e-4, atol=1e-6)
+    with pytest.raises(QuantGPTError, match="needs --layer -1"):
+        Trainer(_cfg(tmp_path / "mid", teacher_cache=True, layer=0), teacher=copy.deepcopy(teacher),
+                tokenizer=tokenizer, train_ids=ids[:141 * 32])
 
 
 def test_a_checkpoint_cut_while_written_resumes_from_the_last_whole_one(tmp_path, tiny, tokenizer, ids, monkeypatch):

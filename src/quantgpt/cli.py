@@ -123,14 +123,13 @@ def cmd_compress(args) -> int:
 
 
 COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid",
-                 "embedding_granularity", "embedding_group_size", "init", "block_steps", "train_data",
-                 "eval_data", "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
+                 "embedding_granularity", "embedding_group_size", "init", "block_steps", "train_data", "eval_data",
+                 "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
-                 "init_gamma",
-                 "act_granularity", "act_group_size",
-                 "eval_every", "eval_tokens", "save_every", "log_every", "seed", "compile", "device", "dtype", "out",
-                 "resume", "gen_temperature", "gen_top_p", "calib_samples")
+                 "init_gamma", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
+                 "log_every", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
+                 "gen_temperature", "gen_top_p", "calib_samples")
 
 
 def _compress_parser(sub):
@@ -188,6 +187,9 @@ def _compress_parser(sub):
     c.add_argument("--save-every", type=int)
     c.add_argument("--log-every", type=int)
     c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    c.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute the teacher's last hidden states of the training text once and keep them on the device, "
+                        "instead of running the teacher in every step (same losses; blocks x seq-len x hidden values)")
     c.add_argument("--resume", action="store_true", default=None)
     c.add_argument("--gen-temperature", type=float)
     c.add_argument("--gen-top-p", type=float)

@@ -139,6 +139,7 @@ class Trainer:
             compile_blocks(self.student)
             compile_blocks(self.teacher)
         self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
+        self._t_cache = self._teacher_states() if cfg.teacher_cache else None
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
                             "embedding_granularity": cfg.embedding_granularity,
@@ -225,9 +226,38 @@ class Trainer:
                 v = st["exp_avg_sq"].t() if transposed else st["exp_avg_sq"]
                 q.set_curvature(v, int(st["step"]), beta2)
 
+    @torch.no_grad()
+    def _teacher_states(self) -> torch.Tensor:
+        """teacher_cache: the teacher's last hidden states of every training block, ``(blocks, seq_len, d)`` on the
+        device, computed once in batches of the training batch's shape (the last batch overlaps the one before,
+        so every call has the compiled step's shape). The teacher is frozen and the blocks are fixed, so every
+        step reads the states it would compute; the KD head and the contrastive term start from them."""
+        cfg = self.cfg
+        if self.contrastive is not None and cfg.layer != -1:
+            raise QuantGPTError("--teacher-cache keeps the teacher's last hidden states only: it needs --layer -1")
+        n, bs, d = self.train.shape[0], cfg.batch_size, self.teacher.config.hidden_size
+        dtype = next(self.teacher.parameters()).dtype if self.device.type == "cuda" else torch.float32
+        need = n * cfg.seq_len * d * dtype.itemsize
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+            if need > free // 2:
+                raise QuantGPTError(f"--teacher-cache needs {need / 2**30:.1f} GiB for {n} blocks, more than half of the "
+                                    f"{free / 2**30:.1f} GiB free on {self.device}: train without it or on less text")
+        cache = torch.empty(n, cfg.seq_len, d, dtype=dtype, device=self.device)
+        starts = sorted({min(i, n - bs) for i in range(0, n, bs)})
+        for i in tqdm(starts, desc="caching teacher states", unit="batch", disable=not cfg.progress):
+            x = self.train[i: i + bs].to(self.device)
+            with autocast_for(self.device, self.dtype):
+                cache[i: i + bs] = self._t_base(input_ids=x, use_cache=False).last_hidden_state
+        return cache
+
     # ---- data ------------------------------------------------------------------------------------
     def batch(self, step: int, micro: int) -> torch.Tensor:
-        """The blocks of micro-batch ``micro`` of ``step``: epochs are seeded permutations, so the data
+        """The blocks of micro-batch ``micro`` of ``step`` (see batch_indices)."""
+        return self.train[self.batch_indices(step, micro)]
+
+    def batch_indices(self, step: int, micro: int) -> list[int]:
+        """The block numbers of micro-batch ``micro`` of ``step``: epochs are seeded permutations, so the data
         position is a function of the step alone and resuming needs no extra state."""
         cfg, n = self.cfg, self.train.shape[0]
         first = (step * cfg.grad_accum + micro) * cfg.batch_size
@@ -238,20 +268,25 @@ class Trainer:
                 self._perm_epoch = epoch
                 self._perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             idx.append(int(self._perm[off]))
-        return self.train[idx]
+        return idx
 
     # ---- the step ----------------------------------------------------------------------------------
     def _reps(self, out, layer):
         return out.last_hidden_state if layer == -1 else out.hidden_states[layer + 1]
 
-    def losses(self, x: torch.Tensor) -> dict:
+    def losses(self, x: torch.Tensor, h_t: torch.Tensor | None = None) -> dict:
+        """The step's loss parts on blocks ``x``; ``h_t``: the teacher's last hidden states of ``x`` when cached
+        (teacher_cache), so the teacher does not run."""
         cfg = self.cfg
         need_hs = self.contrastive is not None and cfg.layer != -1
         with autocast_for(self.device, self.dtype):
-            with torch.no_grad():
-                t_out = self._t_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
+            t_out = None
+            if h_t is None:
+                with torch.no_grad():
+                    t_out = self._t_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
+                h_t = t_out.last_hidden_state
             s_out = self._s_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
-            h_s, h_t = s_out.last_hidden_state, t_out.last_hidden_state
+            h_s = s_out.last_hidden_state
             d = h_s.shape[-1]
             head = Head(self.student)
             hs_in = head.act(h_s) if head.act is not None else h_s
@@ -262,7 +297,7 @@ class Trainer:
             parts = {"kd": kd, "lm": lm}
             loss = total
             if self.contrastive is not None:
-                r_s, r_t = self._reps(s_out, cfg.layer), self._reps(t_out, cfg.layer)
+                r_s, r_t = self._reps(s_out, cfg.layer), h_t if t_out is None else self._reps(t_out, cfg.layer)
                 cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), r_t.reshape(-1, r_t.shape[-1]).detach(),
                                         x.reshape(-1), self.gen)
                 loss = loss + cfg.cont_weight * cont
@@ -278,8 +313,9 @@ class Trainer:
         cfg = self.cfg
         sums = {}
         for micro in range(cfg.grad_accum):
-            x = self.batch(self.step, micro).to(self.device, non_blocking=True)
-            parts = self.losses(x)
+            idx = self.batch_indices(self.step, micro)
+            x = self.train[idx].to(self.device, non_blocking=True)
+            parts = self.losses(x, None if self._t_cache is None else self._t_cache[idx])
             (parts["loss"] / cfg.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
