@@ -204,7 +204,7 @@ def main():
     args = p.parse_args()
     runs = {k: v for k, v in grid().items() if any(fnmatch.fnmatchcase(k, pat) for pat in args.only)}
     try:
-        overrides = TrainConfig.from_assignments(args.set)
+        overrides = TrainConfig.parse_assignments(args.set)
     except QuantGPTError as e:
         raise SystemExit(str(e)) from None
     if args.skip_done and Path(args.out).is_file():

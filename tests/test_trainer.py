@@ -307,18 +307,18 @@ def test_config_sources_and_assignments(tmp_path):
     cfg.write_text("bits: 4-4-8\ngroup-size: 64\nlr: 1e-4\n")
     got = TrainConfig.from_sources(str(cfg), lr=3e-3, steps=None)
     assert (got.bits, got.group_size, got.lr) == ("4-4-8", 64, 3e-3)
-    sets = TrainConfig.from_assignments(["init=blockwise", "block-steps=60", "lr=1e-3", "eval_data=[a, b]"])
+    sets = TrainConfig.parse_assignments(["init=blockwise", "block-steps=60", "lr=1e-3", "eval_data=[a, b]"])
     assert sets == {"init": "blockwise", "block_steps": 60, "lr": "1e-3", "eval_data": ["a", "b"]}  # YAML 1.1's 1e-3
     assert TrainConfig(**sets).lr == 1e-3  # ... which the config reads as a number
     cfg.write_text("bits: 4-4-8\ngroup-sise: 64\n")
     with pytest.raises(QuantGPTError, match="run.yaml: unknown keys group_sise"):
         TrainConfig.from_sources(str(cfg))
     with pytest.raises(QuantGPTError, match="--set: unknown keys lerning_rate"):
-        TrainConfig.from_assignments(["lerning_rate=1"])
+        TrainConfig.parse_assignments(["lerning_rate=1"])
     with pytest.raises(QuantGPTError, match="write KEY=VALUE"):
-        TrainConfig.from_assignments(["lr"])
+        TrainConfig.parse_assignments(["lr"])
     with pytest.raises(QuantGPTError, match="not valid YAML"):
-        TrainConfig.from_assignments(["eval_data=[a"])
+        TrainConfig.parse_assignments(["eval_data=[a"])
 
 
 def test_compress_layout_is_the_documented_quantconfig(tmp_path, tiny, tokenizer, ids):

@@ -222,7 +222,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_assignments(cls, items: list[str], where: str = "--set") -> dict:
+    def parse_assignments(cls, items: list[str], where: str = "--set") -> dict:
         """``KEY=VALUE`` strings as overrides, each value read as YAML (``lr=1e-3``, ``init=blockwise``)."""
         pairs = {}
         for item in items:
