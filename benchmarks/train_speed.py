@@ -28,7 +28,7 @@ from quantgpt.trainer import Trainer
 
 
 def plain_losses(tr):
-    def losses(x):
+    def losses(x, h_t=None):  # the trainer passes cached teacher states (unused: this loop runs the teacher)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             with torch.no_grad():
                 t = tr.teacher(input_ids=x, use_cache=False).logits
