@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from quantgpt.data import tokenize_files
+from quantgpt.device import autocast_for
 from quantgpt.models import load_float
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
@@ -29,7 +30,7 @@ from quantgpt.trainer import Trainer
 
 def plain_losses(tr):
     def losses(x, h_t=None):  # the trainer passes cached teacher states (unused: this loop runs the teacher)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast_for(tr.device, tr.dtype):
             with torch.no_grad():
                 t = tr.teacher(input_ids=x, use_cache=False).logits
             s = tr.student(input_ids=x, use_cache=False).logits
@@ -76,6 +77,14 @@ def breakdown(tr, n=5):
     return acc
 
 
+CUDA = torch.cuda.is_available()  # on a CPU every variant runs eager (a smoke test of the variants): no timings to keep
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2-135m")
@@ -98,7 +107,7 @@ def main():
     for batch, v in [(b, v) for b in args.batch_size for v in args.variants]:
         cfg = TrainConfig(model=args.model, bits=args.bits, steps=10_000, seq_len=args.seq_len, batch_size=batch,
                           out=f"/tmp/speed_{v}_{time.time_ns()}", progress=False,
-                          compile=v in ("compiled", "run-like", "cached"), teacher_cache=v == "cached")
+                          compile=CUDA and v in ("compiled", "run-like", "cached"), teacher_cache=v == "cached")
         torch._dynamo.reset()  # each setting compiles afresh: no shape-generalised (dynamic) graph from the last one
         try:
             t_setup = time.time()
@@ -110,35 +119,37 @@ def main():
                 tr.homogeneity()
                 tr.eval_ids = ids[: 8 * args.seq_len]
                 tr.evaluate()
-            torch.cuda.synchronize()
+            sync()
             t_first = time.time()
             tr.train_step()
-            torch.cuda.synchronize()
+            sync()
             first_step_s = time.time() - t_first  # includes compilation for 'compiled'
             for _ in range(args.warmup - 1):
                 tr.train_step()
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            sync()
+            if CUDA:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.time()
             for _ in range(args.steps):
                 tr.train_step()
-            torch.cuda.synchronize()
+            sync()
             dt = time.time() - t0
             row = {"variant": v, "tok_per_s": args.steps * batch * args.seq_len / dt,
-                   "step_ms": 1000 * dt / args.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                   "step_ms": 1000 * dt / args.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0,
                    "first_step_s": round(first_step_s, 1), "setup_s": round(setup_s, 1)}
             if tr._t_cache is not None:
                 row["teacher_cache_gib"] = round(tr._t_cache.numel() * tr._t_cache.element_size() / 2**30, 2)
-            if args.breakdown and v != "plain":
+            if args.breakdown and v != "plain" and CUDA:
                 row["breakdown_ms"] = {k: round(t, 2) for k, t in breakdown(tr).items()}
         except Exception as e:  # report and go on with the other variants
             row = {"variant": v, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-        row.update(bits=args.bits, batch=batch, seq_len=args.seq_len, device=torch.cuda.get_device_name(),
+        row.update(bits=args.bits, batch=batch, seq_len=args.seq_len, device=torch.cuda.get_device_name() if CUDA else "cpu",
                    commit=commit, date=time.strftime("%Y-%m-%d"))
         rows.append(row)
         print(json.dumps(row), flush=True)
         tr = None
-        torch.cuda.empty_cache()
+        if CUDA:
+            torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "a") as f:
             for r in rows:

@@ -1,0 +1,24 @@
+"""Smoke tests of the benchmark scripts whose GPU runs cannot be repeated here: each variant must at least run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+
+
+def test_train_speed_variants_run(tmp_path, model_dir):
+    """train_speed.py's variants each take training steps through the trainer's own step (on the CPU, eager): the
+    plain loop patched in as the trainer's loss, the fused losses, and the teacher cache (whose row gives the
+    cache's size). A variant that fails records an error row instead of stopping the script, so check for it."""
+    out = tmp_path / "speed.jsonl"
+    r = subprocess.run([sys.executable, str(SPEED), "--model", str(model_dir), "--data", "sample", "--steps", "2",
+                        "--warmup", "1", "--batch-size", "2", "--seq-len", "32", "--variants", "plain", "fused", "cached",
+                        "--out", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["variant"] for x in rows] == ["plain", "fused", "cached"]
+    assert all("error" not in x and x["tok_per_s"] > 0 for x in rows), rows
+    assert rows[2]["teacher_cache_gib"] > 0 and "teacher_cache_gib" not in rows[1]
