@@ -14,7 +14,6 @@ import json
 
 import torch
 
-from paper_study import parse_overrides  # this folder is on sys.path when the script runs
 from quantgpt.convert import scale_clips
 from quantgpt.data import tokenize_files
 from quantgpt.models import load_float
@@ -46,7 +45,7 @@ def main():
                         "a group's whole range, its extreme weights sit at |u| = 1 to the last bit, and eager and compiled "
                         "code put them on different sides of the clip (1 keeps the start as it is)")
     args = p.parse_args()
-    extra = parse_overrides(args.set)
+    extra = TrainConfig.parse_assignments(args.set)
     teacher, tok = load_float(args.model)
     ids = tokenize_files(args.data, tok)
     x = ids[: args.batch_size * args.seq_len].reshape(args.batch_size, args.seq_len)
