@@ -22,3 +22,21 @@ def test_train_speed_variants_run(tmp_path, model_dir):
     assert [x["variant"] for x in rows] == ["plain", "fused", "cached"]
     assert all("error" not in x and x["tok_per_s"] > 0 for x in rows), rows
     assert rows[2]["teacher_cache_gib"] > 0 and "teacher_cache_gib" not in rows[1]
+
+
+def test_benchmark_scripts_import_and_parse():
+    """Every argparse benchmark script gets as far as --help (imports and helpers it takes from other scripts
+    resolve), all in one process. init_probe.py reads its arguments without argparse and is left out."""
+    scripts = sorted(p for p in SPEED.parent.glob("*.py") if p.name != "init_probe.py")
+    code = ("import runpy, sys\n"
+            f"sys.path.insert(0, {str(SPEED.parent)!r})\n"
+            f"for s in {[str(p) for p in scripts]!r}:\n"
+            "    sys.argv = [s, '--help']\n"
+            "    try:\n"
+            "        runpy.run_path(s, run_name='__main__')\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code in (0, None), (s, e.code)\n"
+            "    print('ok', s)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("ok ") == len(scripts) >= 5
