@@ -397,19 +397,19 @@ def test_quantgpt_beats_rtn_at_2_2_8(tmp_path, tiny, tokenizer, ids):
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
-@pytest.mark.parametrize("grid", ["full", "asym"])
-def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, grid):
+@pytest.mark.parametrize("grid, dynamic", [("full", True), ("asym", True), ("asym", False)])
+def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, grid, dynamic):
     """torch.compile must not change what is trained: one 2-2-8 step, float32 on CPU, eager against compiled
-    blocks, same student and batch. (A compiled activation quantizer once trained to 10x worse perplexity.)"""
-    import copy
+    blocks, same student and batch, with dynamic scaling and with its frozen-mean ablation. (A compiled
+    activation quantizer once trained to 10x worse perplexity.)"""
 
     teacher = tiny("llama")
     x = ids[: 4 * 32].reshape(4, 32)
     grads = {}
     for mode in (False, True):
         torch.manual_seed(0)
-        tr = Trainer(_cfg(tmp_path / str(mode), compile=mode, grid=grid), teacher=copy.deepcopy(teacher), tokenizer=tokenizer,
-                     train_ids=ids)
+        tr = Trainer(_cfg(tmp_path / str(mode), compile=mode, grid=grid, dynamic_scale=dynamic),
+                     teacher=copy.deepcopy(teacher), tokenizer=tokenizer, train_ids=ids)
         # Off the start's ties: where the clip search keeps the whole range (alpha = max|w|), a group's extreme
         # weights sit at |u| = 1 up to the last bit, and eager and compiled code round that bit differently.
         # Such a weight is inside the clip in one and outside in the other: a real but measure-zero difference
