@@ -149,7 +149,8 @@ def make_report(results, out) -> dict:
     budget = common_budget(rows)
     best = best_runs(rows, budget)
     best_title = f"Best perplexity of each method ({budget or 0:,} training tokens)"
-    more = [(f"Best perplexity at {t:,} training tokens", budget_runs(rows, t)) for t in other_budgets(rows, budget)]
+    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens", budget_runs(rows, t))
+                                      for t in other_budgets(rows, budget)]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in sorted({m for m, _ in best}):
@@ -219,9 +220,8 @@ def make_report(results, out) -> dict:
     rows_sorted = sorted(rows, key=lambda r: (bool(r.get("ablation")), -_bits_key(r["bits"]), r["bits"], r["method"]))
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
-    md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", "",
-          f"## {best_title}", "", *best_table(best), ""]
-    for title, b in more:
+    md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", ""]
+    for title, b in tables:
         md += [f"## {title}", "", *best_table(b), ""]
     md += ["## Every run", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
@@ -237,8 +237,7 @@ def make_report(results, out) -> dict:
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
-            + f"<h2>{html.escape(best_title)}</h2>" + best_html(best)
-            + "".join(f"<h2>{html.escape(t)}</h2>" + best_html(b) for t, b in more) + "<h2>Every run</h2><table><tr>"
+            + "".join(f"<h2>{html.escape(t)}</h2>" + best_html(b) for t, b in tables) + "<h2>Every run</h2><table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)

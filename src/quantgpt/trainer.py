@@ -236,7 +236,7 @@ class Trainer:
         if self.contrastive is not None and cfg.layer != -1:
             raise QuantGPTError("--teacher-cache keeps the teacher's last hidden states only: it needs --layer -1")
         n, bs, d = self.train.shape[0], cfg.batch_size, self.teacher.config.hidden_size
-        dtype = next(self.teacher.parameters()).dtype if self.device.type == "cuda" else torch.float32
+        dtype = next(self.teacher.parameters()).dtype  # the teacher's: bf16 with CUDA, float32 on CPU
         need = n * cfg.seq_len * d * dtype.itemsize
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
@@ -297,7 +297,7 @@ class Trainer:
             parts = {"kd": kd, "lm": lm}
             loss = total
             if self.contrastive is not None:
-                r_s, r_t = self._reps(s_out, cfg.layer), h_t if t_out is None else self._reps(t_out, cfg.layer)
+                r_s, r_t = self._reps(s_out, cfg.layer), h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
                 cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), r_t.reshape(-1, r_t.shape[-1]).detach(),
                                         x.reshape(-1), self.gen)
                 loss = loss + cfg.cont_weight * cont

@@ -72,7 +72,6 @@ class MDSQuantizer(WeightQuantizer):
     def __init__(self, bits, shape, granularity="tensor", group_size=None, mean_grad=False, init_gamma=None, ragged=False,
                  grid="sym", dynamic=True):
         super().__init__(bits, shape, granularity, group_size, ragged)
-        self.dynamic = dynamic
         self.grid = grid
         self.k = grid_k(self.bits, grid)
         self.mean_grad = mean_grad
