@@ -53,9 +53,9 @@ class FusedLinearKD(torch.autograd.Function):
     for the student's hidden states and head weight are formed in the same pass (on GPU the per-chunk
     arithmetic is one compiled, fused function).
 
-    kd = T^2 / N * sum_i KL(softmax(t_i / T) || softmax(s_i / T)),  lm = 1 / N * sum_i CE(s_i, y_i)
-    with s = h_s W_s^T, t = h_t W_t^T; total = kd + lm_weight * lm and
-    d total / d s_i = T (p_s - p_t) / N + lm_weight (softmax(s_i) - onehot(y_i)) / N.
+    kd = T^2 / N * sum_i KL(softmax(t_i / T) || softmax(s_i / T)),  lm = 1 / M * sum_{i: y_i >= 0} CE(s_i, y_i)
+    with s = h_s W_s^T, t = h_t W_t^T, M the number of labelled rows (a sequence's last token has none);
+    total = kd + lm_weight * lm and d total / d s_i = T (p_s - p_t) / N + lm_weight (softmax(s_i) - onehot(y_i)) / M.
     """
 
     @staticmethod
@@ -71,13 +71,14 @@ class FusedLinearKD(torch.autograd.Function):
         kd = torch.zeros((), dtype=torch.float32, device=h_s.device)
         lm = torch.zeros((), dtype=torch.float32, device=h_s.device)
         T = float(temperature)
+        m = max(int((labels >= 0).sum()), 1)  # lm is the mean over labelled rows only
         fn = _chunk_fn(h_s.device)
         for i in range(0, n, chunk):
             hc = hs[i:i + chunk]
             s = hc @ ws.t()
             with torch.no_grad():
                 t = ht[i:i + chunk] @ wt.t()
-            kd_c, nll_c, g = fn(s, t, labels[i:i + chunk], T, T / n, float(lm_weight), float(lm_weight) / n, need_grad)
+            kd_c, nll_c, g = fn(s, t, labels[i:i + chunk], T, T / n, float(lm_weight), float(lm_weight) / m, need_grad)
             kd += kd_c
             lm += nll_c
             if need_grad:
@@ -85,7 +86,7 @@ class FusedLinearKD(torch.autograd.Function):
                 dw.addmm_(g.t().float(), hc.float()) if g.dtype == torch.float32 else dw.add_((g.t() @ hc).float())
         ctx.save_for_backward(dh, dw)
         ctx.w_dtype = w_s.dtype
-        kd, lm = kd * (T * T / n), lm / n
+        kd, lm = kd * (T * T / n), lm / m
         total = kd + lm_weight * lm
         ctx.mark_non_differentiable(kd, lm)
         return total, kd, lm
