@@ -56,7 +56,7 @@ def grid() -> dict[str, dict]:
         "init-gptq": {"init": "gptq"},
         "init-blockwise": {"init": "blockwise"},  # each block first trained alone towards the teacher's
         # scaling choices the paper leaves open; quantgpt's defaults are 32-column groups on the asym grid (all
-        # 2^b codes about a learned centre), 32-feature activation groups, 32-feature embedding groups
+        # 2^b codes about a learned centre), 32-feature activation groups, 16-feature embedding groups (32 at 8 bits)
         "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip
         "per-channel": {"granularity": "channel"},  # one clip per output row
         "ternary": {"grid": "sym"},
@@ -65,7 +65,7 @@ def grid() -> dict[str, dict]:
         "full-g64": {"grid": "full", "group_size": 64, "embedding_group_size": 64},  # the 2.25-bit layout before
         "token-acts": {"act_granularity": "token"},
         "embedding-per-channel": {"embedding_granularity": "channel"},
-        "embedding-g16": {"embedding_group_size": 16},  # the 4-bit default's layout at 2 bits: 4 bits per embedding weight
+        "embedding-g32": {"embedding_group_size": 32},  # the 2-bit default before section 12: 3 bits per embedding weight
         "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token",
                           "embedding_granularity": "tensor"},
     }
@@ -253,7 +253,8 @@ def main():
             out = Path(args.runs_dir) / run_slug(name, args.tag)
             resume = args.resume and (out / "checkpoint" / "state.json").is_file()
             base = dict(model=args.model, steps=args.steps, seq_len=args.seq_len, out=str(out), device=args.device,
-                        calib_samples=args.calib_samples, resume=resume)
+                        calib_samples=args.calib_samples, resume=resume, train_data=args.train_data,
+                        eval_data=args.eval_data)  # the texts are tokenized above; the row's config records them
             if args.batch_size:
                 base["batch_size"] = args.batch_size
             cfg = TrainConfig(**{**base, **settings})  # --set may override the flags' values too (batch_size=32)

@@ -47,7 +47,7 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert last["config"]["grid"] == "full" and last["config"]["granularity"] == "group" and last["config"]["group_size"] == 8
     from quantgpt.report import scales
 
-    assert scales(last) == "g8 full act32 emb32" and scales(by["rtn@4-4-8"]) == ""
+    assert scales(last) == "g8 full act32 emb16" and scales(by["rtn@4-4-8"]) == ""
     from quantgpt.report import weight_bits
 
     # stored bits per decoder weight: 2 + 16/8 for one fp16 scale per 8; asym and min-max add a zero point per group

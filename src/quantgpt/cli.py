@@ -189,7 +189,8 @@ def _compress_parser(sub):
     c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     c.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the teacher's last hidden states of the training text once and keep them on the device, "
-                        "instead of running the teacher in every step (same losses; blocks x seq-len x hidden values)")
+                        "instead of running the teacher in every step (same losses; blocks x seq-len x hidden values). "
+                        "Default: on with CUDA when it fits in a quarter of the free memory")
     c.add_argument("--resume", action="store_true", default=None)
     c.add_argument("--gen-temperature", type=float)
     c.add_argument("--gen-top-p", type=float)

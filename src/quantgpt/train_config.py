@@ -17,7 +17,7 @@ from .errors import QuantGPTError
 # clip per 32 input columns of a row, all 2^b codes about a learned centre of each group (the asym grid, an mds
 # extension), and a learning rate and contrastive weight that depend on the weight bits. pact keeps a symmetric
 # grid: all four codes at 2 bits, the paper's grid above ("auto").
-DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head, but 16 at 3-4 bits
+DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head, but 16 at 2-4 bits
 DEFAULT_GROUP = 32  # input columns per weight scale of the decoder's linear layers
 
 METHODS = {
@@ -36,12 +36,12 @@ def default_lr(weight_bits: int) -> float:
 
 
 def default_embedding_group(embedding_bits: int) -> int:
-    """Features per scale of the token embedding (and its tied head). At 4 bits the embedding is what is left of
-    4-4-8's gap (the decoder starts exact): 16-feature groups gave 21.96 against 22.09 with 32 after the same
-    700 steps (BENCHMARKS section 10) for 1 more bit per embedding weight. At 8 bits 32 is exact (the teacher's
-    embedding is Q8_0, blocks of 32); at 2 bits 32 is what was measured, and 16 would add a third to the
-    embedding's storage untried."""
-    return 16 if embedding_bits in (3, 4) else DEFAULT_EMBEDDING_GROUP
+    """Features per scale of the token embedding (and its tied head): 16 at 2-4 bits, for 1 more bit per
+    embedding weight. At 4 bits the embedding is what is left of 4-4-8's gap (the decoder starts exact): 16 gave
+    21.96 against 22.09 with 32 after the same 700 steps (BENCHMARKS section 10). At 2 bits 16 gave 64.83 against
+    69.43 / 68.36 (two seeds) with 32 after 300 steps, and 44.69 against 47.80 after 4000 (section 12). At 8 bits
+    32 is exact (the teacher's embedding is Q8_0, blocks of 32)."""
+    return 16 if embedding_bits <= 4 else DEFAULT_EMBEDDING_GROUP
 
 
 def default_cont_weight(weight_bits: int, asked: bool = False) -> float:
@@ -105,8 +105,9 @@ class TrainConfig:
     seed: int = 0
     # keep the teacher's last hidden states of every training block on the device (computed once) and skip its
     # forward in every step: the same losses, for n_blocks x seq_len x hidden values of memory (SmolLM2 on the
-    # study's 3.3M tokens: 3.8 GB in bf16); needs layer -1
-    teacher_cache: bool = False
+    # study's 3.3M tokens: 3.1 GiB in bf16). None: on with CUDA when it takes at most a quarter of the free
+    # device memory and the contrastive layer is the last (4% faster, BENCHMARKS section 12); True insists
+    teacher_cache: bool | None = None
     compile: bool | None = None  # default: on with CUDA (fuses the fake-quant arithmetic), off on CPU
     device: str = "auto"
     dtype: str = "auto"
@@ -213,24 +214,33 @@ class TrainConfig:
 
     @classmethod
     def known_keys(cls, values: dict, where: str) -> dict:
-        """``values`` with option names written as fields (``group-size`` -> ``group_size``); an unknown key
-        is an error that names ``where`` the keys came from."""
-        out = {str(k).replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(out) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise QuantGPTError(f"{where}: unknown keys {', '.join(unknown)}")
-        return out
+        return known_keys(cls, values, where)
 
     @classmethod
     def parse_assignments(cls, items: list[str], where: str = "--set") -> dict:
-        """``KEY=VALUE`` strings as overrides, each value read as YAML (``lr=1e-3``, ``init=blockwise``)."""
-        pairs = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise QuantGPTError(f"{where} {item!r}: write KEY=VALUE")
-            try:
-                pairs[key] = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raise QuantGPTError(f"{where} {item!r}: the value is not valid YAML") from None
-        return cls.known_keys(pairs, where)
+        return parse_assignments(cls, items, where)
+
+
+def known_keys(cls, values: dict, where: str) -> dict:
+    """``values`` with option names written as fields of the dataclass ``cls`` (``group-size`` -> ``group_size``);
+    an unknown key is an error that names ``where`` the keys came from."""
+    out = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(out) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise QuantGPTError(f"{where}: unknown keys {', '.join(unknown)}")
+    return out
+
+
+def parse_assignments(cls, items: list[str], where: str = "--set") -> dict:
+    """``KEY=VALUE`` strings as overrides of the dataclass ``cls``'s fields, each value read as YAML (``lr=1e-3``,
+    ``init=blockwise``, ``init=null``)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise QuantGPTError(f"{where} {item!r}: write KEY=VALUE")
+        try:
+            pairs[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise QuantGPTError(f"{where} {item!r}: the value is not valid YAML") from None
+    return known_keys(cls, pairs, where)

@@ -139,7 +139,7 @@ class Trainer:
             compile_blocks(self.student)
             compile_blocks(self.teacher)
         self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
-        self._t_cache = self._teacher_states() if cfg.teacher_cache else None
+        self._t_cache = self._teacher_states() if self._want_teacher_cache() else None
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
                             "embedding_granularity": cfg.embedding_granularity,
@@ -226,23 +226,41 @@ class Trainer:
                 v = st["exp_avg_sq"].t() if transposed else st["exp_avg_sq"]
                 q.set_curvature(v, int(st["step"]), beta2)
 
+    def _teacher_cache_bytes(self) -> int:
+        n, d = self.train.shape[0], self.teacher.config.hidden_size
+        dtype = next(self.teacher.parameters()).dtype  # the teacher's: bf16 with CUDA, float32 on CPU
+        return n * self.cfg.seq_len * d * dtype.itemsize
+
+    def _want_teacher_cache(self) -> bool:
+        """teacher_cache True: the cache or a one-line error (a contrastive layer other than the last, more than half
+        the free device memory); None (default): the cache with CUDA when it fits in a quarter of the free memory
+        and the contrastive term (if any) reads the last layer, else the teacher runs in every step."""
+        cfg, asked = self.cfg, self.cfg.teacher_cache
+        if asked is False or (asked is None and self.device.type != "cuda"):
+            return False
+        if self.contrastive is not None and cfg.layer != -1:
+            if asked is None:
+                return False
+            raise QuantGPTError("--teacher-cache keeps the teacher's last hidden states only: it needs --layer -1")
+        if self.device.type == "cuda":
+            need, free = self._teacher_cache_bytes(), torch.cuda.mem_get_info(self.device)[0]
+            if need > free // (4 if asked is None else 2):
+                if asked is None:
+                    return False
+                raise QuantGPTError(f"--teacher-cache needs {need / 2**30:.1f} GiB for {self.train.shape[0]} blocks, "
+                                    f"more than half of the {free / 2**30:.1f} GiB free on {self.device}: train "
+                                    f"without it or on less text")
+        return True
+
     @torch.no_grad()
     def _teacher_states(self) -> torch.Tensor:
-        """teacher_cache: the teacher's last hidden states of every training block, ``(blocks, seq_len, d)`` on the
-        device, computed once in batches of the training batch's shape (the last batch overlaps the one before,
+        """The teacher cache: the teacher's last hidden states of every training block, ``(blocks, seq_len, d)`` on
+        the device, computed once in batches of the training batch's shape (the last batch overlaps the one before,
         so every call has the compiled step's shape). The teacher is frozen and the blocks are fixed, so every
         step reads the states it would compute; the KD head and the contrastive term start from them."""
         cfg = self.cfg
-        if self.contrastive is not None and cfg.layer != -1:
-            raise QuantGPTError("--teacher-cache keeps the teacher's last hidden states only: it needs --layer -1")
         n, bs, d = self.train.shape[0], cfg.batch_size, self.teacher.config.hidden_size
-        dtype = next(self.teacher.parameters()).dtype  # the teacher's: bf16 with CUDA, float32 on CPU
-        need = n * cfg.seq_len * d * dtype.itemsize
-        if self.device.type == "cuda":
-            free = torch.cuda.mem_get_info(self.device)[0]
-            if need > free // 2:
-                raise QuantGPTError(f"--teacher-cache needs {need / 2**30:.1f} GiB for {n} blocks, more than half of the "
-                                    f"{free / 2**30:.1f} GiB free on {self.device}: train without it or on less text")
+        dtype = next(self.teacher.parameters()).dtype
         cache = torch.empty(n, cfg.seq_len, d, dtype=dtype, device=self.device)
         starts = sorted({min(i, n - bs) for i in range(0, n, bs)})
         for i in tqdm(starts, desc="caching teacher states", unit="batch", disable=not cfg.progress):
