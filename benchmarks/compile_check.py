@@ -17,6 +17,7 @@ import torch
 from quantgpt.convert import scale_clips
 from quantgpt.data import tokenize_files
 from quantgpt.models import load_float
+from quantgpt.errors import QuantGPTError
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
 
@@ -45,7 +46,10 @@ def main():
                         "a group's whole range, its extreme weights sit at |u| = 1 to the last bit, and eager and compiled "
                         "code put them on different sides of the clip (1 keeps the start as it is)")
     args = p.parse_args()
-    extra = TrainConfig.parse_assignments(args.set)
+    try:
+        extra = TrainConfig.parse_assignments(args.set)
+    except QuantGPTError as e:
+        raise SystemExit(f"compile_check: {e}")
     teacher, tok = load_float(args.model)
     ids = tokenize_files(args.data, tok)
     x = ids[: args.batch_size * args.seq_len].reshape(args.batch_size, args.seq_len)
