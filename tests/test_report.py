@@ -10,6 +10,7 @@ import pytest
 from quantgpt.cli import main
 from quantgpt.errors import QuantGPTError
 from quantgpt.report import make_report
+from quantgpt.train_config import TrainConfig
 
 STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_study.py"
 
@@ -80,7 +81,6 @@ def test_every_study_run_is_a_valid_config():
         from paper_study import grid
     finally:
         sys.path.remove(str(STUDY.parent))
-    from quantgpt.train_config import TrainConfig
 
     runs = grid()
     cfgs = {n: TrainConfig(**{k: v for k, v in spec.items() if k != "ablation"}).to_dict() for n, spec in runs.items()
@@ -124,7 +124,7 @@ def test_study_runs_side_by_side(tmp_path, model_dir):
 def test_best_runs_compare_methods_at_the_common_budget():
     """The main table keeps each method's best run among those trained on the budget most runs share (and the
     post-training rows); longer runs, ablations and runs noted invalid stay out of it."""
-    from quantgpt.report import best_runs, best_table
+    from quantgpt.report import best_cells, best_runs, md_table
 
     def row(method, ppl, tokens, **kw):
         return {"method": method, "bits": "2-2-8", "perplexity": ppl, "tokens_trained": tokens, **kw}
@@ -135,7 +135,7 @@ def test_best_runs_compare_methods_at_the_common_budget():
     best = best_runs(rows)
     assert {k: v["perplexity"] for k, v in best.items()} == {
         ("quantgpt", "2-2-8"): 110.0, ("pact", "2-2-8"): 130.0, ("gptq", "2-2-8"): 2e6, ("float", "16-16-16"): 21.6}
-    table = best_table(best)
+    table = md_table(*best_cells(best))
     assert table[0] == "| bits | float | gptq | pact | quantgpt |"
     assert table[2:] == ["| 16-16-16 | 21.6 | - | - | - |", "| 2-2-8 | - | 2.000e+06 | 130 | 110 |"]
 
@@ -156,6 +156,32 @@ def test_other_budgets_get_their_own_tables():
     b = budget_runs(rows, 700)
     assert {k: v["perplexity"] for k, v in b.items()} == {
         ("quantgpt", "4-4-8"): 22.0, ("kd", "4-4-8"): 21.9, ("pact", "4-4-8"): 23.8, ("gptq", "4-4-8"): 32.0}
+
+
+def test_seed_groups_match_runs_that_differ_only_by_seed():
+    """Runs that differ by their seed (and names, folders, speed-only settings such as the teacher cache) form a
+    group with their mean and range; another setting, budget or ablation does not join. A key an older row's
+    config lacks takes TrainConfig's default (dynamic_scale True), so old and new rows still match."""
+    from quantgpt.report import seed_cells, seed_groups
+
+    base = TrainConfig(bits="2-2-8").to_dict()
+    old = {k: v for k, v in base.items() if k != "dynamic_scale"}  # a row from before the key existed
+
+    def row(name, ppl, tokens=100, ablation=None, **cfg):
+        return {"name": name, "method": "quantgpt", "bits": "2-2-8", "perplexity": ppl, "tokens_trained": tokens,
+                "ablation": ablation, "config": {**base, **cfg}}
+
+    rows = [{**row("q0", 69.4), "config": {**old, "out": "runs/a"}}, row("q1", 68.4, seed=1, teacher_cache=True),
+            row("q2", 64.8, seed=2, embedding_group_size=8),
+            row("q3", 60.0, tokens=300, seed=1), row("fixed", 80.0, ablation="fixed-alpha", seed=1),
+            row("fixed0", 81.0, ablation="fixed-alpha", dynamic_scale=False),
+            row("fixed1", 79.0, ablation="fixed-alpha", dynamic_scale=False, seed=1),
+            {"name": "rtn", "method": "rtn", "bits": "2-2-8", "perplexity": 4e5, "tokens_trained": 0}]
+    groups = seed_groups(rows)
+    assert [[r["name"] for r in g] for g in groups] == [["q0", "q1"], ["fixed0", "fixed1"]]
+    head, cells = seed_cells(groups)
+    assert head == ["runs", "bits", "training tokens", "seeds", "perplexity", "mean", "range"]
+    assert cells[0] == ["q0, q1", "2-2-8", "100", "0, 1", "69.4, 68.4", "68.9", "1"]
 
 
 def test_report_bad_input(tmp_path):

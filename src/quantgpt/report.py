@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
 
+SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
+              "the range here is the noise a single comparison carries.")
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "perplexity", "accuracy", "tokens_trained", "wall_seconds",
            "device", "commit")
 
@@ -127,16 +129,49 @@ def best_cells(best: dict[tuple[str, str], dict]) -> tuple[list[str], list[list[
     return ["bits", *methods], rows
 
 
-def best_table(best: dict[tuple[str, str], dict]) -> list[str]:
-    """The best-perplexity table in Markdown."""
-    head, rows = best_cells(best)
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def best_html(best: dict[tuple[str, str], dict]) -> str:
-    head, rows = best_cells(best)
+def html_table(head: list[str], rows: list[list[str]]) -> str:
     return ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+
+
+# config keys that do not change what a run computes, or name its files: left out when runs are matched as seeds
+SEED_FREE = {"seed", "out", "resume", "progress", "device", "dtype", "compile", "teacher_cache", "train_data",
+             "eval_data"}
+
+
+def seed_groups(rows: list[dict]) -> list[list[dict]]:
+    """Runs that differ only by their seed (same method, bits, ablation, training tokens and every other setting):
+    each group of two or more seeds, in the order first seen. A key missing from an older row's config takes
+    TrainConfig's default, which is the behaviour from before the key existed."""
+    from dataclasses import MISSING, fields
+
+    from .train_config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        c = r.get("config")
+        if not c or r.get("note") or not r.get("perplexity"):
+            continue
+        same = {k: v for k, v in {**defaults, **c}.items() if k not in SEED_FREE}
+        key = (r["method"], r["bits"], r.get("ablation"), r.get("tokens_trained"), json.dumps(same, sort_keys=True, default=str))
+        groups.setdefault(key, []).append(r)
+    return [g for g in groups.values() if len({r["config"].get("seed", 0) for r in g}) >= 2]
+
+
+def seed_cells(groups: list[list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per group of seeds, with each seed's perplexity, their mean and their range."""
+    rows = []
+    for g in groups:
+        ppl = [r["perplexity"] for r in g]
+        rows.append([", ".join(r["name"] for r in g), g[0]["bits"], f"{g[0].get('tokens_trained') or 0:,}",
+                     ", ".join(str(r["config"].get("seed", 0)) for r in g), ", ".join(_fmt(x) for x in ppl),
+                     _fmt(sum(ppl) / len(ppl)), _fmt(max(ppl) - min(ppl))])
+    return ["runs", "bits", "training tokens", "seeds", "perplexity", "mean", "range"], rows
 
 
 def make_report(results, out) -> dict:
@@ -222,7 +257,10 @@ def make_report(results, out) -> dict:
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", ""]
     for title, b in tables:
-        md += [f"## {title}", "", *best_table(b), ""]
+        md += [f"## {title}", "", *md_table(*best_cells(b)), ""]
+    seeds = seed_groups(rows)
+    if seeds:
+        md += ["## Repeated seeds", "", SEEDS_NOTE, "", *md_table(*seed_cells(seeds)), ""]
     md += ["## Every run", "",
           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
@@ -237,7 +275,9 @@ def make_report(results, out) -> dict:
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
-            + "".join(f"<h2>{html.escape(t)}</h2>" + best_html(b) for t, b in tables) + "<h2>Every run</h2><table><tr>"
+            + "".join(f"<h2>{html.escape(t)}</h2>" + html_table(*best_cells(b)) for t, b in tables)
+            + (f"<h2>Repeated seeds</h2><p>{html.escape(SEEDS_NOTE)}</p>" + html_table(*seed_cells(seeds)) if seeds else "")
+            + "<h2>Every run</h2><table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
