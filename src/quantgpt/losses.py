@@ -71,14 +71,14 @@ class FusedLinearKD(torch.autograd.Function):
         kd = torch.zeros((), dtype=torch.float32, device=h_s.device)
         lm = torch.zeros((), dtype=torch.float32, device=h_s.device)
         T = float(temperature)
-        m = max(int((labels >= 0).sum()), 1)  # lm is the mean over labelled rows only
+        m = (labels >= 0).sum().clamp_min(1).float()  # lm is the mean over labelled rows (a tensor: no host sync)
         fn = _chunk_fn(h_s.device)
         for i in range(0, n, chunk):
             hc = hs[i:i + chunk]
             s = hc @ ws.t()
             with torch.no_grad():
                 t = ht[i:i + chunk] @ wt.t()
-            kd_c, nll_c, g = fn(s, t, labels[i:i + chunk], T, T / n, float(lm_weight), float(lm_weight) / m, need_grad)
+            kd_c, nll_c, g = fn(s, t, labels[i:i + chunk], T, T / n, float(lm_weight), lm_weight / m, need_grad)
             kd += kd_c
             lm += nll_c
             if need_grad:

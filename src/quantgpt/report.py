@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
+from .train_config import TrainConfig  # noqa: E402
 
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
               "the range here is the noise a single comparison carries.")
@@ -147,10 +149,6 @@ def seed_groups(rows: list[dict]) -> list[list[dict]]:
     """Runs that differ only by their seed (same method, bits, ablation, training tokens and every other setting):
     each group of two or more seeds, in the order first seen. A key missing from an older row's config takes
     TrainConfig's default, which is the behaviour from before the key existed."""
-    from dataclasses import MISSING, fields
-
-    from .train_config import TrainConfig
-
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -208,13 +208,9 @@ class TrainConfig:
                 raise QuantGPTError(f"{yaml_path}: cannot read the YAML config ({type(e).__name__})") from None
             if not isinstance(loaded, dict):
                 raise QuantGPTError(f"{yaml_path}: the YAML config must be a mapping of option: value")
-            values.update(cls.known_keys(loaded, yaml_path))
+            values.update(known_keys(cls, loaded, yaml_path))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
-
-    @classmethod
-    def known_keys(cls, values: dict, where: str) -> dict:
-        return known_keys(cls, values, where)
 
     @classmethod
     def parse_assignments(cls, items: list[str], where: str = "--set") -> dict:

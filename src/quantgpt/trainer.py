@@ -226,10 +226,13 @@ class Trainer:
                 v = st["exp_avg_sq"].t() if transposed else st["exp_avg_sq"]
                 q.set_curvature(v, int(st["step"]), beta2)
 
+    def _teacher_cache_layout(self) -> tuple[tuple[int, int, int], torch.dtype]:
+        """The cache's shape, ``(blocks, seq_len, hidden)``, and dtype: the teacher's (bf16 with CUDA, float32 on CPU)."""
+        return (*self.train.shape, self.teacher.config.hidden_size), next(self.teacher.parameters()).dtype
+
     def _teacher_cache_bytes(self) -> int:
-        n, d = self.train.shape[0], self.teacher.config.hidden_size
-        dtype = next(self.teacher.parameters()).dtype  # the teacher's: bf16 with CUDA, float32 on CPU
-        return n * self.cfg.seq_len * d * dtype.itemsize
+        shape, dtype = self._teacher_cache_layout()
+        return math.prod(shape) * dtype.itemsize
 
     def _want_teacher_cache(self) -> bool:
         """teacher_cache True: the cache or a one-line error (a contrastive layer other than the last, more than half
@@ -259,9 +262,9 @@ class Trainer:
         so every call has the compiled step's shape). The teacher is frozen and the blocks are fixed, so every
         step reads the states it would compute; the KD head and the contrastive term start from them."""
         cfg = self.cfg
-        n, bs, d = self.train.shape[0], cfg.batch_size, self.teacher.config.hidden_size
-        dtype = next(self.teacher.parameters()).dtype
-        cache = torch.empty(n, cfg.seq_len, d, dtype=dtype, device=self.device)
+        shape, dtype = self._teacher_cache_layout()
+        n, bs = shape[0], cfg.batch_size
+        cache = torch.empty(shape, dtype=dtype, device=self.device)
         starts = sorted({min(i, n - bs) for i in range(0, n, bs)})
         for i in tqdm(starts, desc="caching teacher states", unit="batch", disable=not cfg.progress):
             x = self.train[i: i + bs].to(self.device)
