@@ -140,6 +140,26 @@ def test_best_runs_compare_methods_at_the_common_budget():
     assert table[2:] == ["| 16-16-16 | 21.6 | - | - | - |", "| 2-2-8 | - | 2.000e+06 | 130 | 110 |"]
 
 
+def test_best_runs_compare_methods_on_the_common_training_text():
+    """Runs are named by their training files (a repeated file counted, paths dropped); a run trained on other text
+    than most runs stays out of the best-perplexity tables, and two seeds on different texts are not one group."""
+    from quantgpt.report import best_runs, seed_groups, train_text
+
+    base = TrainConfig(bits="2-2-8").to_dict()
+
+    def row(name, ppl, data, seed=0):
+        return {"name": name, "method": "quantgpt", "bits": "2-2-8", "perplexity": ppl, "tokens_trained": 100,
+                "config": {**base, "train_data": data, "seed": seed}}
+
+    rows = [row("a", 65.0, ["/m/data/corpora"]), row("b", 64.0, ["/x/corpora"], seed=1),
+            row("mix", 60.0, ["/m/corpora", "/m/corpora/wiki.txt", "/m/corpora/wiki.txt"], seed=2),
+            row("wiki", 59.0, ["/m/wiki.txt"], seed=3), {"method": "rtn", "bits": "2-2-8", "perplexity": 4e5, "tokens_trained": 0}]
+    assert [train_text(r) for r in rows] == ["corpora", "corpora", "corpora + wiki.txt x2", "wiki.txt", ""]
+    assert {k: v["name"] if "name" in v else v["method"] for k, v in best_runs(rows).items()} == {
+        ("quantgpt", "2-2-8"): "b", ("rtn", "2-2-8"): "rtn"}
+    assert [[r["name"] for r in g] for g in seed_groups(rows)] == [["a", "b"]]
+
+
 def test_other_budgets_get_their_own_tables():
     """A budget at which two or more methods trained at one bit setting gets its own table (with the post-training
     rows of those bits); a budget with a single method's run (say one long run) does not."""

@@ -344,6 +344,15 @@ def test_lr_and_lambda_follow_the_weight_bits():
     assert TrainConfig(bits="2-2-8", lr="3e-4").lr == 3e-4  # YAML's 3e-4 is a string
 
 
+def test_lm_term_is_on_from_4_bit_weights():
+    """The ground-truth LM term trains at weight 1 from 4-bit weights up, for every method (a loss, like the
+    distillation every method gets), and is off at 2 and 3 bits (study, section 13); an explicit weight wins."""
+    for bits, want in (("2-2-8", 0.0), ("2-16-8", 0.0), ("3-3-8", 0.0), ("4-4-8", 1.0), ("8-8-8", 1.0), ("16-2-8", 1.0)):
+        for method in ("quantgpt", "kd", "laq"):
+            assert TrainConfig(bits=bits, method=method).lm_weight == want, (bits, method)
+    assert (TrainConfig(bits="8-8-8", lm_weight=0).lm_weight, TrainConfig(bits="2-2-8", lm_weight="1").lm_weight) == (0.0, 1.0)
+
+
 def test_config_sources_and_assignments(tmp_path):
     """YAML file, then flags; ``KEY=VALUE`` assignments (paper_study's --set) read each value as YAML. Option names
     may be written with dashes; an unknown key or a malformed assignment is a one-line error naming its source."""

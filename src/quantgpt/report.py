@@ -20,8 +20,8 @@ from .train_config import TrainConfig  # noqa: E402
 
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
               "the range here is the noise a single comparison carries.")
-COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "perplexity", "accuracy", "tokens_trained", "wall_seconds",
-           "device", "commit")
+COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "accuracy", "tokens_trained",
+           "wall_seconds", "device", "commit")
 
 
 def scales(row: dict) -> str:
@@ -54,6 +54,26 @@ def weight_bits(row: dict) -> float | None:
     else:
         return None
     return round(w + per_scale / g, 3) if g else float(w)
+
+
+def train_text(row: dict) -> str:
+    """A training run's text in a few words, from its recorded config: the file and folder names in order, a
+    repeated one counted, e.g. ``corpora + wiki_excerpt.txt x2`` (paths differ between machines, names do not);
+    empty for post-training rows."""
+    names = [Path(str(p)).name for p in ((row.get("config") or {}).get("train_data") or [])]
+    parts: list[list] = []
+    for n in names:
+        if parts and parts[-1][0] == n:
+            parts[-1][1] += 1
+        else:
+            parts.append([n, 1])
+    return " + ".join(n if k == 1 else f"{n} x{k}" for n, k in parts)
+
+
+def common_text(rows: list[dict]) -> str | None:
+    """The training text most training runs share: the best-perplexity tables compare methods on it."""
+    texts = Counter(train_text(r) for r in rows if r.get("tokens_trained") and train_text(r))
+    return texts.most_common(1)[0][0] if texts else None
 
 
 def read_results(path) -> list[dict]:
@@ -91,13 +111,16 @@ def common_budget(rows: list[dict]) -> int | None:
 
 
 def best_runs(rows: list[dict], budget: int | None = None) -> dict[tuple[str, str], dict]:
-    """The lowest-perplexity run of each (method, bits) at the common training budget (post-training rows
-    too), ablations and noted (invalid) runs left out: what each method reached with the same training,
-    whatever setting got it there (the full table lists every run)."""
+    """The lowest-perplexity run of each (method, bits) at the common training budget on the common training
+    text (post-training rows too), ablations and noted (invalid) runs left out: what each method reached with the
+    same training, whatever setting got it there (the full table lists every run, with its text)."""
     budget = common_budget(rows) if budget is None else budget
+    text = common_text(rows)
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r.get("ablation") or r.get("note") or not r.get("perplexity") or r.get("tokens_trained") not in (0, None, budget):
+            continue
+        if r.get("tokens_trained") and train_text(r) not in ("", text):
             continue
         key = (r["method"], r["bits"])
         if key not in best or r["perplexity"] < best[key]["perplexity"]:
@@ -141,6 +164,7 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 # config keys that do not change what a run computes, or name its files: left out when runs are matched as seeds
+# (the training text is matched by its file names, train_text: its paths differ between machines)
 SEED_FREE = {"seed", "out", "resume", "progress", "device", "dtype", "compile", "teacher_cache", "train_data",
              "eval_data"}
 
@@ -156,7 +180,8 @@ def seed_groups(rows: list[dict]) -> list[list[dict]]:
         if not c or r.get("note") or not r.get("perplexity"):
             continue
         same = {k: v for k, v in {**defaults, **c}.items() if k not in SEED_FREE}
-        key = (r["method"], r["bits"], r.get("ablation"), r.get("tokens_trained"), json.dumps(same, sort_keys=True, default=str))
+        key = (r["method"], r["bits"], r.get("ablation"), r.get("tokens_trained"), train_text(r),
+               json.dumps(same, sort_keys=True, default=str))
         groups.setdefault(key, []).append(r)
     return [g for g in groups.values() if len({r["config"].get("seed", 0) for r in g}) >= 2]
 
@@ -181,8 +206,10 @@ def make_report(results, out) -> dict:
     figures = []
     budget = common_budget(rows)
     best = best_runs(rows, budget)
-    best_title = f"Best perplexity of each method ({budget or 0:,} training tokens)"
-    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens", budget_runs(rows, t))
+    text = common_text(rows)
+    on = f" of {text}" if text else ""
+    best_title = f"Best perplexity of each method ({budget or 0:,} training tokens{on})"
+    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens{on}", budget_runs(rows, t))
                                       for t in other_budgets(rows, budget)]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -264,6 +291,7 @@ def make_report(results, out) -> dict:
     for r in rows:
         r.setdefault("scales", scales(r))
         r.setdefault("weight_bits", weight_bits(r))
+        r.setdefault("train_text", train_text(r))
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows_sorted]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
