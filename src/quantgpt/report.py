@@ -170,7 +170,7 @@ SEED_FREE = {"seed", "out", "resume", "progress", "device", "dtype", "compile", 
 
 
 def seed_groups(rows: list[dict]) -> list[list[dict]]:
-    """Runs that differ only by their seed (same method, bits, ablation, training tokens and every other setting):
+    """Runs that differ only by their seed (same method, bits, ablation, training tokens and text, every other setting):
     each group of two or more seeds, in the order first seen. A key missing from an older row's config takes
     TrainConfig's default, which is the behaviour from before the key existed."""
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
