@@ -173,7 +173,7 @@ def _compress_parser(sub):
     c.add_argument("--layer", type=int, help="representation layer: -1 final hidden state, i >= 0 block i")
     c.add_argument("--proj-dim", type=int, help="linear projection heads for the contrastive loss")
     c.add_argument("--negative-source", help="bank | batch | student")
-    c.add_argument("--lm-weight", type=float, help="weight of the ground-truth LM loss (default 1 at 4-bit weights and above, 0 at 2)")
+    c.add_argument("--lm-weight", type=float, help="weight of the ground-truth LM loss (default 1 at 4-bit weights and above, 0 below)")
     c.add_argument("--mse-weight", type=float, help="weight of the hidden-state MSE (default 0)")
     c.add_argument("--mean-grad", action=argparse.BooleanOptionalAction, default=None)
     c.add_argument("--dynamic-scale", action=argparse.BooleanOptionalAction, default=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
+from itertools import groupby
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -61,13 +62,8 @@ def train_text(row: dict) -> str:
     repeated one counted, e.g. ``corpora + wiki_excerpt.txt x2`` (paths differ between machines, names do not);
     empty for post-training rows."""
     names = [Path(str(p)).name for p in ((row.get("config") or {}).get("train_data") or [])]
-    parts: list[list] = []
-    for n in names:
-        if parts and parts[-1][0] == n:
-            parts[-1][1] += 1
-        else:
-            parts.append([n, 1])
-    return " + ".join(n if k == 1 else f"{n} x{k}" for n, k in parts)
+    runs = ((n, len(list(same))) for n, same in groupby(names))
+    return " + ".join(n if k == 1 else f"{n} x{k}" for n, k in runs)
 
 
 def common_text(rows: list[dict]) -> str | None:
@@ -110,12 +106,12 @@ def common_budget(rows: list[dict]) -> int | None:
     return budgets.most_common(1)[0][0] if budgets else None
 
 
-def best_runs(rows: list[dict], budget: int | None = None) -> dict[tuple[str, str], dict]:
+def best_runs(rows: list[dict], budget: int | None = None, text: str | None = None) -> dict[tuple[str, str], dict]:
     """The lowest-perplexity run of each (method, bits) at the common training budget on the common training
     text (post-training rows too), ablations and noted (invalid) runs left out: what each method reached with the
     same training, whatever setting got it there (the full table lists every run, with its text)."""
     budget = common_budget(rows) if budget is None else budget
-    text = common_text(rows)
+    text = common_text(rows) if text is None else text
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r.get("ablation") or r.get("note") or not r.get("perplexity") or r.get("tokens_trained") not in (0, None, budget):
@@ -139,9 +135,9 @@ def other_budgets(rows: list[dict], main: int | None) -> list[int]:
     return sorted({t for (t, _), ms in methods.items() if len(ms) >= 2})
 
 
-def budget_runs(rows: list[dict], budget: int) -> dict[tuple[str, str], dict]:
+def budget_runs(rows: list[dict], budget: int, text: str | None = None) -> dict[tuple[str, str], dict]:
     """best_runs at ``budget``, kept to the bit settings trained at it (post-training rows beside them)."""
-    best = best_runs(rows, budget)
+    best = best_runs(rows, budget, text)
     trained = {b for (_, b), r in best.items() if r.get("tokens_trained")}
     return {k: r for k, r in best.items() if k[1] in trained}
 
@@ -204,12 +200,11 @@ def make_report(results, out) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
-    budget = common_budget(rows)
-    best = best_runs(rows, budget)
-    text = common_text(rows)
+    budget, text = common_budget(rows), common_text(rows)
+    best = best_runs(rows, budget, text)
     on = f" of {text}" if text else ""
     best_title = f"Best perplexity of each method ({budget or 0:,} training tokens{on})"
-    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens{on}", budget_runs(rows, t))
+    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens{on}", budget_runs(rows, t, text))
                                       for t in other_budgets(rows, budget)]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
