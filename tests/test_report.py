@@ -160,22 +160,40 @@ def test_best_runs_compare_methods_on_the_common_training_text():
     assert [[r["name"] for r in g] for g in seed_groups(rows)] == [["a", "b"]]
 
 
-def test_other_budgets_get_their_own_tables():
-    """A budget at which two or more methods trained at one bit setting gets its own table (with the post-training
-    rows of those bits); a budget with a single method's run (say one long run) does not."""
-    from quantgpt.report import budget_runs, other_budgets
+def test_other_budgets_and_texts_get_their_own_tables():
+    """A (budget, training text) pair with two or more (method, bits) cells gets its own table (with the post-training
+    rows of the bits trained there); one with a single cell (say one long run) does not, nor does the main pair."""
+    from quantgpt.report import budget_runs, other_tables
 
-    def row(method, bits, ppl, tokens, **kw):
-        return {"method": method, "bits": bits, "perplexity": ppl, "tokens_trained": tokens, **kw}
+    def row(method, bits, ppl, tokens, data=("/m/corpora",), **kw):
+        return {"method": method, "bits": bits, "perplexity": ppl, "tokens_trained": tokens,
+                "config": {"train_data": list(data)}, **kw}
 
+    style = ("/m/corpora", "/m/valid.txt")
     rows = [row("quantgpt", "2-2-8", 70.0, 100), row("kd", "2-2-8", 71.0, 100), row("pact", "2-2-8", 100.0, 100),
             row("quantgpt", "4-4-8", 22.0, 700), row("kd", "4-4-8", 21.9, 700), row("pact", "4-4-8", 23.8, 700),
             row("quantgpt", "2-2-8", 48.0, 4000), row("kd", "2-2-8", 40.0, 4000, ablation="x"),
-            row("gptq", "4-4-8", 32.0, 0), row("gptq", "2-2-8", 6e4, 0)]
-    assert other_budgets(rows, 100) == [700]
-    b = budget_runs(rows, 700)
+            row("quantgpt", "2-2-8", 41.0, 100, style), row("quantgpt", "8-8-8", 17.7, 100, style),
+            row("quantgpt", "2-2-8", 32.0, 4000, style),
+            {"method": "gptq", "bits": "4-4-8", "perplexity": 32.0, "tokens_trained": 0},
+            {"method": "gptq", "bits": "2-2-8", "perplexity": 6e4, "tokens_trained": 0}]
+    assert other_tables(rows, 100, "corpora") == [(100, "corpora + valid.txt"), (700, "corpora")]
+    b = budget_runs(rows, 700, "corpora")
     assert {k: v["perplexity"] for k, v in b.items()} == {
         ("quantgpt", "4-4-8"): 22.0, ("kd", "4-4-8"): 21.9, ("pact", "4-4-8"): 23.8, ("gptq", "4-4-8"): 32.0}
+    b = budget_runs(rows, 100, "corpora + valid.txt")
+    assert {k: v["perplexity"] for k, v in b.items()} == {
+        ("quantgpt", "2-2-8"): 41.0, ("quantgpt", "8-8-8"): 17.7, ("gptq", "2-2-8"): 6e4}
+
+
+def test_wall_seconds_all_adds_a_resumed_runs_earlier_segments():
+    """A resumed run's row times its last process (wall_seconds) and the training segments (run_seconds this one,
+    run_seconds_all all of them): end to end is the last process plus the earlier segments."""
+    from quantgpt.report import wall_seconds_all
+
+    assert wall_seconds_all({"wall_seconds": 266.8, "run_seconds": 263.6, "run_seconds_all": 778.8}) == 782.0
+    assert wall_seconds_all({"wall_seconds": 216.6, "run_seconds": 209.5, "run_seconds_all": 209.5}) == 216.6
+    assert wall_seconds_all({"wall_seconds": 2.0}) == 2.0 and wall_seconds_all({}) is None
 
 
 def test_seed_groups_match_runs_that_differ_only_by_seed():

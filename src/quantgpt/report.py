@@ -22,7 +22,7 @@ from .train_config import TrainConfig  # noqa: E402
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
               "the range here is the noise a single comparison carries.")
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "accuracy", "tokens_trained",
-           "wall_seconds", "device", "commit")
+           "wall_seconds_all", "device", "commit")
 
 
 def scales(row: dict) -> str:
@@ -55,6 +55,16 @@ def weight_bits(row: dict) -> float | None:
     else:
         return None
     return round(w + per_scale / g, 3) if g else float(w)
+
+
+def wall_seconds_all(row: dict) -> float | None:
+    """A run's wall time end to end: the row's process (setup, training, evaluations, export, test) plus, for a
+    resumed run, the earlier processes' training segments (``run_seconds_all`` counts every segment, ``run_seconds``
+    this one's); a row's own ``wall_seconds`` alone is its last segment."""
+    wall = row.get("wall_seconds")
+    if wall is None or row.get("run_seconds_all") is None or row.get("run_seconds") is None:
+        return wall
+    return round(wall + row["run_seconds_all"] - row["run_seconds"], 1)
 
 
 def train_text(row: dict) -> str:
@@ -124,15 +134,16 @@ def best_runs(rows: list[dict], budget: int | None = None, text: str | None = No
     return best
 
 
-def other_budgets(rows: list[dict], main: int | None) -> list[int]:
-    """The other training budgets at which at least two methods were trained at one bit setting: each gets a
-    table of its own, so a longer comparison (say every method at 700 steps) is not hidden by the main one."""
-    methods: dict[tuple[int, str], set[str]] = {}
+def other_tables(rows: list[dict], budget: int | None, text: str | None) -> list[tuple[int, str]]:
+    """The other (training budget, training text) pairs with at least two (method, bits) cells among their trained
+    runs: each gets a table of its own, so a longer comparison (say every method at 700 steps) or one on other text
+    (say three bit widths on in-style text) is not hidden by the main table; a lone long run is not a table."""
+    cells: dict[tuple[int, str], set[tuple[str, str]]] = {}
     for r in rows:
         t = r.get("tokens_trained")
-        if t and t != main and not r.get("ablation") and not r.get("note") and r.get("perplexity"):
-            methods.setdefault((t, r["bits"]), set()).add(r["method"])
-    return sorted({t for (t, _), ms in methods.items() if len(ms) >= 2})
+        if t and not r.get("ablation") and not r.get("note") and r.get("perplexity"):
+            cells.setdefault((t, train_text(r)), set()).add((r["method"], r["bits"]))
+    return sorted(k for k, v in cells.items() if k != (budget, text) and len(v) >= 2)
 
 
 def budget_runs(rows: list[dict], budget: int, text: str | None = None) -> dict[tuple[str, str], dict]:
@@ -204,8 +215,8 @@ def make_report(results, out) -> dict:
     best = best_runs(rows, budget, text)
     on = f" of {text}" if text else ""
     best_title = f"Best perplexity of each method ({budget or 0:,} training tokens{on})"
-    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens{on}", budget_runs(rows, t, text))
-                                      for t in other_budgets(rows, budget)]
+    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens of {x or 'no text'}", budget_runs(rows, t, x))
+                                      for t, x in other_tables(rows, budget, text)]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in sorted({m for m, _ in best}):
@@ -232,9 +243,9 @@ def make_report(results, out) -> dict:
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("logit distillation loss")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "loss_curves.png", dpi=100)
+        # beside the axes, in columns of 25: a study has dozens of runs, more than fit inside
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=-(-len(ax.lines) // 25))
+        fig.savefig(out / "loss_curves.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         figures.append(("Training loss curves", "loss_curves.png"))
 
@@ -287,6 +298,7 @@ def make_report(results, out) -> dict:
         r.setdefault("scales", scales(r))
         r.setdefault("weight_bits", weight_bits(r))
         r.setdefault("train_text", train_text(r))
+        r.setdefault("wall_seconds_all", wall_seconds_all(r))
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows_sorted]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
