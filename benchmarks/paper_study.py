@@ -176,8 +176,9 @@ def main():
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out text for the best checkpoint")
     p.add_argument("--test-data", nargs="+", default=["sample-eval"])
     p.add_argument("--steps", type=int, default=1400)
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="TrainConfig overrides for every training run (YAML values), e.g. grid=full lr=1e-3")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig overrides for every training run (YAML values), e.g. grid=full lr=1e-3; given "
+                        "twice, both apply (a later key wins), so a sweep script's own --set keeps its defaults")
     p.add_argument("--tag", default="", help="appended to the run names (e.g. to tell --set sweeps apart); write --tag=-x for a tag "
                         "that starts with '-'")
     p.add_argument("--resume", action="store_true",

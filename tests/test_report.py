@@ -39,8 +39,8 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert "quantgpt@2-2-8" in md and "homogeneity.png" in md and "## Best perplexity of each method (128 training" in md
     assert "<table>" in (tmp_path / "report" / "report.html").read_text()
 
-    # --set overrides every training run's config and --tag names the variant; results append
-    r = subprocess.run(cmd[:5] + ["quantgpt@2-2-8", "--set", "grid=full", "group_size=8", "--tag", "g8full"] + cmd[9:],
+    # --set overrides every training run's config (given twice, both apply) and --tag names the variant; results append
+    r = subprocess.run(cmd[:5] + ["quantgpt@2-2-8", "--set", "grid=full", "--set", "group_size=8", "--tag", "g8full"] + cmd[9:],
                        capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
     assert r.returncode == 0, r.stderr[-2000:]
     last = json.loads(out.read_text().splitlines()[-1])

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The asym grid (a learned centre per group) in 32- and 64-column groups against the defaults, 300 steps, 5
 # training runs sharing the GPU beside the g32 post-training rows. Usage: bash benchmarks/sweeps/asym_screen.sh
+# Section 9 ran it when common.sh trained on `corpora` alone (pass --train-data "$QG_DATA/corpora" to repeat that).
 export QG_SHARED_GPU=${QG_SHARED_GPU:-5}
 source "$(dirname "$0")/common.sh"
 A32="grid=asym group_size=32 embedding_group_size=32"
