@@ -13,7 +13,6 @@ import torch
 from quantgpt import load_float
 from quantgpt.data import blocks, tokenize_files
 from quantgpt.device import pick_device
-from quantgpt.ptq import gptq as gptq_mod
 from quantgpt.ptq import gptq_quantize, rtn_quantize
 from quantgpt.ptq.rtn import rtn_config
 
@@ -27,17 +26,14 @@ args = p.parse_args()
 device = pick_device(args.device)
 base, tok = load_float("smollm2-135m")
 calib = blocks(tokenize_files(os.environ.get("QG_DATA", "../shared/data") + "/corpora", tok), args.seq_len)[: args.samples]
-blocks_of = gptq_mod._blocks_of
 solved = {}
 for path in ("blocks", "whole model"):
-    gptq_mod._blocks_of = blocks_of if path == "blocks" else (lambda model: None)
     m = rtn_quantize(copy.deepcopy(base).to(device), rtn_config(args.bits, args.group_size, ragged_groups=True))
     t = time.time()
-    gptq_quantize(m, calib, progress=False)
+    gptq_quantize(m, calib, progress=False, by_block=path == "blocks")
     if device.type == "cuda":
         torch.cuda.synchronize()
     solved[path] = (time.time() - t, {n: q.detach() for n, q in m.named_parameters()})
-gptq_mod._blocks_of = blocks_of
 (tb, wb), (tw, ww) = solved["blocks"], solved["whole model"]
 diff = max((wb[n] - ww[n]).abs().max().item() for n in wb)
 print(f"{args.bits} g{args.group_size}, {args.samples} x {args.seq_len} tokens on {device}: block by block {tb:.1f} s, "

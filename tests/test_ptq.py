@@ -72,19 +72,15 @@ def test_rtn_is_round_to_nearest(tiny):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_gptq_block_by_block_equals_running_the_model(tiny, monkeypatch, arch):
+def test_gptq_block_by_block_equals_running_the_model(tiny, arch):
     """Decoder blocks run on their cached inputs (the outputs of the quantized blocks before them) give the same
     GPTQ solution as running the whole model up to each layer group, which the code falls back to."""
-    from quantgpt.ptq import gptq as gptq_mod
-
     calib = torch.randint(0, 300, (6, 24))
     solved = []
-    for fallback in (False, True):
+    for by_block in (True, False):
         m = tiny(arch)
         rtn_quantize(m, rtn_config("3-16-8", group_size=16))
-        if fallback:
-            monkeypatch.setattr(gptq_mod, "_blocks_of", lambda model: None)
-        gptq_quantize(m, calib, batch_size=4, progress=False)
+        gptq_quantize(m, calib, batch_size=4, progress=False, by_block=by_block)
         solved.append({n: p.detach().clone() for n, p in m.named_parameters()})
     assert solved[0].keys() == solved[1].keys()
     assert all(torch.allclose(solved[0][n], solved[1][n], atol=1e-6) for n in solved[0])

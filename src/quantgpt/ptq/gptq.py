@@ -155,14 +155,10 @@ def _solve_groups(groups, byname, runs, percdamp, blocksize, act_order, bar):
         bar.update(1)
 
 
-def _blocks_of(model):
-    """The decoder-only model's blocks; None (the whole model runs for every group) for other models."""
-    return None if is_encoder_decoder(model) else identical_blocks(model)
-
-
 @torch.no_grad()
 def gptq_quantize(model: nn.Module, calib: torch.Tensor, *, batch_size: int = 8, percdamp: float = 0.01,
-                  act_order: bool = False, blocksize: int = 128, autocast_dtype=None, progress: bool = True) -> nn.Module:
+                  act_order: bool = False, blocksize: int = 128, autocast_dtype=None, progress: bool = True,
+                  by_block: bool = True) -> nn.Module:
     """Apply GPTQ to every min-max-quantized linear layer of a model made by ``quantize_model``.
 
     ``calib`` is a ``(n, seq_len)`` tensor of token ids. Run :func:`rtn_quantize` first: that creates
@@ -170,6 +166,7 @@ def gptq_quantize(model: nn.Module, calib: torch.Tensor, *, batch_size: int = 8,
     In a decoder-only model the first block's inputs are caught once and each block then runs on its own,
     on the outputs of the quantized blocks before it (the same inputs as running the model up to it, without
     running the prefix again for every layer); layers outside the blocks, and other models, run the model.
+    ``by_block=False`` runs the whole model for every group in any model (the same solution, slower: for checks).
     """
     layers = [(n, m) for n, m in quantized_linears(model) if isinstance(m.weight_quantizer, MinMaxQuantizer)]
     if not layers:
@@ -184,7 +181,7 @@ def gptq_quantize(model: nn.Module, calib: torch.Tensor, *, batch_size: int = 8,
     with ac:
         groups = _input_groups(whole[0], layers)
         bar = tqdm(total=len(groups), desc="GPTQ", disable=not progress, unit="group")
-        blocks = _blocks_of(model)
+        blocks = identical_blocks(model) if by_block and not is_encoder_decoder(model) else None
         done = set()
         if blocks is not None:
             ids = {id(m): n for n, m in layers}
