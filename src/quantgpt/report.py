@@ -292,26 +292,22 @@ def make_report(results, out) -> dict:
     seeds = seed_groups(rows)
     if seeds:
         md += ["## Repeated seeds", "", SEEDS_NOTE, "", *md_table(*seed_cells(seeds)), ""]
-    md += ["## Every run", "",
-          "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         r.setdefault("scales", scales(r))
         r.setdefault("weight_bits", weight_bits(r))
         r.setdefault("train_text", train_text(r))
         r.setdefault("wall_seconds_all", wall_seconds_all(r))
-    md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows_sorted]
+    every = (list(cols), [[_fmt(r.get(c)) for c in cols] for r in rows_sorted])
+    md += ["## Every run", "", *md_table(*every)]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
-                    for r in rows_sorted)
     page = ("<!doctype html><meta charset='utf-8'><title>quantgpt study report</title>"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
             + "".join(f"<h2>{html.escape(t)}</h2>" + html_table(*best_cells(b)) for t, b in tables)
             + (f"<h2>Repeated seeds</h2><p>{html.escape(SEEDS_NOTE)}</p>" + html_table(*seed_cells(seeds)) if seeds else "")
-            + "<h2>Every run</h2><table><tr>"
-            + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + table + "</table>"
+            + "<h2>Every run</h2>" + html_table(*every)
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
     return {"out": str(out), "runs": len(rows), "figures": [f for _, f in figures]}
