@@ -73,6 +73,9 @@ def grid() -> dict[str, dict]:
         runs[f"quantgpt-{name}@2-2-8"] = {**q, **kw, "ablation": name}
     for b in ("2-16-8", "2-4-8"):
         runs[f"quantgpt@{b}"] = {"method": "quantgpt", "bits": b, "ablation": "embedding bits"}
+    # the float model fine-tuned on the training text (KD + LM term), written as a transformers folder: run the
+    # study again with --model on that folder for the paper's protocol (its teachers were fine-tuned on the task)
+    runs["finetune@16-16-16"] = {"method": "kd", "bits": "16-16-16", "ablation": "teacher adaptation"}
     return runs
 
 
@@ -268,8 +271,10 @@ def main():
                 print(json.dumps({"name": row["name"], "finished_then_stopped": r["stop_signal"],
                                   "hint": "run it again with --resume to evaluate it"}), flush=True)
                 break
-            model = load(cfg.out, device=device)  # the kept (best) model, as a user gets it
-            row.update(bits=cfg.bits, method=cfg.method, resumed=resume)  # as run, after any --set override
+            # the kept (best) model, as a user gets it
+            model = load_float(cfg.out)[0].to(device) if cfg.float_student else load(cfg.out, device=device)
+            row.update(bits=cfg.bits, method="finetune" if cfg.float_student else cfg.method,
+                       resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
                        train_seconds=r["train_seconds"], run_seconds=r["run_seconds"],
                        run_seconds_all=r["run_seconds_all"], best_eval=r.get("best"),

@@ -40,3 +40,23 @@ def test_benchmark_scripts_import_and_parse():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("ok ") == len(scripts) >= 5
+
+
+def test_study_adapts_the_teacher_then_compresses_from_it(tmp_path, model_dir):
+    """paper_study's two-stage protocol: finetune@16-16-16 writes the fine-tuned float model as a transformers
+    folder and a row for it; a second study run takes that folder as --model (teacher and starting point)."""
+    study = SPEED.parent / "paper_study.py"
+    out, runs = tmp_path / "study.jsonl", tmp_path / "runs"
+    common = ["--train-data", "sample", "--eval-data", "sample-eval", "--test-data", "sample-eval", "--steps", "3",
+              "--seq-len", "32", "--batch-size", "2", "--eval-seq-len", "64", "--device", "cpu",
+              "--runs-dir", str(runs), "--out", str(out), "--set", "eval_tokens=256", "negatives=16"]
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "QG_COMMIT": "test"}
+    for model, only in ((model_dir, "finetune@16-16-16"), (runs / "finetune_16-16-16", "quantgpt@2-2-8")):
+        r = subprocess.run([sys.executable, str(study), "--model", str(model), "--only", only, *common],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["name"], x["method"], x["bits"]) for x in rows] == [
+        ("finetune@16-16-16", "finetune", "16-16-16"), ("quantgpt@2-2-8", "quantgpt", "2-2-8")]
+    assert rows[1]["config"]["model"] == str(runs / "finetune_16-16-16")
+    assert all(x["perplexity"] > 1 and x["tokens_trained"] == 3 * 2 * 32 for x in rows)

@@ -53,6 +53,23 @@ def test_saved_model_reloads_to_identical_logits(tmp_path, model_dir, tokenizer)
     assert m2.lm_head.weight is m2.model.embed_tokens.weight
 
 
+def test_compress_16_16_16_writes_a_float_model_that_compress_and_eval_take(capsys, tmp_path, model_dir):
+    """The teacher adapted at 16-16-16 is a plain transformers folder: eval reads it, compress starts from it."""
+    adapted, q = tmp_path / "adapted", tmp_path / "q"
+    common = ("--seq-len", "32", "--batch-size", "2", "--train-data", "sample", "--device", "cpu", "--quiet")
+    code, stdout, err = run(capsys, "compress", model_dir, "--bits", "16-16-16", "--steps", "2", "--out", adapted, *common)
+    assert code == 0, err
+    assert stdout.startswith(f"wrote the fine-tuned float model to {adapted}:"), stdout
+    assert (adapted / "config.json").is_file() and not (adapted / "quantgpt.json").exists()
+    code, stdout, err = run(capsys, "eval", adapted, "--data", "sample-eval", "--seq-len", "32", "--limit-tokens", "500",
+                            "--json", "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["perplexity"] > 1
+    code, stdout, err = run(capsys, "compress", adapted, "--steps", "1", "--negatives", "16", "--out", q, "--json", *common)
+    assert code == 0, err
+    assert json.loads((q / "quantgpt.json").read_text())["source"] == str(adapted)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--bits", "5-2-8"], "bad bit setting"),
     (["--bits", "2-2"], "bad bit setting"),
@@ -126,14 +143,16 @@ def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     assert any("cont" in x for x in rows) and any("eval_ppl" in x for x in rows) and any("cos_student" in x for x in rows)
     code, stdout, err = run(capsys, "eval", out, "--data", "sample-eval", "--seq-len", "32", "--limit-tokens", "1000",
                             "--json", "--device", "cpu", "--quiet")
-    assert code == 0, err and json.loads(stdout)["perplexity"] > 1
+    assert code == 0, err
+    assert json.loads(stdout)["perplexity"] > 1
     manifest = json.loads((out / "quantgpt.json").read_text())
     assert manifest["method"] == "quantgpt" and manifest["quant_config"]["bits"] == "2-2-8"
     assert manifest["train_config"]["lr"] == 1e-4
     # extending the run: --resume with more steps continues from the checkpoint
     code, stdout, err = run(capsys, "compress", model_dir, "--config", cfg, "--steps", "6", "--train-data", "sample",
                             "--out", out, "--device", "cpu", "--json", "--quiet", "--resume")
-    assert code == 0, err and json.loads(stdout)["steps"] == 6
+    assert code == 0, err
+    assert json.loads(stdout)["steps"] == 6
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -317,7 +317,7 @@ def test_activation_learned_clip_gradient():
     assert y.detach().abs().max() <= 1.0
 
 
-@pytest.mark.parametrize("spec", ["5-2-8", "2-2", "a-b-c", "2-2-7", "16-16-8", "1-2-8"])
+@pytest.mark.parametrize("spec", ["5-2-8", "2-2", "a-b-c", "2-2-7", "16-16-8", "1-2-8", "16-16-16"])
 def test_bad_bit_settings(spec):
     with pytest.raises(QuantGPTError):
         Bits.parse(spec)
@@ -329,6 +329,7 @@ def test_bit_settings():
     assert b.quantize_weights and not b.quantize_embedding and b.quantize_activations
     assert str(b) == "2-16-8"
     assert not Bits.parse("4-16-32").quantize_activations
+    assert Bits.parse("16-16-16", allow_float=True).is_float and not Bits.parse("2-16-16").is_float
     with pytest.raises(QuantGPTError):
         QuantConfig(quantizer="nope")
 

@@ -539,3 +539,58 @@ def test_blockwise_needs_a_decoder_only_model(tmp_path, tiny, tokenizer, ids):
                 train_ids=ids)
     with pytest.raises(QuantGPTError, match="block-steps must be positive"):
         TrainConfig(init="blockwise", block_steps=0)
+
+
+def test_float_student_fine_tunes_the_teacher_into_a_transformers_folder(tmp_path, tiny, tokenizer, ids):
+    """16-16-16: nothing is quantized; the float model trains on KD + the LM term (lr 1e-4 by default) and the
+    kept model is written as a plain transformers folder, which a later compress run takes as its teacher."""
+    from quantgpt.models import load_float, resolve
+    from quantgpt.modules import QuantLinear
+
+    cfg = _cfg(tmp_path, bits="16-16-16")
+    assert cfg.float_student and cfg.lr == 1e-4 and cfg.lm_weight == 1.0 and not cfg.use_contrastive
+    held_out = ids[-2048:]
+    cfg = _cfg(tmp_path, bits="16-16-16", steps=30, seq_len=64, batch_size=8, lr=3e-3, eval_every=10)
+    teacher = tiny("llama")
+    start = evaluate(teacher, held_out, seq_len=64, progress=False)["perplexity"]
+    tr = Trainer(cfg, teacher=teacher, tokenizer=tokenizer, train_ids=ids[:-2048], eval_ids=held_out)
+    assert not any(isinstance(m, QuantLinear) for m in tr.student.modules())
+    r = tr.run()
+    assert r["best"]["step"] > 0 and r["best"]["eval_ppl"] < 0.5 * start, (r["best"], start)
+    assert resolve(cfg.out)[0] == "folder" and (tmp_path / "run" / "finetune.json").is_file()
+    adapted, tok = load_float(cfg.out)
+    assert tok("the cat").input_ids == tokenizer("the cat").input_ids
+    ppl = evaluate(adapted, held_out, seq_len=64, progress=False)["perplexity"]
+    assert ppl == pytest.approx(r["best"]["eval_ppl"], rel=1e-4)
+    # the adapted model is the next run's teacher and the student's starting point
+    tr2 = Trainer(_cfg(tmp_path / "q", model=cfg.out, steps=2), train_ids=ids)
+    torch.testing.assert_close(tr2.teacher.model.embed_tokens.weight, adapted.model.embed_tokens.weight)
+
+
+def test_save_float_writes_a_model_that_transformers_loaded_from_gguf(tmp_path, tiny, tokenizer):
+    """A GGUF-loaded model (the real teacher) carries transformers' GGUF quantizer, whose save_pretrained refuses
+    though the weights are plain floats; save_float writes it as a plain folder that loads back the same."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from quantgpt.models import load_float, save_float
+
+    m = tiny("llama")
+    m.config.quantization_config = GgufConfig(gguf_file="model.gguf")
+    m.hf_quantizer = GgufHfQuantizer(m.config.quantization_config)
+    with pytest.raises(ValueError, match="not serializable"):
+        m.save_pretrained(tmp_path / "plain")
+    save_float(m, tokenizer, tmp_path / "f")
+    assert "quantization_config" not in json.loads((tmp_path / "f" / "config.json").read_text())
+    back, _ = load_float(str(tmp_path / "f"))
+    x = torch.arange(20).reshape(1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=x).logits, m(input_ids=x).logits, rtol=0, atol=0)
+    assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # still tied
+
+
+@pytest.mark.parametrize("kw, match", [({"bits": "16-16-8"}, "neither weights nor embedding"),
+                                       ({"bits": "16-16-16", "init": "gptq"}, "float student")])
+def test_float_student_settings_that_make_no_sense_are_refused(tmp_path, kw, match):
+    with pytest.raises(QuantGPTError, match=match):
+        _cfg(tmp_path, **kw)

@@ -114,7 +114,8 @@ def cmd_compress(args) -> int:
               f"continue with the same command and --resume", file=sys.stderr)
         return 130
     best = r.get("best") or {}
-    text = (f"wrote {cfg.method} {cfg.bits} model to {r['out']}: {r['steps']} steps, {r['tokens']} tokens, "
+    what = "the fine-tuned float" if cfg.float_student else f"{cfg.method} {cfg.bits}"
+    text = (f"wrote {what} model to {r['out']}: {r['steps']} steps, {r['tokens']} tokens, "
             f"{r['tok_per_s']:.0f} tokens/s, {r['run_seconds'] / 60:.1f} min in all")
     if best:
         text += f", best held-out perplexity {best['eval_ppl']:.3f} at step {best['step']}"
@@ -137,7 +138,9 @@ def _compress_parser(sub):
                        description="Flags override the --config YAML file, whose keys mirror the flags.")
     c.add_argument("model", nargs="?", default=None, help="teacher: HF id, folder, .gguf or smollm2-135m")
     c.add_argument("--config", help="YAML file of options (keys as the flags, - or _)")
-    c.add_argument("--bits", help="W-E-A (default 2-2-8)")
+    c.add_argument("--bits", help="W-E-A (default 2-2-8); 16-16-16 fine-tunes the float model instead (KD + LM "
+                   "loss, lr 1e-4) and writes a transformers folder: a teacher adapted to the training text for a "
+                   "later compress run, as the paper's teachers were fine-tuned on the task")
     c.add_argument("--method", help="quantgpt | kd | pact | lsq | laq")
     c.add_argument("--quantizer", help="override the method's weight quantizer: mds | pact | lsq | laq | minmax")
     c.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=None,

@@ -30,7 +30,8 @@ class Bits:
     activation: int
 
     @classmethod
-    def parse(cls, spec: "str | Bits") -> "Bits":
+    def parse(cls, spec: "str | Bits", allow_float: bool = False) -> "Bits":
+        """``allow_float``: also accept the all-float setting (16-16-16): a float student, the teacher fine-tuned."""
         if isinstance(spec, Bits):
             return spec
         parts = str(spec).strip().split("-")
@@ -45,9 +46,15 @@ class Bits:
                     f"bad bit setting {spec!r}: {name} bits must be one of {', '.join(map(str, allowed))} "
                     f"(or 16/32 for floating point), got {value}"
                 )
-        if w in OFF_BITS and e in OFF_BITS:
-            raise QuantGPTError(f"bad bit setting {spec!r}: neither weights nor embedding are quantized")
+        if w in OFF_BITS and e in OFF_BITS and not (allow_float and a in OFF_BITS):
+            raise QuantGPTError(f"bad bit setting {spec!r}: neither weights nor embedding are quantized"
+                                + (" (16-16-16, all float, fine-tunes the float model)" if allow_float else ""))
         return cls(w, e, a)
+
+    @property
+    def is_float(self) -> bool:
+        """Nothing is quantized (16-16-16): a float model."""
+        return not (self.quantize_weights or self.quantize_embedding or self.quantize_activations)
 
     def __str__(self) -> str:
         return f"{self.weight}-{self.embedding}-{self.activation}"

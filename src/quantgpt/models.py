@@ -84,6 +84,26 @@ def load_float(spec: str, dtype: torch.dtype | None = None):
     return model, tokenizer
 
 
+def save_float(model, tokenizer, out, merge: bool = False) -> Path:
+    """Write a float model and its tokenizer as a plain ``transformers`` folder (safetensors), written whole or not
+    at all; ``merge`` adds the files to an existing folder instead of replacing it. A model loaded from a GGUF
+    file carries transformers' GGUF quantizer, which refuses to be saved though the weights are plain floats: the
+    folder is written from a fresh model of the same config, without it."""
+    import copy
+
+    from .checkpoint import atomic_dir, atomic_files
+
+    config = copy.deepcopy(model.config)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    fresh = _auto_class(config).from_config(config).to(next(model.parameters()).dtype)
+    fresh.load_state_dict(model.state_dict())
+    with (atomic_files(out) if merge else atomic_dir(out)) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
 def load_any(spec: str, dtype: torch.dtype | None = None):
     """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``."""
     kind, loc = resolve(spec)

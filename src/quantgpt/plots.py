@@ -50,7 +50,7 @@ def plot_training(log_path, out_dir) -> list[Path]:
     written.append(p)
 
     qrows = [r for r in rows if "quant_params" in r]
-    if qrows:
+    if qrows and qrows[0]["quant_params"]:  # none for a float student (16-16-16)
         names = list(qrows[0]["quant_params"])
         fig, ax = plt.subplots(figsize=(8, 5))
         kinds = sorted({n.rsplit(".", 1)[-1] for n in names})

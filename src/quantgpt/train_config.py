@@ -29,9 +29,13 @@ METHODS = {
 }
 
 
-def default_lr(weight_bits: int) -> float:
+def default_lr(weight_bits: int, float_model: bool = False) -> float:
     """Weights' learning rate: 2-bit weights must travel further from the float solution (study, section 7:
-    2-2-8 at 3e-4 / 1e-3 / 3e-3 gave 242 / 149 / 408); at 4 bits 3e-4 beat 1e-3 (25.2 vs 26.5)."""
+    2-2-8 at 3e-4 / 1e-3 / 3e-3 gave 242 / 149 / 408); at 4 bits 3e-4 beat 1e-3 (25.2 vs 26.5). A float student
+    (16-16-16, the teacher fine-tuned) takes 1e-4: at 3e-4 every 8-bit run, the nearest to float, kept its
+    first checkpoint (step 60 of 300, BENCHMARKS sections 14-15), a sign that 3e-4 overshoots there."""
+    if float_model:
+        return 1e-4
     return 1e-3 if weight_bits <= 2 else 3e-4
 
 
@@ -60,14 +64,15 @@ def default_lm_weight(weight_bits: int) -> float:
     distillation alone can only hold the teacher; the hard labels of the in-domain training text take the
     student past it (BENCHMARKS section 13, 300 steps: 8-8-8 19.85 / 20.07 over two seeds against 21.66 without
     and the teacher's 21.62; 4-4-8 20.75 against 22.04). At 2 bits it did not help quantgpt (65.45 against
-    64.83), so it is off there."""
+    64.83), so it is off there; on the WikiText-style mix it helped after 300 steps (38.41 against 41.44) but
+    overfit the small text over 5000 (46.03 against 32.19, section 15)."""
     return 1.0 if weight_bits >= 4 else 0.0
 
 
 @dataclass
 class TrainConfig:
     model: str = "smollm2-135m"
-    bits: str = "2-2-8"
+    bits: str = "2-2-8"  # W-E-A; 16-16-16 fine-tunes the float model (float_student)
     method: str = "quantgpt"
     quantizer: str | None = None  # default: the method's
     contrastive: bool | None = None  # default: the method's
@@ -133,15 +138,17 @@ class TrainConfig:
             self.train_data = [self.train_data]
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
-        self.bits = str(Bits.parse(self.bits))
+        self.bits = str(Bits.parse(self.bits, allow_float=True))
         if self.method not in METHODS:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         self.granularity, self.group_size = resolve_grouping(  # the same scale layout for every method
             "weight", self.granularity, self.group_size, DEFAULT_GROUP, ("group", "channel", "tensor"))
-        bits = Bits.parse(self.bits)
+        bits = Bits.parse(self.bits, allow_float=True)
         weight_bits = bits.weight
+        if bits.is_float and self.init is not None:
+            raise QuantGPTError(f"--init {self.init} starts quantized weights; 16-16-16 (a float student) has none")
         if self.lr is None:
-            self.lr = default_lr(weight_bits)
+            self.lr = default_lr(weight_bits, bits.is_float)
         if self.cont_weight is None:
             self.cont_weight = default_cont_weight(weight_bits, asked=self.contrastive is True)
         if self.lm_weight is None:
@@ -194,6 +201,12 @@ class TrainConfig:
                 raise QuantGPTError(f"{f.name.replace('_', '-')} must be a{'n integer' if kind is int else ' number'}, "
                                     f"got {value!r}") from None
             setattr(self, f.name, kind(number))
+
+    @property
+    def float_student(self) -> bool:
+        """16-16-16: nothing is quantized, the run fine-tunes the float model (e.g. to adapt the teacher to the
+        training text before compressing, as the paper's teachers were fine-tuned on the task)."""
+        return Bits.parse(self.bits, allow_float=True).is_float
 
     @property
     def weight_quantizer(self) -> str:

@@ -1,4 +1,5 @@
-"""Quantization-aware training: a quantized student distilled from its frozen float teacher.
+"""Quantization-aware training: a quantized student distilled from its frozen float teacher (or, at 16-16-16,
+the float model itself fine-tuned the same way: the teacher adapted to the training text before compressing).
 
 Loss = L_dist (logit KD, fused and chunked) + lambda * L_cont (token-level contrastive, memory bank)
 (+ optional ground-truth LM loss and hidden-state MSE). AdamW with separate learning rates for weights
@@ -186,6 +187,8 @@ class Trainer:
                         q = p.weight_quantizer(p.weight_2d()).to(m.weight.device)  # (out, in)
                         m.weight.copy_(q.t() if p.transposed else q)
             del ptq
+        if cfg.float_student:  # 16-16-16: the float model itself is trained (the teacher adapted)
+            return student
         qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
                            group_size=cfg.group_size, ragged_groups=cfg.group_size is not None, grid=cfg.grid,
                            mean_grad=cfg.mean_grad, dynamic_scale=cfg.dynamic_scale, init_gamma=cfg.init_gamma,
@@ -415,7 +418,7 @@ class Trainer:
                 self.best = {"step": 0, "eval_ppl": row["eval_ppl"]}
                 self._save_best()
             self.log(row)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"compress {cfg.method} {cfg.bits}", unit="step",
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune float" if cfg.float_student else f"compress {cfg.method} {cfg.bits}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
         t_window, tok_window = time.time(), 0
         try:
@@ -484,7 +487,13 @@ class Trainer:
             load_model(final, str(best))
         extra = {"method": cfg.method, "source": cfg.model, "train_config": cfg.to_dict(), "steps": self.step,
                  "best": self.best}
-        save_packed(final, self.tokenizer, self.out, extra=extra, merge=True)
+        if cfg.float_student:  # a plain transformers folder: any model argument (a teacher, `eval`) loads it
+            from .models import save_float
+
+            save_float(final, self.tokenizer, self.out, merge=True)
+            (self.out / "finetune.json").write_text(json.dumps(extra, indent=1) + "\n")
+        else:
+            save_packed(final, self.tokenizer, self.out, extra=extra, merge=True)
         from .plots import plot_training
 
         plot_training(self.out / "train_log.jsonl", self.out)
