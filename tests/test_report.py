@@ -186,6 +186,23 @@ def test_other_budgets_and_texts_get_their_own_tables():
         ("quantgpt", "2-2-8"): 41.0, ("quantgpt", "8-8-8"): 17.7, ("gptq", "2-2-8"): 6e4}
 
 
+def test_runs_from_another_teacher_are_another_comparison():
+    """Runs distilled from an adapted teacher (a model folder, not the default model) are named by it beside their
+    text, so the best-perplexity tables do not set them against runs from the original teacher."""
+    from quantgpt.report import best_runs, other_tables, train_text
+
+    def row(method, ppl, model):
+        return {"method": method, "bits": "2-2-8", "perplexity": ppl, "tokens_trained": 100,
+                "config": {"train_data": ["/m/corpora"], "model": model}}
+
+    rows = [row("quantgpt", 41.0, "smollm2-135m"), row("kd", 41.5, "smollm2-135m"),
+            row("quantgpt", 35.0, "runs/study/finetune_16-16-16-style"), row("kd", 36.0, "/x/finetune_16-16-16-style")]
+    assert [train_text(r) for r in rows] == ["corpora", "corpora", *["corpora from finetune_16-16-16-style"] * 2]
+    assert {k: v["perplexity"] for k, v in best_runs(rows, 100, "corpora").items()} == {
+        ("quantgpt", "2-2-8"): 41.0, ("kd", "2-2-8"): 41.5}
+    assert other_tables(rows, 100, "corpora") == [(100, "corpora from finetune_16-16-16-style")]
+
+
 def test_wall_seconds_all_adds_a_resumed_runs_earlier_segments():
     """A resumed run's row times its last process (wall_seconds) and the training segments (run_seconds this one,
     run_seconds_all all of them): end to end is the last process plus the earlier segments."""

@@ -67,13 +67,20 @@ def wall_seconds_all(row: dict) -> float | None:
     return round(wall + row["run_seconds_all"] - row["run_seconds"], 1)
 
 
+DEFAULT_MODEL = TrainConfig.model
+
+
 def train_text(row: dict) -> str:
     """A training run's text in a few words, from its recorded config: the file and folder names in order, a
-    repeated one counted, e.g. ``corpora + wiki_excerpt.txt x2`` (paths differ between machines, names do not);
-    empty for post-training rows."""
-    names = [Path(str(p)).name for p in ((row.get("config") or {}).get("train_data") or [])]
+    repeated one counted, e.g. ``corpora + wiki_excerpt.txt x2`` (paths differ between machines, names do not),
+    and the teacher's name when it is not the default model (``... from finetune_16-16-16``: runs distilled from
+    another teacher are another comparison, like runs on other text); empty for post-training rows."""
+    c = row.get("config") or {}
+    names = [Path(str(p)).name for p in (c.get("train_data") or [])]
     runs = ((n, len(list(same))) for n, same in groupby(names))
-    return " + ".join(n if k == 1 else f"{n} x{k}" for n, k in runs)
+    text = " + ".join(n if k == 1 else f"{n} x{k}" for n, k in runs)
+    model = c.get("model")
+    return f"{text} from {Path(str(model)).name}" if text and model and model != DEFAULT_MODEL else text
 
 
 def common_text(rows: list[dict]) -> str | None:
