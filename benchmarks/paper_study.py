@@ -55,6 +55,7 @@ def grid() -> dict[str, dict]:
         "layer-mid": {"layer": 14},
         "init-gptq": {"init": "gptq"},
         "init-blockwise": {"init": "blockwise"},  # each block first trained alone towards the teacher's
+        "head-scale": {"head_scale": True},  # the tied 2-bit head's own scale per token
         # scaling choices the paper leaves open; quantgpt's defaults are 32-column groups on the asym grid (all
         # 2^b codes about a learned centre), 32-feature activation groups, 16-feature embedding groups (32 at 8 bits)
         "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip

@@ -191,3 +191,15 @@ def test_ragged_groups_flag(capsys, tmp_path, model_dir):
     code, stdout, err = run(capsys, "eval", out, "--data", "sample-eval", "--seq-len", "64", "--limit-tokens", "1000",
                             "--json", "--device", "cpu", "--quiet")
     assert code == 0, err
+
+
+def test_compress_head_scale_flag_reaches_the_checkpoint(capsys, tmp_path, model_dir):
+    out = tmp_path / "hs"
+    code, _, err = run(capsys, "compress", model_dir, "--head-scale", "--steps", "1", "--seq-len", "32", "--batch-size", "2",
+                       "--calib-samples", "2", "--negatives", "16", "--train-data", "sample", "--out", out,
+                       "--device", "cpu", "--quiet")
+    assert code == 0, err
+    manifest = json.loads((out / "quantgpt.json").read_text())
+    assert manifest["quant_config"]["head_scale"] and manifest["train_config"]["head_scale"]
+    code, _, err = run(capsys, "info", out)
+    assert code == 0, err

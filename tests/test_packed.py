@@ -218,3 +218,46 @@ def test_a_config_the_tensors_do_not_fill_is_one_error(tmp_path, tiny, tokenizer
     write_manifest(tmp_path / "p", read_manifest(tmp_path / "p", verify=False))
     with pytest.raises(QuantGPTError, match=r"does not match the model \(\d+ missing.*layers\.2\."):
         load(tmp_path / "p")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_head_scale_round_trips_through_packed_fakequant_and_plain_exports(tmp_path, tiny, tokenizer, arch):
+    """QuantConfig(head_scale=True): the tied head is the shared quantized table times its own per-row scale. The
+    scales survive the packed and fake-quantized checkpoints; --dequantize unties the head (the lookup keeps the
+    table, the head gets the scaled rows) and gives the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from quantgpt.convert import split_quant_parameters
+
+    m = quantize_model(tiny(arch), QuantConfig(bits="2-2-16", head_scale=True, group_size=16))
+    head, emb = m.get_output_embeddings(), m.get_input_embeddings()
+    with torch.no_grad():
+        head.row_scale.copy_(torch.linspace(0.5, 2.0, head.row_scale.numel()))
+    torch.testing.assert_close(head.quantized_weight(), emb.quantized_weight() * head.row_scale[:, None])
+    assert any(p is head.row_scale for p in split_quant_parameters(m)[1])  # trained at the quantizers' lr
+    x = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        a = m(input_ids=x).logits
+    save_packed(m, tokenizer, tmp_path / "p")
+    save_fakequant(m, tokenizer, tmp_path / "fq")
+    for folder in ("p", "fq"):
+        back = load(tmp_path / folder)
+        assert back.quant_config.head_scale
+        with torch.no_grad():
+            b = back(input_ids=x).logits
+        assert (a - b).abs().max() <= 1e-3 * a.abs().max(), (folder, (a - b).abs().max())
+    assert main(["export", str(tmp_path / "p"), "--dequantize", "--out", str(tmp_path / "hf")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").float()
+    assert hf.get_output_embeddings().weight.data_ptr() != hf.get_input_embeddings().weight.data_ptr()
+    with torch.no_grad():
+        c = hf(input_ids=x).logits
+    assert (a - c).abs().max() <= 5e-3 * a.abs().max(), (a - c).abs().max()
+
+
+def test_head_scale_needs_a_tied_head(tiny):
+    m = quantize_model(tiny("llama", tie_word_embeddings=False), QuantConfig(bits="2-2-16", head_scale=True))
+    assert getattr(m.get_output_embeddings(), "row_scale", None) is None  # an untied head has its own scales
+    from quantgpt.modules import QuantLinear
+
+    with pytest.raises(ValueError, match="tied head"):
+        QuantLinear(torch.nn.Parameter(torch.zeros(4, 4)), None, None, None, row_scale=True)

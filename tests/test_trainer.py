@@ -43,7 +43,8 @@ def test_gradients_reach_gamma_and_weights(tmp_path, tiny, tokenizer, ids):
     assert id(q.weight_quantizer.gamma) in qids and id(q.weight) not in qids
 
 
-@pytest.mark.parametrize("method, extra", [("quantgpt", {}), ("laq", {}), ("quantgpt", {"dynamic_scale": False})])
+@pytest.mark.parametrize("method, extra", [("quantgpt", {}), ("laq", {}), ("quantgpt", {"dynamic_scale": False}),
+                                           ("quantgpt", {"head_scale": True, "calib_samples": 8})])
 def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
     teacher = tiny("llama")
     full = Trainer(_cfg(tmp_path / "a", method=method, **extra), teacher=teacher, tokenizer=tokenizer, train_ids=ids,
@@ -594,3 +595,34 @@ def test_save_float_writes_a_model_that_transformers_loaded_from_gguf(tmp_path, 
 def test_float_student_settings_that_make_no_sense_are_refused(tmp_path, kw, match):
     with pytest.raises(QuantGPTError, match=match):
         _cfg(tmp_path, **kw)
+
+
+def test_head_scale_starts_at_the_least_squares_fit_of_the_teachers_logits(tmp_path, tiny, tokenizer, ids):
+    """head_scale: each vocabulary row's scale starts at argmin_s E[(h.w_v - s h.q_v)^2] over the teacher's final
+    hidden states h on the calibration blocks (after the head's activation quantizer, none at 2-2-16); on those
+    states the fit brings the quantized head's logits nearer the teacher's than the shared table alone, and the
+    scales then train."""
+    teacher = tiny("llama")
+    cfg = _cfg(tmp_path, head_scale=True, calib_samples=8, bits="2-2-16")
+    tr = Trainer(cfg, teacher=copy.deepcopy(teacher), tokenizer=tokenizer, train_ids=ids)
+    head = tr.student.get_output_embeddings()
+    calib = tr._calib()
+    with torch.no_grad():
+        h = teacher.base_model(input_ids=calib).last_hidden_state.reshape(-1, 32)
+        q = head._tied[0].quantized_weight()
+        w = teacher.get_output_embeddings().weight
+        x, y = h @ q.T, h @ w.T  # (tokens, vocab) logits: quantized table, teacher's head
+        want = ((x * y).sum(0) / (x * x).sum(0)).clamp(0.25, 4.0)
+        torch.testing.assert_close(head.row_scale, want, rtol=1e-4, atol=1e-5)
+        fitted = ((x * head.row_scale - y) ** 2).mean()
+        assert fitted < ((x - y) ** 2).mean()
+    before = head.row_scale.detach().clone()
+    tr.run()
+    assert not torch.equal(head.row_scale.detach(), before)
+
+
+def test_head_scale_without_a_tied_quantized_head_is_one_error(tmp_path, tiny, tokenizer, ids):
+    for model, bits in ((tiny("llama", tie_word_embeddings=False), "2-2-8"), (tiny("llama"), "2-16-8")):
+        with pytest.raises(QuantGPTError, match="head-scale needs an LM head tied"):
+            Trainer(_cfg(tmp_path, head_scale=True, bits=bits, calib_samples=4), teacher=model, tokenizer=tokenizer,
+                    train_ids=ids)

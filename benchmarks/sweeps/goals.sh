@@ -8,33 +8,37 @@
 # started from and distilled from that model. Here the fine-tuned teacher is `finetune@16-16-16`: SmolLM2 itself
 # trained 300 steps on the style mix (KD from the original + the LM term), kept by the held lines.
 #   PART=1: two fine-tuned teachers side by side (lr 1e-4, the float default, and 3e-4; ~150 s), then three
-#           300-step runs from them: quantgpt 2-2-8 from each (section 14 from the original teacher: 41.44 test,
-#           40.91 held), quantgpt 8-8-8 from the 1e-4 teacher (section 14 from the original: 17.73)
-#   PART=2: the 15-minute 2-2-8 run alone, 5000 steps, from the teacher whose 2-2-8 screen held out better
-#           (section 14 from the original teacher: 32.19); PART=3: resumed to its end. The 15 minutes count the
-#           teacher's fine-tuning too (its row's run_seconds)
-#   PART=4 (if device time is left): the seed noise at 8-8-8, where quantgpt and the baselines are within 0.7%
-#           (section 15): quantgpt and pact 8-8-8 with seed 1 on the style mix; pact and laq 8-8-8 from the 1e-4
-#           teacher, beside PART=1's quantgpt
+#           300-step quantgpt 2-2-8 runs from them (section 14 from the original teacher: 41.44 test, 40.91 held):
+#           from each teacher, and from the 1e-4 one with head_scale (the tied head's own per-token scale, which
+#           took the untrained start from 57.8 to 39.1 on CPU, section 16)
+#   PART=2: the 15-minute 2-2-8 run alone, 5000 steps, as the PART=1 run that held out best (section 14 from the
+#           original teacher: 32.19); PART=3: resumed to its end. The 15 minutes count the teacher's fine-tuning
+#           too (its row's run_seconds)
+#   PART=4 (if device time is left): quantgpt, pact and laq 8-8-8 from the 1e-4 teacher (section 15 from the
+#           original: 17.73, 17.61, 17.69), and head_scale at 2-2-8 from the original teacher (against 41.44)
 # Usage: source .devcache/p2/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 T1=runs/study/finetune_16-16-16-style  # the fine-tuned teachers' folders (paper_study's run folders)
 T3=runs/study/finetune_16-16-16-style-lr3e-4
-long() {  # the 15-minute run; its teacher is fixed in PART=2 and read back in PART=3
+long() {  # the 15-minute run; what it runs is fixed in PART=2 and read back in PART=3
   if [ ! -f runs/long.args ]; then
     pick=$(python - <<'PY'
 import json, pathlib
 p = pathlib.Path("runs/study.jsonl")
 rows = {r["name"]: r for r in map(json.loads, p.read_text().splitlines())} if p.is_file() else {}
-held = {t: (rows.get(f"quantgpt@2-2-8+{t}", {}).get("best_eval") or {}).get("eval_ppl") or 1e9
-        for t in ("-adapt", "-adapt3")}
+names = ("quantgpt@2-2-8+-adapt", "quantgpt@2-2-8+-adapt3", "quantgpt-head-scale@2-2-8+-adapt")
+held = {n: (rows.get(n, {}).get("best_eval") or {}).get("eval_ppl") or 1e9 for n in names}
 print(min(held, key=held.get))
 PY
 )
-    echo "--tag=-15min-s12$pick --model $([ "$pick" = -adapt3 ] && echo $T3 || echo $T1)" > runs/long.args
+    case $pick in
+      *adapt3) echo "--only quantgpt@2-2-8 --tag=-15min-s12-adapt3 --model $T3" ;;
+      quantgpt-head-scale*) echo "--only quantgpt-head-scale@2-2-8 --tag=-15min-s12-adapt --model $T1" ;;
+      *) echo "--only quantgpt@2-2-8 --tag=-15min-s12-adapt --model $T1" ;;
+    esac > runs/long.args
   fi
   cat runs/long.args
-  QG_SHARED_GPU=1 bg long --steps 5000 --only quantgpt@2-2-8 $(cat runs/long.args)
+  QG_SHARED_GPU=1 bg long --steps 5000 $(cat runs/long.args)
 }
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) export QG_SHARED_GPU=2
@@ -44,14 +48,13 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      LIMIT=${LIMIT:-300}; export QG_SHARED_GPU=3
      bg q228a --steps 300 --only quantgpt@2-2-8 --tag=-adapt --model $T1
      bg q228a3 --steps 300 --only quantgpt@2-2-8 --tag=-adapt3 --model $T3
-     bg q888a --steps 300 --only quantgpt@8-8-8 --tag=-adapt --model $T1 ;;
+     bg q228ahs --steps 300 --only quantgpt-head-scale@2-2-8 --tag=-adapt --model $T1 ;;
   2) LIMIT=${LIMIT:-560}; long ;;
   3) LIMIT=${LIMIT:-580}; long ;;
-  4) LIMIT=${LIMIT:-330}; export QG_SHARED_GPU=4
-     for m in quantgpt pact; do
-       bg "${m}888s1" --steps 300 --only $m@8-8-8 --tag=-style-s1 --set seed=1
+  4) LIMIT=${LIMIT:-340}; export QG_SHARED_GPU=4
+     for m in quantgpt pact laq; do
+       bg "${m}888a" --steps 300 --only $m@8-8-8 --tag=-adapt --model $T1
      done
-     bg pact888a --steps 300 --only pact@8-8-8 --tag=-adapt --model $T1
-     bg laq888a --steps 300 --only laq@8-8-8 --tag=-adapt --model $T1 ;;
+     bg q228hs --steps 300 --only quantgpt-head-scale@2-2-8 --tag=-style ;;
 esac
 finish

@@ -128,7 +128,7 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
-                 "init_gamma", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
+                 "init_gamma", "head_scale", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
                  "log_every", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
                  "gen_temperature", "gen_top_p", "calib_samples")
 
@@ -183,6 +183,9 @@ def _compress_parser(sub):
                    help="mds: the clip follows mean|w| (default); --no-dynamic-scale freezes it at the start's "
                         "(the paper's fixed-alpha ablation, on any grid)")
     c.add_argument("--init-gamma", type=float, help="fixed starting clip factor (default: searched)")
+    c.add_argument("--head-scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="a tied LM head gets a learned scale per token of its own on the shared quantized table, started "
+                        "at the least-squares fit to the teacher's logits (4 bytes per vocabulary entry)")
     c.add_argument("--act-granularity", help="activation scales: group (default, per-token groups) | token (paper) | tensor")
     c.add_argument("--act-group-size", type=int, help="features per activation scale (default 32)")
     c.add_argument("--eval-every", type=int)

@@ -70,7 +70,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, *, init: bo
         if head is not None and not skipped(names.get(id(head), "")):
             head_name = names[id(head)]
             if head.weight is shared:
-                new_head = QuantLinear(shared, head.bias, None, _act(cfg), tied_embedding=emb_q)
+                new_head = QuantLinear(shared, head.bias, None, _act(cfg), tied_embedding=emb_q, row_scale=cfg.head_scale)
             else:
                 new_head = QuantLinear(head.weight, head.bias,
                                        _weight_q(cfg.embedding_quantizer or cfg.quantizer, bits.embedding, head.weight, cfg,
@@ -111,13 +111,15 @@ def quantized_linears(model: nn.Module):
 def split_quant_parameters(model: nn.Module) -> tuple[list, list]:
     """The trainable parameters as ``(weights, quantizer parameters)``: the quantizers' clips and steps train at
     their own learning rate, but parameters a quantizer lists in ``weight_unit_params`` (the asym grid's
-    centres) are in the weights' units and go with the weights."""
+    centres) are in the weights' units and go with the weights. A tied head's own row scales are quantizer
+    parameters."""
     weight_like = {id(getattr(m, n)) for m in model.modules()
                    for n in getattr(m, "weight_unit_params", ()) if getattr(m, n, None) is not None}
     weights, quant = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            is_quant = ("weight_quantizer." in name or "act_quantizer." in name) and id(p) not in weight_like
+            is_quant = (("weight_quantizer." in name or "act_quantizer." in name or name.endswith(".row_scale"))
+                        and id(p) not in weight_like)
             (quant if is_quant else weights).append(p)
     return weights, quant
 

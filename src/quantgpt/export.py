@@ -35,11 +35,17 @@ def dequantize_model(model: nn.Module, dtype=torch.float16) -> nn.Module:
         if isinstance(m, (QuantLinear, PackedLinear)) and m._tied:  # a tied head: share the new embedding
             w = model.get_input_embeddings().weight
             lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
-            lin.weight = w
+            if m.row_scale is not None:  # its own row scales: a head of its own, untied
+                lin.weight = nn.Parameter((w.float() * m.row_scale.detach().float()[:, None]).to(dtype))
+                model.config.tie_word_embeddings = False
+            else:
+                lin.weight = w
+            if m.bias is not None:
+                lin.bias = nn.Parameter(m.bias.detach().to(dtype))
             replace_module(model, name, lin)
         elif isinstance(m, (QuantLinear, PackedLinear)):
             w = (m.quantized_weight() if isinstance(m, QuantLinear) else m.dequantized_weight()).to(dtype)
-            if isinstance(m, QuantConv1D):
+            if isinstance(m, QuantConv1D) or getattr(m, "transposed", False):  # GPT-2's Conv1D, quantized or packed
                 new = Conv1D(w.shape[0], w.shape[1])
                 new.weight = nn.Parameter(w.t().contiguous())
             else:

@@ -20,7 +20,7 @@ class QuantLinear(nn.Module):
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None,
                  weight_quantizer: WeightQuantizer | None, act_quantizer: ActQuantizer | None,
-                 tied_embedding: "QuantEmbedding | None" = None):
+                 tied_embedding: "QuantEmbedding | None" = None, row_scale: bool = False):
         super().__init__()
         self.weight = weight
         self.bias = bias
@@ -30,6 +30,10 @@ class QuantLinear(nn.Module):
         self._tied = [tied_embedding] if tied_embedding is not None else []
         out_f, in_f = self.weight_2d().shape
         self.in_features, self.out_features = in_f, out_f
+        if row_scale and not self._tied:
+            raise ValueError("row_scale is for a tied head (an untied one has its own quantizer's scales)")
+        # a tied head's own scale per output row, on top of the shared table's (QuantConfig.head_scale)
+        self.row_scale = nn.Parameter(torch.ones(out_f, device=weight.device, dtype=weight.dtype)) if row_scale else None
 
     def weight_2d(self) -> torch.Tensor:
         return self.weight.t() if self.transposed else self.weight
@@ -37,7 +41,8 @@ class QuantLinear(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight as ``(out, in)``."""
         if self._tied:
-            return self._tied[0].quantized_weight()
+            q = self._tied[0].quantized_weight()
+            return q * self.row_scale[:, None] if self.row_scale is not None else q
         w = self.weight_2d()
         return self.weight_quantizer(w) if self.weight_quantizer is not None else w
 
@@ -47,7 +52,7 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self):
-        tied = ", tied to the embedding" if self._tied else ""
+        tied = (", tied to the embedding" + (", own row scales" if self.row_scale is not None else "")) if self._tied else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{tied}"
 
 

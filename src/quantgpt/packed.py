@@ -52,17 +52,20 @@ class PackedWeight(nn.Module):
 
 class PackedLinear(nn.Module):
     def __init__(self, packed: PackedWeight | None, bias, act_quantizer, tied: "PackedEmbedding | None" = None,
-                 weight: nn.Parameter | None = None):
+                 weight: nn.Parameter | None = None, row_scale: nn.Parameter | None = None):
         super().__init__()
         self.packed = packed
         self.weight = weight  # only for layers whose weights stay float (activation-only quantization)
         self.bias = bias
         self.act_quantizer = act_quantizer
         self._tied = [tied] if tied is not None else []
+        self.row_scale = row_scale  # a tied head's own row scales (QuantConfig.head_scale), stored as a float tensor
+        self.transposed = False  # True in place of GPT-2's Conv1D (its float weight is (in, out)): for --dequantize
 
     def dequantized_weight(self, dtype=torch.float32):
         if self._tied:
-            return self._tied[0].packed.dequantize(dtype)
+            w = self._tied[0].packed.dequantize(dtype)
+            return w * self.row_scale.to(dtype)[:, None] if self.row_scale is not None else w
         return self.weight.to(dtype) if self.packed is None else self.packed.dequantize(dtype)
 
     def forward(self, x):
@@ -209,7 +212,9 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
             new = PackedEmbedding(packed_of[owner], old.padding_idx, old.embed_scale, shared="shares" in info)
         else:
             tied = model.get_submodule(info["tied_to"]) if "tied_to" in info else None
-            new = PackedLinear(packed_of.get(name), old.bias, old.act_quantizer, tied=tied)
+            new = PackedLinear(packed_of.get(name), old.bias, old.act_quantizer, tied=tied,
+                               row_scale=getattr(old, "row_scale", None))
+            new.transposed = old.transposed
         replace_module(model, name, new)
     # embeddings are replaced before the heads that tie to them
     for name, info in modules.items():

@@ -36,7 +36,7 @@ def scales(row: dict) -> str:
         c.get("act_granularity") or "token", "")
     emb = {"group": f"emb{c.get('embedding_group_size')}", "channel": "emb-channel", "tensor": "emb-tensor"}.get(
         c.get("embedding_granularity") or "", "")
-    return " ".join(x for x in (w, c.get("grid") or "", act, emb) if x)
+    return " ".join(x for x in (w, c.get("grid") or "", act, emb, "head-scale" if c.get("head_scale") else "") if x)
 
 
 def weight_bits(row: dict) -> float | None:

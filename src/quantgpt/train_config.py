@@ -110,6 +110,7 @@ class TrainConfig:
     dynamic_scale: bool = True  # mds: False = the start's mean|w - b| frozen (fixed-alpha ablation)
     init_gamma: float | None = None
     act_learned_clip: bool = False
+    head_scale: bool = False  # a tied quantized head's own learned scale per token, started at the least-squares fit
     act_granularity: str = "group"  # activation scales: group (of act_group_size features of a token) | token | tensor
     act_group_size: int | None = None  # default 32 under group granularity
     eval_every: int = 0  # 0: five times per run
@@ -129,7 +130,7 @@ class TrainConfig:
     resume: bool = False
     gen_temperature: float = 1.0  # data-free mode (train_data generated:N)
     gen_top_p: float = 0.95
-    calib_samples: int = 128  # for init gptq and blockwise
+    calib_samples: int = 128  # for init gptq and blockwise, and head_scale's start
     progress: bool = True
 
     def __post_init__(self):

@@ -128,6 +128,8 @@ class Trainer:
                 self.student, self.teacher, self._calib(), steps=cfg.block_steps, batch_size=cfg.batch_size,
                 lr=cfg.lr, quant_lr=cfg.quant_lr, max_grad_norm=cfg.max_grad_norm, dtype=self.dtype,
                 progress=cfg.progress)
+        if cfg.head_scale and not cfg.resume:
+            self._fit_head_scale()
         self.optimizer = self._optimizer()
         self._laq = self._laq_links()  # fixed once the student is built; read after every optimizer step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
@@ -145,6 +147,7 @@ class Trainer:
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
                             "embedding_granularity": cfg.embedding_granularity,
                             "embedding_group_size": cfg.embedding_group_size,
+                            **({"head_scale": True} if cfg.head_scale else {}),  # older checkpoints have no key
                             "vocab": self.student.config.vocab_size,
                             "params": sum(p.numel() for p in self.student.parameters())}
         if cfg.resume:
@@ -192,10 +195,39 @@ class Trainer:
         qcfg = QuantConfig(bits=cfg.bits, quantizer=cfg.weight_quantizer, granularity=cfg.granularity,
                            group_size=cfg.group_size, ragged_groups=cfg.group_size is not None, grid=cfg.grid,
                            mean_grad=cfg.mean_grad, dynamic_scale=cfg.dynamic_scale, init_gamma=cfg.init_gamma,
-                           act_learned_clip=cfg.act_learned_clip,
+                           act_learned_clip=cfg.act_learned_clip, head_scale=cfg.head_scale,
                            act_granularity=cfg.act_granularity, act_group_size=cfg.act_group_size,
                            embedding_granularity=cfg.embedding_granularity, embedding_group_size=cfg.embedding_group_size)
         return quantize_model(student, qcfg)
+
+    @torch.no_grad()
+    def _fit_head_scale(self) -> None:
+        """head_scale's start: each vocabulary row's scale s_v is the least-squares fit of the quantized head's logit
+        to the teacher's, ``s_v = (q_v S w_v) / (q_v S q_v)`` with ``S = E[h h^T]`` over the teacher's final hidden
+        states (through the head's activation quantizer) on ``calib_samples`` training blocks, q_v the quantized
+        table's row and w_v the teacher's head row. The teacher's states, not the student's: training brings the
+        student's towards them, and a 2-bit student's first states are noise (fitted to those, the 2-2-8 start
+        was worse than with no scale, BENCHMARKS.md section 16). The 2-bit table rounds rows short of the float
+        ones; the lookup and the head then need different norms."""
+        head = self.student.get_output_embeddings()
+        if getattr(head, "row_scale", None) is None:
+            raise QuantGPTError("--head-scale needs an LM head tied to a quantized token embedding (it scales the "
+                                "shared table's rows for the head alone); this model or bit setting has none")
+        calib = self._calib()
+        d = self.student.config.hidden_size
+        S = torch.zeros(d, d, device=self.device)
+        for i in range(0, calib.shape[0], self.cfg.batch_size):
+            with autocast_for(self.device, self.dtype):
+                h = self.teacher.base_model(input_ids=calib[i: i + self.cfg.batch_size].to(self.device),
+                                            use_cache=False).last_hidden_state
+                if head.act_quantizer is not None:
+                    h = head.act_quantizer(h)
+            h = h.float().reshape(-1, d)
+            S += h.T @ h
+        w = self.teacher.get_output_embeddings().weight.detach().float().to(self.device)
+        q = head._tied[0].quantized_weight().detach().float()
+        qs = q @ S
+        head.row_scale.copy_(((qs * w).sum(1) / (qs * q).sum(1).clamp_min(1e-12)).clamp(0.25, 4.0))
 
     def _calib(self) -> torch.Tensor:
         """``calib_samples`` training blocks, drawn by the seed (init gptq and blockwise)."""
