@@ -42,8 +42,8 @@ PY
 }
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) export QG_SHARED_GPU=2
-     LIMIT=240 bg ft1 --steps 300 --only finetune@16-16-16 --tag=-style
-     LIMIT=240 bg ft3 --steps 300 --only finetune@16-16-16 --tag=-style-lr3e-4 --set lr=3e-4
+     LIMIT=260 bg ft1 --steps 300 --only finetune@16-16-16 --tag=-style
+     LIMIT=260 bg ft3 --steps 300 --only finetune@16-16-16 --tag=-style-lr3e-4 --set lr=3e-4
      wait
      LIMIT=${LIMIT:-300}; export QG_SHARED_GPU=3
      bg q228a --steps 300 --only quantgpt@2-2-8 --tag=-adapt --model $T1
