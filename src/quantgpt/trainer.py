@@ -206,9 +206,8 @@ class Trainer:
         to the teacher's, ``s_v = (q_v S w_v) / (q_v S q_v)`` with ``S = E[h h^T]`` over the teacher's final hidden
         states (through the head's activation quantizer) on ``calib_samples`` training blocks, q_v the quantized
         table's row and w_v the teacher's head row. The teacher's states, not the student's: training brings the
-        student's towards them, and a 2-bit student's first states are noise (fitted to those, the 2-2-8 start
-        was worse than with no scale, BENCHMARKS.md section 16). The 2-bit table rounds rows short of the float
-        ones; the lookup and the head then need different norms."""
+        student's towards them, and a 2-bit student's first states are noise. The 2-bit table rounds rows short
+        of the float ones; the lookup and the head then need different norms (BENCHMARKS.md section 16)."""
         head = self.student.get_output_embeddings()
         if getattr(head, "row_scale", None) is None:
             raise QuantGPTError("--head-scale needs an LM head tied to a quantized token embedding (it scales the "
