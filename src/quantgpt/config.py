@@ -135,7 +135,7 @@ class QuantConfig:
     init_gamma: float | None = None  # mds/pact: None = search the clip factor that minimises the rounding error
     skip: tuple[str, ...] = ()  # fnmatch patterns of module names to leave in floating point
     head_scale: bool = False  # a tied LM head gets a learned scale per output row (token) of its own, so the one
-    # quantized table can serve the lookup and the head at different row norms (2 or 4 bytes per vocabulary entry)
+    # quantized table can serve the lookup and the head at different row norms (4 bytes per vocabulary entry)
 
     def __post_init__(self):
         self.bits = Bits.parse(self.bits)

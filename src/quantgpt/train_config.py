@@ -32,8 +32,9 @@ METHODS = {
 def default_lr(weight_bits: int, float_model: bool = False) -> float:
     """Weights' learning rate: 2-bit weights must travel further from the float solution (study, section 7:
     2-2-8 at 3e-4 / 1e-3 / 3e-3 gave 242 / 149 / 408); at 4 bits 3e-4 beat 1e-3 (25.2 vs 26.5). A float student
-    (16-16-16, the teacher fine-tuned) takes 1e-4: at 3e-4 every 8-bit run, the nearest to float, kept its
-    first checkpoint (step 60 of 300, BENCHMARKS sections 14-15), a sign that 3e-4 overshoots there."""
+    (16-16-16, the teacher fine-tuned) takes 1e-4: at 3e-4 all four 8-bit runs with the LM term on `corpora`,
+    the nearest to float, kept their first checkpoint (step 60 of 300, BENCHMARKS section 14), a sign that
+    3e-4 overshoots there (on the style mix quantgpt's was step 60, pact's 120, laq's 300, section 15)."""
     if float_model:
         return 1e-4
     return 1e-3 if weight_bits <= 2 else 3e-4
