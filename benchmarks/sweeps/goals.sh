@@ -45,6 +45,7 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      LIMIT=260 bg ft1 --steps 300 --only finetune@16-16-16 --tag=-style
      LIMIT=260 bg ft3 --steps 300 --only finetune@16-16-16 --tag=-style-lr3e-4 --set lr=3e-4
      wait
+     for t in $T1 $T3; do [ -f $t/config.json ] || echo "no teacher at $t: see runs/logs/ft*.log; PART=1 again resumes" >&2; done
      LIMIT=${LIMIT:-300}; export QG_SHARED_GPU=3
      bg q228a --steps 300 --only quantgpt@2-2-8 --tag=-adapt --model $T1
      bg q228a3 --steps 300 --only quantgpt@2-2-8 --tag=-adapt3 --model $T3
