@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from quantgpt import evaluate, gptq_quantize, load, rtn_quantize
+from quantgpt import evaluate, gptq_quantize, rtn_quantize
 from quantgpt.data import blocks, tokenize_files
 from quantgpt.device import autocast_for
 from quantgpt.errors import QuantGPTError
 from quantgpt.losses import pairwise_cosine_histogram
-from quantgpt.models import load_float
+from quantgpt.models import load_any, load_float
 from quantgpt.ptq.rtn import rtn_config
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
@@ -272,8 +272,7 @@ def main():
                 print(json.dumps({"name": row["name"], "finished_then_stopped": r["stop_signal"],
                                   "hint": "run it again with --resume to evaluate it"}), flush=True)
                 break
-            # the kept (best) model, as a user gets it
-            model = load_float(cfg.out)[0].to(device) if cfg.float_student else load(cfg.out, device=device)
+            model = load_any(cfg.out, device=device)[0]  # the kept (best) model, as a user gets it (float at 16-16-16)
             row.update(bits=cfg.bits, method="finetune" if cfg.float_student else cfg.method,
                        resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),

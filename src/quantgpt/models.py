@@ -104,11 +104,12 @@ def save_float(model, tokenizer, out, merge: bool = False) -> Path:
     return Path(out)
 
 
-def load_any(spec: str, dtype: torch.dtype | None = None):
+def load_any(spec: str, dtype: torch.dtype | None = None, device=None):
     """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``."""
     kind, loc = resolve(spec)
     if kind == "quantgpt":
         from .checkpoint import load
 
-        return load(loc, dtype=dtype, return_tokenizer=True)
-    return load_float(spec, dtype)
+        return load(loc, dtype=dtype, device=device, return_tokenizer=True)
+    model, tokenizer = load_float(spec, dtype)
+    return (model if device is None else model.to(device)), tokenizer

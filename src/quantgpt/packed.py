@@ -52,7 +52,7 @@ class PackedWeight(nn.Module):
 
 class PackedLinear(nn.Module):
     def __init__(self, packed: PackedWeight | None, bias, act_quantizer, tied: "PackedEmbedding | None" = None,
-                 weight: nn.Parameter | None = None, row_scale: nn.Parameter | None = None):
+                 weight: nn.Parameter | None = None, row_scale: nn.Parameter | None = None, transposed: bool = False):
         super().__init__()
         self.packed = packed
         self.weight = weight  # only for layers whose weights stay float (activation-only quantization)
@@ -60,7 +60,7 @@ class PackedLinear(nn.Module):
         self.act_quantizer = act_quantizer
         self._tied = [tied] if tied is not None else []
         self.row_scale = row_scale  # a tied head's own row scales (QuantConfig.head_scale), stored as a float tensor
-        self.transposed = False  # True in place of GPT-2's Conv1D (its float weight is (in, out)): for --dequantize
+        self.transposed = transposed  # in place of GPT-2's Conv1D (its float weight is (in, out)): for --dequantize
 
     def dequantized_weight(self, dtype=torch.float32):
         if self._tied:
@@ -213,8 +213,7 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
         else:
             tied = model.get_submodule(info["tied_to"]) if "tied_to" in info else None
             new = PackedLinear(packed_of.get(name), old.bias, old.act_quantizer, tied=tied,
-                               row_scale=getattr(old, "row_scale", None))
-            new.transposed = old.transposed
+                               row_scale=getattr(old, "row_scale", None), transposed=old.transposed)
         replace_module(model, name, new)
     # embeddings are replaced before the heads that tie to them
     for name, info in modules.items():

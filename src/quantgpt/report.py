@@ -85,7 +85,7 @@ def train_text(row: dict) -> str:
 
 def common_text(rows: list[dict]) -> str | None:
     """The training text most training runs share: the best-perplexity tables compare methods on it."""
-    texts = Counter(train_text(r) for r in rows if r.get("tokens_trained") and train_text(r))
+    texts = Counter(t for r in rows if r.get("tokens_trained") and (t := train_text(r)))
     return texts.most_common(1)[0][0] if texts else None
 
 

@@ -140,12 +140,12 @@ class TrainConfig:
             self.train_data = [self.train_data]
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
-        self.bits = str(Bits.parse(self.bits, allow_float=True))
+        bits = Bits.parse(self.bits, allow_float=True)
+        self.bits = str(bits)
         if self.method not in METHODS:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         self.granularity, self.group_size = resolve_grouping(  # the same scale layout for every method
             "weight", self.granularity, self.group_size, DEFAULT_GROUP, ("group", "channel", "tensor"))
-        bits = Bits.parse(self.bits, allow_float=True)
         weight_bits = bits.weight
         if bits.is_float and self.init is not None:
             raise QuantGPTError(f"--init {self.init} starts quantized weights; 16-16-16 (a float student) has none")
