@@ -203,3 +203,19 @@ def test_compress_head_scale_flag_reaches_the_checkpoint(capsys, tmp_path, model
     assert manifest["quant_config"]["head_scale"] and manifest["train_config"]["head_scale"]
     code, _, err = run(capsys, "info", out)
     assert code == 0, err
+
+
+def test_compress_adapts_the_teacher_first(capsys, tmp_path, model_dir):
+    out = tmp_path / "ad"
+    common = ("--steps", "1", "--seq-len", "32", "--batch-size", "2", "--negatives", "16", "--train-data", "sample",
+              "--out", out, "--device", "cpu", "--quiet")
+    code, stdout, err = run(capsys, "compress", model_dir, "--adapt-steps", "2", *common)
+    assert code == 0, err
+    assert stdout.startswith(f"adapted the teacher in {out / 'teacher'} (2 steps, "), stdout
+    code, stdout, err = run(capsys, "compress", model_dir, "--adapt-steps", "2", "--resume", "--json", *common)
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["adapt"]["out"] == str(out / "teacher") and r["adapt"]["kept"] and r["steps"] == 1
+    assert r["adapt"]["steps"] == 2 and r["adapt"]["best"] is None
+    info = json.loads((out / "teacher" / "finetune.json").read_text())  # the first stage's time, kept for the row
+    assert r["adapt"]["run_seconds_all"] == info["run_seconds_all"] >= info["train_seconds"] >= 0

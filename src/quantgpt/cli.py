@@ -110,12 +110,20 @@ def cmd_compress(args) -> int:
     cfg = TrainConfig.from_sources(args.config, **flags)
     r = compress(cfg)
     if r.get("interrupted"):
-        print(f"quantgpt: stopped by {r['interrupted']} at step {r['step']}; state saved in {r['checkpoint']}; "
+        where = " of the teacher's adaptation" if r.get("stage") == "adapt" else ""
+        print(f"quantgpt: stopped by {r['interrupted']} at step {r['step']}{where}; state saved in {r['checkpoint']}; "
               f"continue with the same command and --resume", file=sys.stderr)
         return 130
     best = r.get("best") or {}
     what = "the fine-tuned float" if cfg.float_student else f"{cfg.method} {cfg.bits}"
-    text = (f"wrote {what} model to {r['out']}: {r['steps']} steps, {r['tokens']} tokens, "
+    adapt = r.get("adapt")
+    text = ""
+    if adapt:
+        held = (adapt.get("best") or {}).get("eval_ppl")
+        text = (f"{'kept the' if adapt.get('kept') else 'adapted the'} teacher in {adapt['out']} ({adapt['steps']} steps"
+                + (f", {adapt['run_seconds'] / 60:.1f} min" if "run_seconds" in adapt else "")
+                + (f", held-out perplexity {held:.3f}" if held else "") + "); ")
+    text += (f"wrote {what} model to {r['out']}: {r['steps']} steps, {r['tokens']} tokens, "
             f"{r['tok_per_s']:.0f} tokens/s, {r['run_seconds'] / 60:.1f} min in all")
     if best:
         text += f", best held-out perplexity {best['eval_ppl']:.3f} at step {best['step']}"
@@ -128,7 +136,7 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
-                 "init_gamma", "head_scale", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
+                 "init_gamma", "head_scale", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
                  "log_every", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
                  "gen_temperature", "gen_top_p", "calib_samples")
 
@@ -152,6 +160,9 @@ def _compress_parser(sub):
                    "quantgpt and kd; for pact full at 2-bit weights, sym above")
     c.add_argument("--embedding-granularity", help="scales of the token embedding / tied head: group (default) | channel | tensor")
     c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 32)")
+    c.add_argument("--adapt-steps", type=int, help="steps of teacher adaptation first: the float model fine-tuned "
+                   "on the training text (into OUT/teacher), which the student starts from and distils from "
+                   "(default 300 when --steps is at least 300, else 0; 0: the model as given is the teacher)")
     c.add_argument("--init", help="start from a post-training solution (rtn | gptq), or blockwise: each block "
                    "first trained alone to reproduce the teacher's block output")
     c.add_argument("--block-steps", type=int, help="init blockwise: steps per block (default 200)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,10 @@ class TrainConfig:
     grid: str | None = None  # rounding grid, sym | full | asym (mds only); default: the method's (asym for quantgpt, kd)
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
     embedding_group_size: int | None = None  # default 32 under group granularity
+    # steps of teacher adaptation before a quantized run (adapt.py): the float model fine-tuned on the training
+    # text, then the student starts from it and distils from it. None: 300 when the quantized run has at least
+    # 300 steps, else none, and none for data-free runs and a model quantgpt already adapted; 0: the model as given
+    adapt_steps: int | None = None
     init: str | None = None  # start the student's weights from a PTQ solution (rtn | gptq), or blockwise
     block_steps: int = 200  # init blockwise: AdamW steps per decoder block (200 started better than 60)
     train_data: list[str] = field(default_factory=lambda: ["sample"])
@@ -184,6 +189,14 @@ class TrainConfig:
                 raise QuantGPTError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps <= 0:
             raise QuantGPTError(f"--steps must be positive, got {self.steps}")
+        if self.adapt_steps is not None:
+            if self.adapt_steps < 0:
+                raise QuantGPTError(f"--adapt-steps must be 0 or more, got {self.adapt_steps}")
+            if self.adapt_steps and bits.is_float:
+                raise QuantGPTError("--adapt-steps adapts the teacher of a quantized run; 16-16-16 is that "
+                                    "adaptation itself (give --steps)")
+            if self.adapt_steps and self.data_free:
+                raise QuantGPTError("--adapt-steps needs training text: a data-free run's text is the teacher's own")
 
     def _coerce_numbers(self):
         """YAML 1.1 reads ``1e-3`` (no dot) as a string: accept numbers written that way, reject other text."""
@@ -209,6 +222,14 @@ class TrainConfig:
         """16-16-16: nothing is quantized, the run fine-tunes the float model (e.g. to adapt the teacher to the
         training text before compressing, as the paper's teachers were fine-tuned on the task)."""
         return Bits.parse(self.bits, allow_float=True).is_float
+
+    @property
+    def data_free(self) -> bool:
+        return any(str(d).startswith("generated:") for d in self.train_data)
+
+    def run_steps(self, n_blocks: int) -> int:
+        """The run's optimizer steps: ``steps``, or ``epochs`` (default 1) over ``n_blocks`` training blocks."""
+        return self.steps or max(1, math.ceil((self.epochs or 1.0) * n_blocks / (self.batch_size * self.grad_accum)))
 
     @property
     def weight_quantizer(self) -> str:

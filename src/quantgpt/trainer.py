@@ -108,7 +108,7 @@ class Trainer:
         self.eval_ids = eval_ids[: cfg.eval_tokens] if eval_ids is not None else None
         if self.eval_ids is not None and self.eval_ids.numel() < cfg.seq_len:
             raise QuantGPTError(f"the evaluation data has {self.eval_ids.numel()} tokens, fewer than one window of {cfg.seq_len}")
-        self.total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * self.train.shape[0] / per_step))
+        self.total_steps = cfg.run_steps(self.train.shape[0])
 
         self.student = self._build_student(teacher)
         teacher.requires_grad_(False)
@@ -156,10 +156,10 @@ class Trainer:
     # ---- setup -----------------------------------------------------------------------------------
     def _train_tokens(self, teacher):
         cfg = self.cfg
-        gen = [d for d in cfg.train_data if str(d).startswith("generated:")]
-        if gen:
+        if cfg.data_free:
             from .datafree import generated_tokens
 
+            gen = [d for d in cfg.train_data if str(d).startswith("generated:")]
             if len(gen) != len(cfg.train_data):
                 raise QuantGPTError("generated:N cannot be mixed with files in --train-data")
             try:
@@ -517,7 +517,7 @@ class Trainer:
         if self.best is not None and best.is_file():
             load_model(final, str(best))
         extra = {"method": cfg.method, "source": cfg.model, "train_config": cfg.to_dict(), "steps": self.step,
-                 "best": self.best}
+                 "best": self.best, "train_seconds": round(self.elapsed, 1), "run_seconds_all": self.run_seconds_all()}
         if cfg.float_student:  # a plain transformers folder: any model argument (a teacher, `eval`) loads it
             from .models import save_float
 
@@ -535,8 +535,11 @@ class Trainer:
 
 
 def compress(cfg: TrainConfig, **kw) -> dict:
-    """Run ``quantgpt compress``: train, write the model folder, return a summary."""
-    return Trainer(cfg, **kw).run()
+    """Run ``quantgpt compress``: adapt the teacher to the training text (a quantized run, unless
+    ``adapt_steps=0``; adapt.py), train, write the model folder, return a summary."""
+    from .adapt import compress_adapted
+
+    return compress_adapted(cfg, **kw)
 
 
 __all__ = ["Trainer", "compress"]
