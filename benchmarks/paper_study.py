@@ -7,7 +7,11 @@ JSON line per run; `quantgpt report RESULTS --out DIR` turns the file into table
         --train-data $QG_DATA/corpora --eval-data $QG_DATA/wikitext2/valid.tokens.txt \
         --test-data $QG_DATA/wikitext2/test.raw.txt --out results/study.jsonl --jobs 4
 
-``--jobs 4`` runs four at a time on the one GPU, each in its own process (logs in RUNS_DIR/logs).
+``--jobs 4`` runs four at a time on the one GPU, each in its own process (logs in RUNS_DIR/logs). Each training
+row runs through ``compress`` as a user runs it, so a quantized row first adapts its teacher to the training text
+(300 float steps into RUNS_DIR/<run>/teacher when --steps is 300 or more; ``--set adapt_steps=0`` distils from the model as
+given) unless ``--model`` names a folder quantgpt adapted (``finetune@16-16-16``'s, or a run's ``teacher``), which
+is how a sweep shares one adapted teacher among its rows. The row's ``adapt`` holds that stage's steps and times.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from quantgpt.losses import pairwise_cosine_histogram
 from quantgpt.models import load_any, load_float
 from quantgpt.ptq.rtn import rtn_config
 from quantgpt.train_config import TrainConfig
-from quantgpt.trainer import Trainer
+from quantgpt.adapt import has_run
+from quantgpt.trainer import compress
 
 MAIN_BITS = ("8-8-8", "4-4-8", "2-2-8")
 METHODS = ("float", "rtn", "gptq", "pact", "lsq", "laq", "kd", "quantgpt")
@@ -74,8 +79,8 @@ def grid() -> dict[str, dict]:
         runs[f"quantgpt-{name}@2-2-8"] = {**q, **kw, "ablation": name}
     for b in ("2-16-8", "2-4-8"):
         runs[f"quantgpt@{b}"] = {"method": "quantgpt", "bits": b, "ablation": "embedding bits"}
-    # the float model fine-tuned on the training text (KD + LM term), written as a transformers folder: run the
-    # study again with --model on that folder for the paper's protocol (its teachers were fine-tuned on the task)
+    # the float model fine-tuned on the training text (KD + LM term), written as a transformers folder: compress's
+    # first stage run alone, so that rows given --model on it share one adapted teacher
     runs["finetune@16-16-16"] = {"method": "kd", "bits": "16-16-16", "ablation": "teacher adaptation"}
     return runs
 
@@ -256,15 +261,15 @@ def main():
         else:
             settings = {**{k: v for k, v in spec.items() if k not in ("ablation",)}, **overrides}
             out = Path(args.runs_dir) / run_slug(name, args.tag)
-            resume = args.resume and (out / "checkpoint" / "state.json").is_file()
+            resume = args.resume and has_run(out)
             base = dict(model=args.model, steps=args.steps, seq_len=args.seq_len, out=str(out), device=args.device,
                         calib_samples=args.calib_samples, resume=resume, train_data=args.train_data,
                         eval_data=args.eval_data)  # the texts are tokenized above; the row's config records them
             if args.batch_size:
                 base["batch_size"] = args.batch_size
             cfg = TrainConfig(**{**base, **settings})  # --set may override the flags' values too (batch_size=32)
-            tr = Trainer(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
-            r = tr.run()
+            # compress as a user runs it: a quantized row adapts its teacher first unless --model is adapted
+            r = compress(cfg, teacher=teacher, tokenizer=tok, train_ids=train_ids, eval_ids=eval_ids)
             if "interrupted" in r:  # stopped by a signal (e.g. a time limit): its checkpoint can be resumed
                 print(json.dumps({"name": row["name"], "interrupted": r}), flush=True)
                 break
@@ -277,10 +282,9 @@ def main():
                        resumed=resume)  # as run, after any --set override
             row.update(tokens_trained=r["tokens"], train_tok_per_s=r["tok_per_s"], train_log=str(Path(cfg.out) / "train_log.jsonl"),
                        train_seconds=r["train_seconds"], run_seconds=r["run_seconds"],
-                       run_seconds_all=r["run_seconds_all"], best_eval=r.get("best"),
+                       run_seconds_all=r["run_seconds_all"], best_eval=r.get("best"), adapt=r.get("adapt"),
                        settings={k: getattr(cfg, k) for k in settings},
                        config=cfg.to_dict())
-            del tr
         ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
         row.update(perplexity=ev["perplexity"], accuracy=ev["accuracy"], tokens_scored=ev["tokens"],
                    wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
