@@ -49,6 +49,7 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     from quantgpt.report import scales
 
     assert scales(last) == "g8 full act32 emb16" and scales(by["rtn@4-4-8"]) == ""
+    assert scales({**last, "bits": "16-16-16"}) == ""  # a float run has no scales, whatever its config says
     from quantgpt.report import weight_bits
 
     # stored bits per decoder weight: 2 + 16/8 for one fp16 scale per 8; asym and min-max add a zero point per group
@@ -201,6 +202,13 @@ def test_runs_from_another_teacher_are_another_comparison():
     assert {k: v["perplexity"] for k, v in best_runs(rows, 100, "corpora").items()} == {
         ("quantgpt", "2-2-8"): 41.0, ("kd", "2-2-8"): 41.5}
     assert other_tables(rows, 100, "corpora") == [(100, "corpora from finetune_16-16-16-style")]
+    # compress's own adaptation writes OUT/teacher: named as such, whichever run wrote it
+    assert train_text(row("kd", 36.0, "runs/study/quantgpt_2-2-8/teacher")) == "corpora from the adapted teacher"
+    # post-training rows quantized the default model: kept beside its runs, left out of an adapted teacher's table
+    ptq = {"method": "gptq", "bits": "2-2-8", "perplexity": 6e4, "tokens_trained": 0}
+    assert ("gptq", "2-2-8") in best_runs(rows + [ptq], 100, "corpora")
+    assert set(best_runs(rows + [ptq], 100, "corpora from finetune_16-16-16-style")) == {("quantgpt", "2-2-8"),
+                                                                                       ("kd", "2-2-8")}
 
 
 def test_wall_seconds_all_adds_a_resumed_runs_earlier_segments():

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
+from .adapt import ADAPT_DIR  # noqa: E402
 from .train_config import TrainConfig  # noqa: E402
 
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
@@ -27,9 +28,10 @@ COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "per
 
 def scales(row: dict) -> str:
     """A training run's scale layout in a few words, from its recorded config: weights / grid / activations /
-    embedding, e.g. ``channel full act32 emb64``; empty for post-training rows (no config recorded)."""
+    embedding, e.g. ``channel full act32 emb64``; empty for post-training rows (no config recorded) and float
+    runs (16-16-16: nothing is quantized)."""
     c = row.get("config")
-    if not c:
+    if not c or str(row.get("bits", "")).startswith("16-16-16"):
         return ""
     w = f"g{c['group_size']}" if c.get("granularity") == "group" else c.get("granularity", "")
     act = {"group": f"act{c.get('act_group_size')}", "token": "act-token", "tensor": "act-tensor"}.get(
@@ -80,7 +82,10 @@ def train_text(row: dict) -> str:
     runs = ((n, len(list(same))) for n, same in groupby(names))
     text = " + ".join(n if k == 1 else f"{n} x{k}" for n, k in runs)
     model = c.get("model")
-    return f"{text} from {Path(str(model)).name}" if text and model and model != DEFAULT_MODEL else text
+    if not (text and model and model != DEFAULT_MODEL):
+        return text
+    name = Path(str(model)).name  # compress's own first stage writes OUT/teacher, whatever the run's name
+    return f"{text} from {'the adapted teacher' if name == ADAPT_DIR else name}"
 
 
 def common_text(rows: list[dict]) -> str | None:
@@ -126,7 +131,9 @@ def common_budget(rows: list[dict]) -> int | None:
 def best_runs(rows: list[dict], budget: int | None = None, text: str | None = None) -> dict[tuple[str, str], dict]:
     """The lowest-perplexity run of each (method, bits) at the common training budget on the common training
     text (post-training rows too), ablations and noted (invalid) runs left out: what each method reached with the
-    same training, whatever setting got it there (the full table lists every run, with its text)."""
+    same training, whatever setting got it there (the full table lists every run, with its text). A table of runs
+    from another teacher (``text`` ending ``from NAME``) leaves the post-training rows out: they quantized the
+    default model."""
     budget = common_budget(rows) if budget is None else budget
     text = common_text(rows) if text is None else text
     best: dict[tuple[str, str], dict] = {}
@@ -135,6 +142,8 @@ def best_runs(rows: list[dict], budget: int | None = None, text: str | None = No
             continue
         if r.get("tokens_trained") and train_text(r) not in ("", text):
             continue
+        if not r.get("tokens_trained") and text and " from " in text:  # post-training rows are of the default
+            continue                                                     # teacher, not the adapted one
         key = (r["method"], r["bits"])
         if key not in best or r["perplexity"] < best[key]["perplexity"]:
             best[key] = r
