@@ -102,3 +102,15 @@ def test_resume_in_either_stage_matches_one_run(tmp_path, model_dir, monkeypatch
     _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     _assert_same(quantgpt.load_float(str(tmp_path / "a" / ADAPT_DIR))[0].state_dict(),
                  quantgpt.load_float(str(tmp_path / "b" / ADAPT_DIR))[0].state_dict())
+
+
+def test_a_run_begun_without_adaptation_resumes_without_it(tmp_path, model_dir, monkeypatch):
+    import quantgpt.adapt
+
+    monkeypatch.setattr(quantgpt.adapt, "AUTO_STEPS", 2)  # the default adapts runs of 2 steps or more here
+    compress(_cfg(model_dir, tmp_path / "s", steps=1))  # below the threshold: no adaptation
+    with pytest.raises(QuantGPTError, match="began without teacher adaptation"):
+        compress(_cfg(model_dir, tmp_path / "s", steps=2, adapt_steps=2, resume=True))
+    r = compress(_cfg(model_dir, tmp_path / "s", steps=2, resume=True))  # extended past it: still none
+    assert r["steps"] == 2 and "adapt" not in r and not (tmp_path / "s" / ADAPT_DIR).exists()
+    assert compress(_cfg(model_dir, tmp_path / "new", steps=2))["adapt"]["steps"] == 2  # a new run is adapted

@@ -71,6 +71,11 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
     if not cfg.resume and (done or first_ckpt):
         raise QuantGPTError(f"{first} holds an earlier run's adapted teacher: pass --resume to continue that run, "
                             f"or choose another --out")
+    if cfg.resume and second_ckpt and not (done or first_ckpt):  # the run began without the stage: it stays so
+        if cfg.adapt_steps:
+            raise QuantGPTError(f"{out} holds a run that began without teacher adaptation: resume it with "
+                                f"--adapt-steps 0, or choose another --out")
+        return Trainer(cfg, teacher=teacher, tokenizer=tokenizer, train_ids=train_ids, eval_ids=eval_ids).run()
     if not done:
         if cfg.data_free:
             steps = adapt_steps_for(cfg, 0)  # 0 unless asked for (which the config refuses)
