@@ -269,3 +269,20 @@ def test_report_reads_several_result_files(tmp_path):
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| 2-2-8 | 130 | 110 |" in md
     assert main(["report", str(a), str(b), "--out", str(tmp_path / "o2")]) == 0
+
+
+def test_study_rows_run_compress_with_its_adaptation(tmp_path, model_dir):
+    """paper_study runs a row as compress does: the teacher adapted first (forced here below the 300-step
+    threshold), the row's config naming the adapted folder and its `adapt` the first stage."""
+    from quantgpt.report import train_text
+
+    out = tmp_path / "study.jsonl"
+    cmd = [sys.executable, str(STUDY), "--model", str(model_dir), "--only", "kd@2-2-8", "--steps", "2",
+           "--batch-size", "2", "--seq-len", "32", "--eval-seq-len", "64", "--device", "cpu", "--set", "adapt_steps=2",
+           "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--resume"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(out.read_text())
+    teacher = tmp_path / "runs" / "kd_2-2-8" / "teacher"
+    assert row["adapt"]["steps"] == 2 and row["adapt"]["out"] == str(teacher) and row["config"]["model"] == str(model_dir)
+    assert (teacher / "finetune.json").is_file() and train_text(row) == "sample from the adapted teacher"

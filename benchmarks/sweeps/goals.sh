@@ -9,9 +9,10 @@
 #   PART=2: resumed to its end (the adaptation is kept). The row's `adapt` has the first stage's time, so the
 #           15 minutes are measured end to end (section 17: 13.5 min of training, 15.3 of process time)
 #   PART=3 (the rest of the device time): from that run's adapted teacher, the baselines that came closest,
-#           300 steps, five sharing the GPU: kd 2-2-8 (tied quantgpt on the style mix, section 15), quantgpt,
-#           laq, pact and lsq 4-4-8 (laq was 3.4% behind, section 15); quantgpt 2-2-8 from the adapted teacher
-#           after 300 steps is section 17's 37.57
+#           300 steps, six sharing the GPU: kd 2-2-8 (tied quantgpt on the style mix, section 15), quantgpt,
+#           laq, pact and lsq 4-4-8 (laq was 3.4% behind, section 15), and quantgpt 8-8-8 at lr 1e-4 (every
+#           8-bit run from the adapted teacher kept step 60 of 300 at 3e-4, section 17: 17.45); quantgpt 2-2-8
+#           from the adapted teacher after 300 steps is section 17's 37.57
 # Usage: source .devcache/p2/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 LONG=(--only quantgpt@2-2-8 --tag=-15min-s13)
@@ -20,10 +21,11 @@ case ${PART:?set PART=1, 2 or 3} in
   1) LIMIT=${LIMIT:-560} QG_SHARED_GPU=1 bg long --steps 5000 "${LONG[@]}" ;;
   2) LIMIT=${LIMIT:-580} QG_SHARED_GPU=1 bg long --steps 5000 "${LONG[@]}" ;;
   3) [ -f $TA/finetune.json ] || echo "no adapted teacher at $TA: see runs/logs/long.log" >&2
-     LIMIT=${LIMIT:-500}; export QG_SHARED_GPU=5
+     LIMIT=${LIMIT:-500}; export QG_SHARED_GPU=6
      bg kd228 --steps 300 --only kd@2-2-8 --tag=-ta --model $TA
      for m in quantgpt laq pact lsq; do
        bg "${m}448" --steps 300 --only $m@4-4-8 --tag=-ta --model $TA
-     done ;;
+     done
+     bg q888lr --steps 300 --only quantgpt@8-8-8 --tag=-ta-lr1e-4 --model $TA --set lr=1e-4 ;;
 esac
 finish

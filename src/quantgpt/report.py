@@ -76,12 +76,16 @@ def train_text(row: dict) -> str:
     """A training run's text in a few words, from its recorded config: the file and folder names in order, a
     repeated one counted, e.g. ``corpora + wiki_excerpt.txt x2`` (paths differ between machines, names do not),
     and the teacher's name when it is not the default model (``... from finetune_16-16-16``: runs distilled from
-    another teacher are another comparison, like runs on other text); empty for post-training rows."""
+    another teacher are another comparison, like runs on other text), or ``from the adapted teacher`` for a run
+    whose own first stage adapted it (its ``adapt``) or that was given such a stage's folder; empty for
+    post-training rows."""
     c = row.get("config") or {}
     names = [Path(str(p)).name for p in (c.get("train_data") or [])]
     runs = ((n, len(list(same))) for n, same in groupby(names))
     text = " + ".join(n if k == 1 else f"{n} x{k}" for n, k in runs)
     model = c.get("model")
+    if text and row.get("adapt"):  # a row of compress's two stages: its config names the model it adapted
+        return f"{text} from the adapted teacher"
     if not (text and model and model != DEFAULT_MODEL):
         return text
     name = Path(str(model)).name  # compress's own first stage writes OUT/teacher, whatever the run's name
