@@ -32,11 +32,16 @@ def adapted_by_quantgpt(spec: str) -> bool:
     return (Path(spec) / "finetune.json").is_file()
 
 
+def _stages(out: Path) -> tuple[bool, bool, bool]:
+    """What a compress run in ``out`` holds: (a finished adaptation, its checkpoint, the quantized stage's)."""
+    first = out / ADAPT_DIR
+    return (adapted_by_quantgpt(first), (first / "checkpoint" / "state.json").is_file(),
+            (out / "checkpoint" / "state.json").is_file())
+
+
 def has_run(out) -> bool:
     """A compress run in ``out`` to resume: a checkpoint of either stage, or a finished adaptation."""
-    out = Path(out)
-    return any((out / p).is_file() for p in ("checkpoint/state.json", f"{ADAPT_DIR}/checkpoint/state.json",
-                                            f"{ADAPT_DIR}/finetune.json"))
+    return any(_stages(Path(out)))
 
 
 def adapt_steps_for(cfg: TrainConfig, n_blocks: int) -> int:
@@ -63,10 +68,8 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
 
     out = Path(cfg.out)
     first = out / ADAPT_DIR
-    done = (first / "finetune.json").is_file()
-    first_ckpt = (first / "checkpoint" / "state.json").is_file()
-    second_ckpt = (out / "checkpoint" / "state.json").is_file()
-    if cfg.resume and not has_run(out):
+    done, first_ckpt, second_ckpt = _stages(out)
+    if cfg.resume and not (done or first_ckpt or second_ckpt):
         raise QuantGPTError(f"--resume: no checkpoint in {out / 'checkpoint'} or {first / 'checkpoint'}")
     if not cfg.resume and (done or first_ckpt):
         raise QuantGPTError(f"{first} holds an earlier run's adapted teacher: pass --resume to continue that run, "
@@ -78,7 +81,7 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
         return Trainer(cfg, teacher=teacher, tokenizer=tokenizer, train_ids=train_ids, eval_ids=eval_ids).run()
     if not done:
         if cfg.data_free:
-            steps = adapt_steps_for(cfg, 0)  # 0 unless asked for (which the config refuses)
+            steps = 0  # the config refuses --adapt-steps for data-free runs
         else:
             if teacher is None:
                 teacher, tokenizer = load_float(cfg.model)

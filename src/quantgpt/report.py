@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .config import Bits  # noqa: E402
 from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
 from .adapt import ADAPT_DIR  # noqa: E402
@@ -31,7 +32,7 @@ def scales(row: dict) -> str:
     embedding, e.g. ``channel full act32 emb64``; empty for post-training rows (no config recorded) and float
     runs (16-16-16: nothing is quantized)."""
     c = row.get("config")
-    if not c or str(row.get("bits", "")).startswith("16-16-16"):
+    if not c or Bits.parse(str(row["bits"]), allow_float=True).is_float:
         return ""
     w = f"g{c['group_size']}" if c.get("granularity") == "group" else c.get("granularity", "")
     act = {"group": f"act{c.get('act_group_size')}", "token": "act-token", "tensor": "act-tensor"}.get(
