@@ -17,7 +17,7 @@
 source "$(dirname "$0")/common.sh"
 LONG=(--only quantgpt@2-2-8 --tag=-15min-s13)
 TA=runs/study/quantgpt_2-2-8-15min-s13/teacher  # the long run's first stage, written in PART=1
-case ${PART:?set PART=1, 2 or 3} in
+case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-560} QG_SHARED_GPU=1 bg long --steps 5000 "${LONG[@]}" ;;
   2) LIMIT=${LIMIT:-580} QG_SHARED_GPU=1 bg long --steps 5000 "${LONG[@]}" ;;
   3) [ -f $TA/finetune.json ] || echo "no adapted teacher at $TA: see runs/logs/long.log" >&2
@@ -27,5 +27,17 @@ case ${PART:?set PART=1, 2 or 3} in
        bg "${m}448" --steps 300 --only $m@4-4-8 --tag=-ta --model $TA
      done
      bg q888lr --steps 300 --only quantgpt@8-8-8 --tag=-ta-lr1e-4 --model $TA --set lr=1e-4 ;;
+  4) # PART=3 cut to the closest baselines on a fresh machine (the first machine went back before PART=2's run
+     # ended, taking PART=1's teacher with it): quantgpt 4-4-8 adapts its own teacher (compress's defaults),
+     # then laq 4-4-8 and kd 2-2-8 start from that teacher as soon as it is written, three sharing the GPU
+     LIMIT=${LIMIT:-420}; export QG_SHARED_GPU=3; T0=$SECONDS
+     TA4=runs/study/quantgpt_4-4-8-s13/teacher
+     bg q448 --steps 300 --only quantgpt@4-4-8 --tag=-s13
+     while [ ! -f $TA4/finetune.json ] && [ $((SECONDS - T0)) -lt 240 ]; do sleep 2; done
+     LIMIT=$((LIMIT - (SECONDS - T0)))
+     if [ -f $TA4/finetune.json ]; then
+       bg laq448 --steps 300 --only laq@4-4-8 --tag=-ta-s13 --model $TA4
+       bg kd228 --steps 300 --only kd@2-2-8 --tag=-ta-s13 --model $TA4
+     else echo "no adapted teacher at $TA4 after 240 s: see runs/logs/q448.log" >&2; fi ;;
 esac
 finish
