@@ -114,3 +114,23 @@ def test_a_run_begun_without_adaptation_resumes_without_it(tmp_path, model_dir, 
     r = compress(_cfg(model_dir, tmp_path / "s", steps=2, resume=True))  # extended past it: still none
     assert r["steps"] == 2 and "adapt" not in r and not (tmp_path / "s" / ADAPT_DIR).exists()
     assert compress(_cfg(model_dir, tmp_path / "new", steps=2))["adapt"]["steps"] == 2  # a new run is adapted
+
+
+def test_first_stage_is_freed_before_the_second(tmp_path, model_dir, monkeypatch):
+    """The float stage's trainer (its student, optimizer state, teacher and teacher cache) is gone when the
+    quantized stage's trainer is built, not kept alive by its reference cycles through the whole run."""
+    import weakref
+
+    built = []
+    init = Trainer.__init__
+
+    def recording(self, *a, **k):
+        if built:
+            alive = built[0]()
+            assert alive is None, "the adaptation stage's trainer is still alive in the quantized stage"
+        init(self, *a, **k)
+        built.append(weakref.ref(self))
+
+    monkeypatch.setattr(Trainer, "__init__", recording)
+    compress(_cfg(model_dir, tmp_path / "p", adapt_steps=2))
+    assert len(built) == 2

@@ -7,6 +7,7 @@ SmolLM2 the adapted teacher took 2-2-8 from 41.44 to 37.57 and 8-8-8 from 17.73 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from pathlib import Path
 
@@ -95,7 +96,10 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
         stage = Trainer(adapt_config(cfg, steps, resume=cfg.resume and first_ckpt), teacher=teacher,
                         tokenizer=tokenizer, train_ids=train_ids, eval_ids=eval_ids)
         r1 = stage.run()
+        # the stage's trainer holds reference cycles: only the collector frees its student, optimizer state,
+        # teacher and teacher cache, which would otherwise stay on the GPU through the whole quantized stage
         del stage, teacher
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if "interrupted" in r1:
