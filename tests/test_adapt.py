@@ -134,3 +134,35 @@ def test_first_stage_is_freed_before_the_second(tmp_path, model_dir, monkeypatch
     monkeypatch.setattr(Trainer, "__init__", recording)
     compress(_cfg(model_dir, tmp_path / "p", adapt_steps=2))
     assert len(built) == 2
+
+
+def test_second_stage_compiles_as_a_fresh_run(tmp_path, model_dir, monkeypatch):
+    """The compiled blocks' code is shared by their class, so without a reset between the stages the float
+    stage's graphs count against torch.compile's recompile limit and the quantized stage runs what does not fit
+    eagerly. Stage two compiles as many graphs as the same run started from the adapted folder in a new process
+    would (the eager backend: dynamo's graph capture, without a C++ compiler)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import quantgpt.trainer as trainer
+
+    monkeypatch.setattr(trainer, "compile_blocks", lambda m: [b.compile(backend="eager") for bl in
+                                                               trainer.block_lists(m) for b in bl])
+    graphs = []
+    run = Trainer.run
+
+    def counting(self):
+        before = counters["stats"]["unique_graphs"]
+        r = run(self)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+        return r
+
+    monkeypatch.setattr(Trainer, "run", counting)
+    torch._dynamo.reset()
+    compress(_cfg(model_dir, tmp_path / "p", adapt_steps=2, compile=True, eval_data=["sample-eval"], eval_tokens=256))
+    torch._dynamo.reset()
+    compress(_cfg(tmp_path / "p" / ADAPT_DIR, tmp_path / "q", compile=True, eval_data=["sample-eval"],
+                  eval_tokens=256))
+    torch._dynamo.reset()
+    assert len(graphs) == 3 and graphs[0] > 0
+    assert graphs[1] == graphs[2], graphs
