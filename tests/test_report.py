@@ -209,6 +209,10 @@ def test_runs_from_another_teacher_are_another_comparison():
     assert ("gptq", "2-2-8") in best_runs(rows + [ptq], 100, "corpora")
     assert set(best_runs(rows + [ptq], 100, "corpora from finetune_16-16-16-style")) == {("quantgpt", "2-2-8"),
                                                                                        ("kd", "2-2-8")}
+    # ... decided by the runs' teacher, not by the words of the text: a file named "... from ..." is text
+    odd = [{**row("quantgpt", 40.0, "smollm2-135m"), "config": {"train_data": ["/m/notes from 2020.txt"]}}]
+    assert train_text(odd[0]) == "notes from 2020.txt"
+    assert ("gptq", "2-2-8") in best_runs(odd + [ptq], 100, "notes from 2020.txt")
 
 
 def test_wall_seconds_all_adds_a_resumed_runs_earlier_segments():

@@ -73,24 +73,34 @@ def wall_seconds_all(row: dict) -> float | None:
 DEFAULT_MODEL = TrainConfig.model
 
 
+def teacher_of(row: dict) -> str | None:
+    """The teacher a training run distilled from, when it is not the default model: ``the adapted teacher`` for a
+    run whose own first stage adapted it (its ``adapt``) or that was given such a stage's folder (``OUT/teacher``,
+    whatever the run's name), else the model folder's name (``finetune_16-16-16``); None for the default model
+    and for post-training rows (no training text)."""
+    c = row.get("config") or {}
+    if not c.get("train_data"):
+        return None
+    if row.get("adapt"):  # a row of compress's two stages: its config names the model it adapted
+        return "the adapted teacher"
+    model = c.get("model")
+    if not model or model == DEFAULT_MODEL:
+        return None
+    name = Path(str(model)).name
+    return "the adapted teacher" if name == ADAPT_DIR else name
+
+
 def train_text(row: dict) -> str:
     """A training run's text in a few words, from its recorded config: the file and folder names in order, a
     repeated one counted, e.g. ``corpora + wiki_excerpt.txt x2`` (paths differ between machines, names do not),
-    and the teacher's name when it is not the default model (``... from finetune_16-16-16``: runs distilled from
-    another teacher are another comparison, like runs on other text), or ``from the adapted teacher`` for a run
-    whose own first stage adapted it (its ``adapt``) or that was given such a stage's folder; empty for
-    post-training rows."""
+    then ``from TEACHER`` when it distilled from another teacher (teacher_of: runs from another teacher are another
+    comparison, like runs on other text); empty for post-training rows."""
     c = row.get("config") or {}
     names = [Path(str(p)).name for p in (c.get("train_data") or [])]
     runs = ((n, len(list(same))) for n, same in groupby(names))
     text = " + ".join(n if k == 1 else f"{n} x{k}" for n, k in runs)
-    model = c.get("model")
-    if text and row.get("adapt"):  # a row of compress's two stages: its config names the model it adapted
-        return f"{text} from the adapted teacher"
-    if not (text and model and model != DEFAULT_MODEL):
-        return text
-    name = Path(str(model)).name  # compress's own first stage writes OUT/teacher, whatever the run's name
-    return f"{text} from {'the adapted teacher' if name == ADAPT_DIR else name}"
+    teacher = teacher_of(row)
+    return f"{text} from {teacher}" if text and teacher else text
 
 
 def common_text(rows: list[dict]) -> str | None:
@@ -137,18 +147,18 @@ def best_runs(rows: list[dict], budget: int | None = None, text: str | None = No
     """The lowest-perplexity run of each (method, bits) at the common training budget on the common training
     text (post-training rows too), ablations and noted (invalid) runs left out: what each method reached with the
     same training, whatever setting got it there (the full table lists every run, with its text). A table of runs
-    from another teacher (``text`` ending ``from NAME``) leaves the post-training rows out: they quantized the
-    default model."""
+    from another teacher (teacher_of) leaves the post-training rows out: they quantized the default model."""
     budget = common_budget(rows) if budget is None else budget
     text = common_text(rows) if text is None else text
+    other_teacher = any(teacher_of(r) for r in rows if r.get("tokens_trained") and train_text(r) == text)
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r.get("ablation") or r.get("note") or not r.get("perplexity") or r.get("tokens_trained") not in (0, None, budget):
             continue
         if r.get("tokens_trained") and train_text(r) not in ("", text):
             continue
-        if not r.get("tokens_trained") and text and " from " in text:  # post-training rows are of the default
-            continue                                                     # teacher, not the adapted one
+        if not r.get("tokens_trained") and other_teacher:  # post-training rows are of the default teacher
+            continue
         key = (r["method"], r["bits"])
         if key not in best or r["perplexity"] < best[key]["perplexity"]:
             best[key] = r
