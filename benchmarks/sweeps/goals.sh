@@ -13,7 +13,7 @@
 #           for 300 steps, five sharing the GPU. This puts quantgpt and kd side by side from one teacher
 #           (section 19: kd 36.58 against section 17's quantgpt 37.57, from two teachers made the same way);
 #           pact, lsq and laq have not run from an adapted teacher.
-# Usage: source .devcache/p2b/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
+# Usage (after device-stage and split-stage.sh): source .devcache/p2b/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 LONG=(--steps 5000 --only quantgpt@2-2-8 --tag=-15min-s14)
 TA=runs/study/quantgpt_2-2-8-15min-s14/teacher  # the long run's first stage, written in PART=1
