@@ -12,7 +12,8 @@
 #   PART=3: the run's last steps, if PART=2 did not end it; then, from its adapted teacher, every method at 2-2-8
 #           for 300 steps, five sharing the GPU. This puts quantgpt and kd side by side from one teacher
 #           (section 19: kd 36.58 against section 17's quantgpt 37.57, from two teachers made the same way);
-#           pact, lsq and laq have not run from an adapted teacher.
+#           pact, lsq and laq have not run from an adapted teacher. Give it LIMIT = the device time left less
+#           40 s: a call cut by the device's own limit returns before `finish` copies the rows to $OUT.
 # Usage (after device-stage and split-stage.sh): source .devcache/p2b/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 LONG=(--steps 5000 --only quantgpt@2-2-8 --tag=-15min-s14)
