@@ -99,11 +99,7 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
         # the stage's trainer holds reference cycles: only the collector frees its student, optimizer state,
         # teacher and teacher cache, which would otherwise stay on the GPU through the whole quantized stage
         del stage, teacher
-        gc.collect()
-        # the compiled blocks' code is shared by class, so stage one's graphs (the float student's, the original
-        # teacher's) would count against torch.compile's recompile limit in stage two, which then falls back to
-        # eager for the graphs that do not fit: stage two starts with an empty compile cache, like a fresh run
-        torch.compiler.reset()
+        gc.collect()  # (stage two's Trainer resets torch.compile's cache of stage one's graphs)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if "interrupted" in r1:

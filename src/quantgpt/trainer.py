@@ -139,6 +139,10 @@ class Trainer:
         self._perm_epoch, self._perm = -1, None
         self._stop_signal = None
         if cfg.compile or (cfg.compile is None and self.device.type == "cuda"):
+            # each run compiles from an empty cache, as in a fresh process: the blocks' compiled code is shared by
+            # their class, so an earlier run's graphs in this process (compress's adaptation stage, a notebook's
+            # last run) would count against torch.compile's recompile limit, and what did not fit would run eagerly
+            torch.compiler.reset()
             compile_blocks(self.student)
             compile_blocks(self.teacher)
         self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
