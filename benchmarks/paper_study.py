@@ -286,7 +286,8 @@ def main():
                        settings={k: getattr(cfg, k) for k in settings},
                        config=cfg.to_dict())
         ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
-        row.update(perplexity=ev["perplexity"], accuracy=ev["accuracy"], tokens_scored=ev["tokens"],
+        row.update(perplexity=ev["perplexity"], perplexity_halves=ev["perplexity_halves"], accuracy=ev["accuracy"],
+                   tokens_scored=ev["tokens"],
                    wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,

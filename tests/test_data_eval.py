@@ -81,6 +81,22 @@ def test_perplexity_matches_full_logits(tiny, arch, quant):
     assert 0 <= r["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_window_halves(tiny, arch):
+    """The first half of each 64-token window is what windows of 32 at the same starts score (a causal model
+    sees the same prefix); the two halves' NLLs, weighted by their counts (31 and 32 a window), make the whole."""
+    m = tiny(arch)
+    ids = torch.randint(0, 300, (300,))
+    r = evaluate(m, ids, seq_len=64, batch_size=3, progress=False)
+    first = torch.cat([ids[a:a + 32] for a in range(0, 300 - 64 + 1, 64)])
+    assert r["perplexity_halves"][0] == pytest.approx(evaluate(m, first, seq_len=32, progress=False)["perplexity"],
+                                                      rel=1e-5)
+    lo, hi = (math.log(p) for p in r["perplexity_halves"])
+    assert (31 * lo + 32 * hi) / 63 == pytest.approx(r["nll"], rel=1e-6)
+    bart = evaluate(tiny("bart"), ids, seq_len=64, progress=False)["perplexity_halves"]
+    assert all(math.isfinite(p) for p in bart)
+
+
 def test_sliding_window_scores_each_token_once(tiny):
     m = tiny("llama")
     ids = torch.randint(0, 300, (200,))

@@ -12,8 +12,11 @@
 #   PART=3: the run's last steps, if PART=2 did not end it; then, from its adapted teacher, every method at 2-2-8
 #           for 300 steps, five sharing the GPU. This puts quantgpt and kd side by side from one teacher
 #           (section 19: kd 36.58 against section 17's quantgpt 37.57, from two teachers made the same way);
-#           pact, lsq and laq have not run from an adapted teacher. Give it LIMIT = the device time left less
-#           40 s: a call cut by the device's own limit returns before `finish` copies the rows to $OUT.
+#           pact, lsq and laq have not run from an adapted teacher. A sixth run trains quantgpt on blocks of
+#           2048 (batch 16: the same tokens a step), the test's window: every run so far trained on 1024, and
+#           each row now has the test perplexity of each half of the window (`perplexity_halves`), the two
+#           teachers' too (float rows). Give it LIMIT = the device time left less 40 s: a call cut by the
+#           device's own limit returns before `finish` copies the rows to $OUT.
 # Usage (after device-stage and split-stage.sh): source .devcache/p2b/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 LONG=(--steps 5000 --only quantgpt@2-2-8 --tag=-15min-s14)
@@ -28,10 +31,15 @@ case ${PART:?set PART=1, 2 or 3} in
      if [ ! -f $TA/finetune.json ]; then echo "no adapted teacher at $TA: see runs/logs/long.log" >&2
      elif [ $LIMIT -lt 200 ]; then echo "$LIMIT s left after the long run: no baselines" >&2
      else
-       export QG_SHARED_GPU=5
+       export QG_SHARED_GPU=6
        for m in quantgpt kd pact lsq laq; do
          bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TA
        done
+       # the same tokens a step in blocks as long as the test's windows (the held-out text is then read in them too)
+       bg seq2048 --steps 300 --only quantgpt@2-2-8 --tag=-ta-s14-seq2048 --model $TA --seq-len 2048 --batch-size 16
+       # the two teachers' test perplexity by half window, beside the students'
+       bg floatta --only float --tag=-ta-s14 --model $TA
+       bg float --only float --tag=-s14
      fi ;;
 esac
 finish

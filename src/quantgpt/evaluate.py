@@ -1,6 +1,8 @@
 """Perplexity and next-token accuracy on a token stream, GPTQ-style: non-overlapping windows of
 ``seq_len`` (remainder dropped), mean token NLL over every predicted position; or sliding windows with
-``stride`` where each window scores only the tokens the previous one did not."""
+``stride`` where each window scores only the tokens the previous one did not. The perplexity of each half
+of the window (targets at positions below ``seq_len // 2`` and from there on) is reported beside the whole's:
+a model trained on shorter blocks than the evaluation's windows shows it in the second half."""
 from __future__ import annotations
 
 import math
@@ -15,33 +17,42 @@ from .lm import Head, hidden_states, supports_chunked_head
 
 @torch.no_grad()
 def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
-    """Sum of NLL and of correct argmax predictions over positions t >= scored_from[b] of each row."""
+    """Sums over positions t >= scored_from[b] of each row: NLL of each half of the window (targets at
+    positions 1 .. L/2 - 1, then L/2 .. L - 1) and correct argmax predictions; and the scored count of each half."""
     targets = x[:, 1:]
-    pos = torch.arange(targets.shape[1], device=x.device).expand_as(targets)
-    mask = pos >= (scored_from[:, None] - 1)
+    pos = torch.arange(1, x.shape[1], device=x.device).expand_as(targets)  # the target's position in the window
+    mask = pos >= scored_from[:, None]
+    late = pos[mask] >= x.shape[1] // 2
     if supports_chunked_head(model):
         h = hidden_states(model, x).last_hidden_state[:, :-1]
         head = Head(model)
         h, t = h[mask], targets[mask]
-        nll = torch.zeros((), device=x.device, dtype=torch.float64)
+        nll = torch.zeros(2, device=x.device, dtype=torch.float64)
         correct = torch.zeros((), device=x.device, dtype=torch.long)
         for i in range(0, t.numel(), chunk):
             logits = head(h[i:i + chunk]).float()
-            nll += F.cross_entropy(logits, t[i:i + chunk], reduction="sum").double()
+            nll += _by_half(F.cross_entropy(logits, t[i:i + chunk], reduction="none"), late[i:i + chunk])
             correct += (logits.argmax(-1) == t[i:i + chunk]).sum()
-        return nll, correct, t.numel()
+        return nll, correct, _by_half(torch.ones_like(late, dtype=torch.long), late)
     if getattr(model.config, "is_encoder_decoder", False):
         # Encoder-decoder models are scored on reconstructing the text from itself (teacher forcing).
         logits = model(input_ids=x, labels=x).logits.float()
         lt = x
         mask = torch.ones_like(x, dtype=torch.bool)
         mask[:, 0] = False  # keep the same number of scored tokens as a causal model
+        late = torch.arange(x.shape[1], device=x.device).expand_as(x)[mask] >= x.shape[1] // 2
     else:
         logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
         lt = targets
-    nll = F.cross_entropy(logits[mask], lt[mask], reduction="sum").double()
+    nll = _by_half(F.cross_entropy(logits[mask], lt[mask], reduction="none"), late)
     correct = (logits[mask].argmax(-1) == lt[mask]).sum()
-    return nll, correct, int(mask.sum())
+    return nll, correct, _by_half(torch.ones_like(late, dtype=torch.long), late)
+
+
+def _by_half(values: torch.Tensor, late: torch.Tensor) -> torch.Tensor:
+    """[sum over the window's first half, sum over its second half] (float64 for losses)."""
+    v = values.double() if values.is_floating_point() else values
+    return torch.stack([v[~late].sum(), v[late].sum()])
 
 
 @torch.no_grad()
@@ -65,9 +76,9 @@ def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None =
         first_scored = [1] + [seq_len - stride] * (len(starts) - 1)
     was_training = model.training
     model.eval()
-    nll = torch.zeros((), dtype=torch.float64, device=device)
+    nll = torch.zeros(2, dtype=torch.float64, device=device)  # first half, second half of the window
     correct = torch.zeros((), dtype=torch.long, device=device)
-    count = 0
+    count = torch.zeros(2, dtype=torch.long, device=device)
     with autocast_for(device, dtype):
         for i in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
             s = starts[i:i + batch_size]
@@ -78,7 +89,12 @@ def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None =
             correct += b
             count += c
     model.train(was_training)
-    mean = (nll / count).item()
-    return {"perplexity": math.exp(mean) if mean < 700 else float("inf"), "nll": mean,
-            "accuracy": correct.item() / count, "tokens": count, "windows": len(starts),
-            "seq_len": seq_len, "stride": stride}
+    n_scored = int(count.sum())
+    mean = (nll.sum() / n_scored).item()
+    halves = [_ppl((nll[k] / count[k]).item()) if count[k] else None for k in range(2)]
+    return {"perplexity": _ppl(mean), "nll": mean, "accuracy": correct.item() / n_scored, "tokens": n_scored,
+            "windows": len(starts), "seq_len": seq_len, "stride": stride, "perplexity_halves": halves}
+
+
+def _ppl(mean_nll: float) -> float:
+    return math.exp(mean_nll) if mean_nll < 700 else float("inf")
