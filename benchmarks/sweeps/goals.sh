@@ -21,7 +21,7 @@
 source "$(dirname "$0")/common.sh"
 LONG=(--steps 5000 --only quantgpt@2-2-8 --tag=-15min-s14)
 TA=runs/study/quantgpt_2-2-8-15min-s14/teacher  # the long run's first stage, written in PART=1
-case ${PART:?set PART=1, 2 or 3} in
+case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-570} QG_SHARED_GPU=1 bg long "${LONG[@]}" ;;
   2) LIMIT=${LIMIT:-575} QG_SHARED_GPU=1 bg long "${LONG[@]}" ;;
   3) LIMIT=${LIMIT:-500}; T0=$SECONDS
@@ -40,6 +40,20 @@ case ${PART:?set PART=1, 2 or 3} in
        # the two teachers' test perplexity by half window, beside the students'
        bg floatta --only float --tag=-ta-s14 --model $TA
        bg float --only float --tag=-s14
+     fi ;;
+  4) # one call on a fresh machine (the long run's machine was lost): a teacher adapted alone, then every method
+     # at 2-2-8 from it, five sharing the GPU; the original teacher's float row beside the adaptation
+     LIMIT=${LIMIT:-540}; T0=$SECONDS; TF=runs/study/finetune_16-16-16-s14
+     QG_SHARED_GPU=1 bg float --only float --tag=-s14
+     LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-s14
+     wait
+     LIMIT=$((LIMIT - (SECONDS - T0)))
+     if [ ! -f $TF/finetune.json ]; then echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2
+     else
+       export QG_SHARED_GPU=5
+       for m in quantgpt kd pact lsq laq; do
+         bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TF
+       done
      fi ;;
 esac
 finish
