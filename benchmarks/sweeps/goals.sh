@@ -31,12 +31,17 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      if [ ! -f $TA/finetune.json ]; then echo "no adapted teacher at $TA: see runs/logs/long.log" >&2
      elif [ $LIMIT -lt 200 ]; then echo "$LIMIT s left after the long run: no baselines" >&2
      else
-       export QG_SHARED_GPU=6
-       for m in quantgpt kd pact lsq laq; do
+       # four 2-2-8 runs at most share the GPU: each takes 28 GiB of its 139 (section 20: the fifth ran out)
+       export QG_SHARED_GPU=3
+       for m in quantgpt kd; do
          bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TA
        done
        # the same tokens a step in blocks as long as the test's windows (the held-out text is then read in them too)
        bg seq2048 --steps 300 --only quantgpt@2-2-8 --tag=-ta-s14-seq2048 --model $TA --seq-len 2048 --batch-size 16
+       wait; LIMIT=$((LIMIT - (SECONDS - T0)))
+       for m in pact lsq laq; do
+         bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TA
+       done
        # the two teachers' test perplexity by half window, beside the students'
        bg floatta --only float --tag=-ta-s14 --model $TA
        bg float --only float --tag=-s14
@@ -50,10 +55,11 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      LIMIT=$((LIMIT - (SECONDS - T0)))
      if [ ! -f $TF/finetune.json ]; then echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2
      else
-       export QG_SHARED_GPU=5
-       for m in quantgpt kd pact lsq laq; do
+       export QG_SHARED_GPU=4  # as run in section 20 it was five, and laq ran out of GPU memory: four at most
+       for m in quantgpt kd pact lsq; do
          bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TF
        done
+       wait; LIMIT=$((LIMIT - (SECONDS - T0))) QG_SHARED_GPU=1 bg laq228 --steps 300 --only laq@2-2-8 --tag=-ta-s14 --model $TF
      fi ;;
 esac
 finish
