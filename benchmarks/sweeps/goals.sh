@@ -10,9 +10,9 @@
 #           was slowed by the compile-limit bug fixed since. The row's `adapt` holds the first stage's time, so
 #           the 15 minutes are measured end to end.
 #   PART=3: the run's last steps, if PART=2 did not end it; then, from its adapted teacher, every method at 2-2-8
-#           for 300 steps, five sharing the GPU. This puts quantgpt and kd side by side from one teacher
+#           for 300 steps, in two waves of three sharing the GPU (four 2-2-8 runs at most fit). This puts quantgpt and kd side by side from one teacher
 #           (section 19: kd 36.58 against section 17's quantgpt 37.57, from two teachers made the same way);
-#           pact, lsq and laq have not run from an adapted teacher. A sixth run trains quantgpt on blocks of
+#           pact, lsq and laq have not run from an adapted teacher. A third run in the first wave trains quantgpt on blocks of
 #           2048 (batch 16: the same tokens a step), the test's window: every run so far trained on 1024, and
 #           each row now has the test perplexity of each half of the window (`perplexity_halves`), the two
 #           teachers' too (float rows). Give it LIMIT = the device time left less 40 s: a call cut by the
@@ -24,10 +24,10 @@ TA=runs/study/quantgpt_2-2-8-15min-s14/teacher  # the long run's first stage, wr
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-570} QG_SHARED_GPU=1 bg long "${LONG[@]}" ;;
   2) LIMIT=${LIMIT:-575} QG_SHARED_GPU=1 bg long "${LONG[@]}" ;;
-  3) LIMIT=${LIMIT:-500}; T0=$SECONDS
+  3) LIMIT=${LIMIT:-500}; END=$((SECONDS + LIMIT))  # each wave gets the time left to END
      QG_SHARED_GPU=1 bg long3 "${LONG[@]}"  # --skip-done: returns at once when PART=2 ended the run
      wait
-     LIMIT=$((LIMIT - (SECONDS - T0)))
+     LIMIT=$((END - SECONDS))
      if [ ! -f $TA/finetune.json ]; then echo "no adapted teacher at $TA: see runs/logs/long.log" >&2
      elif [ $LIMIT -lt 200 ]; then echo "$LIMIT s left after the long run: no baselines" >&2
      else
@@ -38,7 +38,7 @@ case ${PART:?set PART=1, 2, 3 or 4} in
        done
        # the same tokens a step in blocks as long as the test's windows (the held-out text is then read in them too)
        bg seq2048 --steps 300 --only quantgpt@2-2-8 --tag=-ta-s14-seq2048 --model $TA --seq-len 2048 --batch-size 16
-       wait; LIMIT=$((LIMIT - (SECONDS - T0)))
+       wait; LIMIT=$((END - SECONDS))
        for m in pact lsq laq; do
          bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TA
        done
@@ -47,19 +47,19 @@ case ${PART:?set PART=1, 2, 3 or 4} in
        bg float --only float --tag=-s14
      fi ;;
   4) # one call on a fresh machine (the long run's machine was lost): a teacher adapted alone, then every method
-     # at 2-2-8 from it, five sharing the GPU; the original teacher's float row beside the adaptation
-     LIMIT=${LIMIT:-540}; T0=$SECONDS; TF=runs/study/finetune_16-16-16-s14
+     # at 2-2-8 from it, four sharing the GPU and then laq; the original teacher's float row beside the adaptation
+     LIMIT=${LIMIT:-540}; END=$((SECONDS + LIMIT)); TF=runs/study/finetune_16-16-16-s14
      QG_SHARED_GPU=1 bg float --only float --tag=-s14
      LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-s14
      wait
-     LIMIT=$((LIMIT - (SECONDS - T0)))
+     LIMIT=$((END - SECONDS))
      if [ ! -f $TF/finetune.json ]; then echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2
      else
        export QG_SHARED_GPU=4  # as run in section 20 it was five, and laq ran out of GPU memory: four at most
        for m in quantgpt kd pact lsq; do
          bg "${m}228" --steps 300 --only $m@2-2-8 --tag=-ta-s14 --model $TF
        done
-       wait; LIMIT=$((LIMIT - (SECONDS - T0))) QG_SHARED_GPU=1 bg laq228 --steps 300 --only laq@2-2-8 --tag=-ta-s14 --model $TF
+       wait; LIMIT=$((END - SECONDS)) QG_SHARED_GPU=1 bg laq228 --steps 300 --only laq@2-2-8 --tag=-ta-s14 --model $TF
      fi ;;
 esac
 finish

@@ -26,33 +26,30 @@ def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
     if supports_chunked_head(model):
         h = hidden_states(model, x).last_hidden_state[:, :-1]
         head = Head(model)
-        h, t = h[mask], targets[mask]
-        nll = torch.zeros(2, device=x.device, dtype=torch.float64)
-        correct = torch.zeros((), device=x.device, dtype=torch.long)
-        for i in range(0, t.numel(), chunk):
+        h, lt = h[mask], targets[mask]
+        tok, correct = [], torch.zeros((), device=x.device, dtype=torch.long)
+        for i in range(0, lt.numel(), chunk):
             logits = head(h[i:i + chunk]).float()
-            nll += _by_half(F.cross_entropy(logits, t[i:i + chunk], reduction="none"), late[i:i + chunk])
-            correct += (logits.argmax(-1) == t[i:i + chunk]).sum()
-        return nll, correct, _by_half(torch.ones_like(late, dtype=torch.long), late)
-    if getattr(model.config, "is_encoder_decoder", False):
-        # Encoder-decoder models are scored on reconstructing the text from itself (teacher forcing).
-        logits = model(input_ids=x, labels=x).logits.float()
-        lt = x
-        mask = torch.ones_like(x, dtype=torch.bool)
-        mask[:, 0] = False  # keep the same number of scored tokens as a causal model
-        late = torch.arange(x.shape[1], device=x.device).expand_as(x)[mask] >= x.shape[1] // 2
+            tok.append(F.cross_entropy(logits, lt[i:i + chunk], reduction="none"))
+            correct += (logits.argmax(-1) == lt[i:i + chunk]).sum()
+        tok = torch.cat(tok)
     else:
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-        lt = targets
-    nll = _by_half(F.cross_entropy(logits[mask], lt[mask], reduction="none"), late)
-    correct = (logits[mask].argmax(-1) == lt[mask]).sum()
-    return nll, correct, _by_half(torch.ones_like(late, dtype=torch.long), late)
-
-
-def _by_half(values: torch.Tensor, late: torch.Tensor) -> torch.Tensor:
-    """[sum over the window's first half, sum over its second half] (float64 for losses)."""
-    v = values.double() if values.is_floating_point() else values
-    return torch.stack([v[~late].sum(), v[late].sum()])
+        if getattr(model.config, "is_encoder_decoder", False):
+            # Encoder-decoder models are scored on reconstructing the text from itself (teacher forcing).
+            logits = model(input_ids=x, labels=x).logits.float()
+            lt = x
+            mask = torch.ones_like(x, dtype=torch.bool)
+            mask[:, 0] = False  # keep the same number of scored tokens as a causal model
+            late = torch.arange(x.shape[1], device=x.device).expand_as(x)[mask] >= x.shape[1] // 2
+        else:
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+            lt = targets
+        logits, lt = logits[mask], lt[mask]
+        tok, correct = F.cross_entropy(logits, lt, reduction="none"), (logits.argmax(-1) == lt).sum()
+    tok = tok.double()
+    nll = torch.stack([tok[~late].sum(), tok[late].sum()])
+    n_late = late.sum()
+    return nll, correct, torch.stack([late.numel() - n_late, n_late])
 
 
 @torch.no_grad()
