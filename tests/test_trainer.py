@@ -626,3 +626,13 @@ def test_head_scale_without_a_tied_quantized_head_is_one_error(tmp_path, tiny, t
         with pytest.raises(QuantGPTError, match="head-scale needs an LM head tied"):
             Trainer(_cfg(tmp_path, head_scale=True, bits=bits, calib_samples=4), teacher=model, tokenizer=tokenizer,
                     train_ids=ids)
+
+
+def test_a_fresh_run_does_not_append_to_a_crashed_attempts_log(tmp_path, tiny, tokenizer, ids):
+    """An attempt that died before its first checkpoint leaves rows in train_log.jsonl; the fresh run that follows
+    (no --resume: there is nothing to resume) writes its own log, not after them."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.jsonl").write_text(json.dumps({"step": 0, "eval_ppl": 1e9}) + "\n")
+    Trainer(_cfg(tmp_path, steps=2, eval_every=0), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert rows and all(r.get("eval_ppl") != 1e9 for r in rows) and [r["step"] for r in rows] == sorted(r["step"] for r in rows)

@@ -87,6 +87,8 @@ class Trainer:
                                 f"or choose another --out")
         if cfg.resume and not (self.out / "checkpoint" / "state.json").is_file():
             raise QuantGPTError(f"--resume: no checkpoint in {self.out / 'checkpoint'}")
+        if not cfg.resume:  # a fresh run's log starts empty: an attempt that crashed before its first checkpoint
+            (self.out / "train_log.jsonl").unlink(missing_ok=True)  # left rows that would read as this run's
         torch.manual_seed(cfg.seed)
         torch.backends.cuda.matmul.allow_tf32 = True
         if teacher is None:
