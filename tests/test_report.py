@@ -37,6 +37,7 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert set(rep["figures"]) == {"perplexity_vs_bits.png", "loss_curves.png", "gamma.png", "homogeneity.png"}
     md = (tmp_path / "report" / "report.md").read_text()
     assert "quantgpt@2-2-8" in md and "homogeneity.png" in md and "## Best perplexity of each method (128 training" in md
+    assert "| halves |" in md
     assert "<table>" in (tmp_path / "report" / "report.html").read_text()
 
     # --set overrides every training run's config (given twice, both apply) and --tag names the variant; results append
@@ -223,6 +224,16 @@ def test_wall_seconds_all_adds_a_resumed_runs_earlier_segments():
     assert wall_seconds_all({"wall_seconds": 266.8, "run_seconds": 263.6, "run_seconds_all": 778.8}) == 782.0
     assert wall_seconds_all({"wall_seconds": 216.6, "run_seconds": 209.5, "run_seconds_all": 209.5}) == 216.6
     assert wall_seconds_all({"wall_seconds": 2.0}) == 2.0 and wall_seconds_all({}) is None
+    # compress's first stage: counted in wall_seconds when this process ran it, added when an earlier one did
+    seg = {"wall_seconds": 266.1, "run_seconds": 262.3, "run_seconds_all": 716.9}
+    assert wall_seconds_all({**seg, "adapt": {"kept": True, "run_seconds_all": 61.9}}) == 782.6
+    assert wall_seconds_all({**seg, "adapt": {"run_seconds_all": 61.9}}) == 720.7
+
+
+def test_halves_show_each_half_of_the_window():
+    from quantgpt.report import halves
+
+    assert halves({"perplexity_halves": [29.1547, 26.1147]}) == "29.15 / 26.11" and halves({}) == ""
 
 
 def test_seed_groups_match_runs_that_differ_only_by_seed():

@@ -23,8 +23,8 @@ from .train_config import TrainConfig  # noqa: E402
 
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
               "the range here is the noise a single comparison carries.")
-COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "accuracy", "tokens_trained",
-           "wall_seconds_all", "device", "commit")
+COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
+           "tokens_trained", "wall_seconds_all", "device", "commit")
 
 
 def scales(row: dict) -> str:
@@ -60,14 +60,24 @@ def weight_bits(row: dict) -> float | None:
     return round(w + per_scale / g, 3) if g else float(w)
 
 
+def halves(row: dict) -> str:
+    """The test perplexity of each half of the window, ``first / second`` (the row's ``perplexity_halves``: the
+    targets at positions below and from half the window's length); empty for rows from before it was recorded."""
+    h = row.get("perplexity_halves")
+    return " / ".join(_fmt(x) for x in h) if h else ""
+
+
 def wall_seconds_all(row: dict) -> float | None:
     """A run's wall time end to end: the row's process (setup, training, evaluations, export, test) plus, for a
     resumed run, the earlier processes' training segments (``run_seconds_all`` counts every segment, ``run_seconds``
-    this one's); a row's own ``wall_seconds`` alone is its last segment."""
+    this one's); a row's own ``wall_seconds`` alone is its last segment. A teacher adaptation finished by an earlier
+    process (``adapt`` marked ``kept``) is added too: the last process only loaded it."""
     wall = row.get("wall_seconds")
     if wall is None or row.get("run_seconds_all") is None or row.get("run_seconds") is None:
         return wall
-    return round(wall + row["run_seconds_all"] - row["run_seconds"], 1)
+    adapt = row.get("adapt") or {}
+    earlier = (adapt.get("run_seconds_all") or 0) if adapt.get("kept") else 0
+    return round(wall + row["run_seconds_all"] - row["run_seconds"] + earlier, 1)
 
 
 DEFAULT_MODEL = TrainConfig.model
@@ -328,6 +338,7 @@ def make_report(results, out) -> dict:
         r.setdefault("weight_bits", weight_bits(r))
         r.setdefault("train_text", train_text(r))
         r.setdefault("wall_seconds_all", wall_seconds_all(r))
+        r.setdefault("halves", halves(r))
     every = (list(cols), [[_fmt(r.get(c)) for c in cols] for r in rows_sorted])
     md += ["## Every run", "", *md_table(*every)]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
