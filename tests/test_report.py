@@ -203,8 +203,14 @@ def test_runs_from_another_teacher_are_another_comparison():
     assert {k: v["perplexity"] for k, v in best_runs(rows, 100, "corpora").items()} == {
         ("quantgpt", "2-2-8"): 41.0, ("kd", "2-2-8"): 41.5}
     assert other_tables(rows, 100, "corpora") == [(100, "corpora from finetune_16-16-16-style")]
-    # compress's own adaptation writes OUT/teacher: named as such, whichever run wrote it
-    assert train_text(row("kd", 36.0, "runs/study/quantgpt_2-2-8/teacher")) == "corpora from the adapted teacher"
+    # compress's own adaptation writes OUT/teacher: named by the run that wrote it, whether a row is that run
+    # (its adapt) or was given the folder, so two adaptations of one recipe are two comparisons
+    given = row("kd", 36.0, "runs/study/quantgpt_2-2-8/teacher")
+    own = {**row("quantgpt", 35.5, "smollm2-135m"), "adapt": {"out": "/y/quantgpt_2-2-8/teacher", "kept": True}}
+    other = row("kd", 37.0, "runs/study/quantgpt_4-4-8/teacher")
+    assert train_text(given) == train_text(own) == "corpora from the teacher adapted by quantgpt_2-2-8"
+    assert train_text(other) == "corpora from the teacher adapted by quantgpt_4-4-8"
+    assert other_tables([given, own, other], 100, "corpora") == [(100, "corpora from the teacher adapted by quantgpt_2-2-8")]
     # post-training rows quantized the default model: kept beside its runs, left out of an adapted teacher's table
     ptq = {"method": "gptq", "bits": "2-2-8", "perplexity": 6e4, "tokens_trained": 0}
     assert ("gptq", "2-2-8") in best_runs(rows + [ptq], 100, "corpora")
@@ -300,4 +306,4 @@ def test_study_rows_run_compress_with_its_adaptation(tmp_path, model_dir):
     row = json.loads(out.read_text())
     teacher = tmp_path / "runs" / "kd_2-2-8" / "teacher"
     assert row["adapt"]["steps"] == 2 and row["adapt"]["out"] == str(teacher) and row["config"]["model"] == str(model_dir)
-    assert (teacher / "finetune.json").is_file() and train_text(row) == "sample from the adapted teacher"
+    assert (teacher / "finetune.json").is_file() and train_text(row) == "sample from the teacher adapted by kd_2-2-8"

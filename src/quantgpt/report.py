@@ -84,20 +84,22 @@ DEFAULT_MODEL = TrainConfig.model
 
 
 def teacher_of(row: dict) -> str | None:
-    """The teacher a training run distilled from, when it is not the default model: ``the adapted teacher`` for a
-    run whose own first stage adapted it (its ``adapt``) or that was given such a stage's folder (``OUT/teacher``,
-    whatever the run's name), else the model folder's name (``finetune_16-16-16``); None for the default model
-    and for post-training rows (no training text)."""
+    """The teacher a training run distilled from, when it is not the default model: for a teacher compress adapted
+    (``OUT/teacher``, whether the row's own first stage wrote it, its ``adapt``, or the run was given the folder),
+    ``the teacher adapted by RUN``, RUN the folder that holds it (two adaptations of one recipe differ by about 3%
+    at 2 bits, BENCHMARKS section 20, so each teacher is its own comparison); else the model folder's name
+    (``finetune_16-16-16``); None for the default model and for post-training rows (no training text)."""
     c = row.get("config") or {}
     if not c.get("train_data"):
         return None
-    if row.get("adapt"):  # a row of compress's two stages: its config names the model it adapted
+    adapt = row.get("adapt")
+    model = str((adapt or {}).get("out") or c.get("model") or "")
+    if adapt and not model:  # a row of compress's two stages that did not record where its teacher went
         return "the adapted teacher"
-    model = c.get("model")
     if not model or model == DEFAULT_MODEL:
         return None
-    name = Path(str(model)).name
-    return "the adapted teacher" if name == ADAPT_DIR else name
+    path = Path(model)
+    return f"the teacher adapted by {path.parent.name}" if path.name == ADAPT_DIR else path.name
 
 
 def train_text(row: dict) -> str:
