@@ -162,6 +162,7 @@ def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     (["--seq-len", "5000000"], "fewer than one block"),
     (["--resume"], "no checkpoint"),
     (["--grid", "nf4"], "unknown grid"),
+    (["--method", "lsq", "--scale-bits", "8"], "8-bit scales apply to the mds quantizer"),
 ])
 def test_compress_bad_input(capsys, tmp_path, model_dir, argv, match):
     out = tmp_path / "c"
@@ -203,6 +204,20 @@ def test_compress_head_scale_flag_reaches_the_checkpoint(capsys, tmp_path, model
     assert manifest["quant_config"]["head_scale"] and manifest["train_config"]["head_scale"]
     code, _, err = run(capsys, "info", out)
     assert code == 0, err
+
+
+def test_compress_scale_bits_flag_writes_eight_bit_scales(capsys, tmp_path, model_dir):
+    out = tmp_path / "s8"
+    code, _, err = run(capsys, "compress", model_dir, "--scale-bits", "8", "--group-size", "16", "--steps", "1",
+                       "--seq-len", "32", "--batch-size", "2", "--negatives", "16", "--train-data", "sample",
+                       "--out", out, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    manifest = json.loads((out / "quantgpt.json").read_text())
+    assert manifest["quant_config"]["scale_bits"] == 8 and manifest["train_config"]["scale_bits"] == 8
+    assert manifest["modules"]["model.layers.0.self_attn.q_proj"]["scale_bits"] == 8
+    code, stdout, err = run(capsys, "eval", out, "--data", "sample-eval", "--seq-len", "64", "--limit-tokens", "1000",
+                            "--json", "--device", "cpu", "--quiet")
+    assert code == 0 and json.loads(stdout)["perplexity"] > 1, err
 
 
 def test_compress_adapts_the_teacher_first(capsys, tmp_path, model_dir):

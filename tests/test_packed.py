@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from quantgpt import QuantConfig, load, quantize_model, save_fakequant, save_packed, size_report
+from quantgpt.checkpoint import read_manifest
 from quantgpt.cli import main
 from quantgpt.errors import QuantGPTError
 from quantgpt.packing import pack, packed_nbytes, unpack
@@ -33,7 +34,10 @@ CASES = [("gpt2", dict(bits="2-2-8")), ("gpt2", dict(bits="2-2-16")), ("llama", 
          ("llama", dict(bits="2-2-16", grid="full", group_size=16)),
          ("gpt2", dict(bits="2-2-8", granularity="channel", embedding_group_size=24)),  # ragged embedding groups
          ("llama", dict(bits="4-4-8", grid="asym", group_size=16)),  # a zero point per group
-         ("gpt2", dict(bits="2-2-16", grid="asym", granularity="channel", embedding_group_size=24))]
+         ("gpt2", dict(bits="2-2-16", grid="asym", granularity="channel", embedding_group_size=24)),
+         # 8-bit scales: codes and per-row factors stored, float scales made as the matrix is dequantized
+         ("llama", dict(bits="2-2-8", grid="asym", group_size=16, embedding_group_size=8, scale_bits=8)),
+         ("gpt2", dict(bits="2-2-16", grid="full", group_size=16, embedding_granularity="channel", scale_bits=8))]
 
 
 @pytest.mark.parametrize("arch,kw", CASES)
@@ -261,3 +265,31 @@ def test_head_scale_needs_a_tied_head(tiny):
 
     with pytest.raises(ValueError, match="tied head"):
         QuantLinear(torch.nn.Parameter(torch.zeros(4, 4)), None, None, None, row_scale=True)
+
+
+def test_eight_bit_scales_halve_the_scales_storage(tmp_path, tokenizer):
+    """The same asym layout with 8-bit scales stores each group's scale and centre in one byte each (plus two fp16
+    factors a row) instead of two: on rows as wide as a real model's, groups of 16 then cost about what groups of
+    32 do with fp16 scales."""
+    from safetensors import safe_open
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    wide = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    sizes = {}
+    for sb, g in ((16, 32), (8, 16), (8, 32)):
+        m = quantize_model(LlamaForCausalLM(wide).eval(), QuantConfig(bits="2-2-8", grid="asym", group_size=g,
+                                                                      embedding_group_size=g, scale_bits=sb))
+        save_packed(m, tokenizer, tmp_path / f"{sb}-{g}")
+        r = size_report(tmp_path / f"{sb}-{g}")
+        sizes[sb, g] = sum(x["bytes"] for x in r["modules"])
+        with safe_open(str(tmp_path / f"{sb}-{g}" / "model.safetensors"), "pt") as f:
+            keys = set(f.keys())
+        name = next(x["module"] for x in r["modules"] if x["kind"] == "linear")
+        assert (f"{name}.scale_code" in keys and f"{name}.scale" not in keys and f"{name}.zero" not in keys) == (sb == 8)
+    codes = 2 * sum(x["params"] for x in r["modules"]) / 8  # 2-bit codes, the same in every layout
+    rows = sum(x["shape"][0] for x in read_manifest(tmp_path / "8-32")["modules"].values() if "shape" in x)
+    # half the scales' bytes, and two fp16 factors (the scales', the centres') per output row
+    assert sizes[8, 32] - codes == (sizes[16, 32] - codes) / 2 + 4 * rows
+    assert sizes[8, 16] == pytest.approx(sizes[16, 32], rel=0.03), sizes

@@ -516,3 +516,73 @@ def test_asym_grid_is_mds_only():
         make_weight_quantizer("pact", 2, (8, 8), QuantConfig(quantizer="pact", grid="asym"))
     with pytest.raises(QuantGPTError, match="asym"):
         make_weight_quantizer("lsq", 2, (8, 8), QuantConfig(quantizer="lsq", grid="asym"))
+
+
+def test_group_param_codes_are_8_bit_with_one_factor_per_row():
+    """Unsigned codes 1..255 with each row's largest value exactly code 255 (no scale rounds to 0); signed codes
+    -127..127; every value within half a step of code x factor."""
+    from quantgpt.quantizers.base import group_param_codes, quantize_group_params
+
+    x = torch.rand(6 * 4, 1) * torch.tensor([1e-6, 1.0, 3.0, 0.5, 2.0, 1e-3]).repeat_interleave(4)[:, None] + 1e-9
+    code, factor = group_param_codes(x, 4, signed=False)
+    assert code.shape == x.shape and factor.shape == (6, 1) and code.min() >= 1 and code.max() <= 255
+    assert torch.equal(code.reshape(6, 4).amax(1), torch.full((6,), 255.0))
+    err = (quantize_group_params(x, 4, signed=False) - x).abs().reshape(6, 4)
+    lowest = code.reshape(6, 4) == 1  # a value under half a step still gets code 1, not 0
+    assert (err <= factor / 2 * (1 + 1e-5)).logical_or(lowest & (x.reshape(6, 4) <= factor * 1.5)).all()
+    s = torch.randn(24, 1)
+    code, factor = group_param_codes(s, 6, signed=True)
+    assert code.abs().max() <= 127 and torch.equal(code.reshape(4, 6).abs().amax(1), torch.full((4,), 127.0))
+    assert ((quantize_group_params(s, 6, signed=True) - s).abs().reshape(4, 6) <= factor / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("grid", ["asym", "full"])
+def test_eight_bit_scales_forward_encode_and_straight_through_gradients(grid):
+    """scale_bits 8: each group's alpha (and asym centre) is its 8-bit code times the row's factor; the forward
+    equals encode's dequantized codes; gradients are the fp16-scale formulas taken at the rounded alpha and
+    centre, passed straight through the rounding (autograd through a detach surrogate)."""
+    bits, n = 2, 2
+    w = (W(8, 64, seed=3) + 0.01).requires_grad_()
+    q = MDSQuantizer(bits, w.shape, "group", 16, grid=grid, scale_bits=8)
+    q.initialize(w.detach())
+    with torch.no_grad():
+        q.gamma.mul_(torch.linspace(0.6, 1.4, q.gamma.numel()).reshape(q.gamma.shape))
+    g = torch.randn_like(w)
+    out = q(w)
+    (out * g).sum().backward()
+    enc = q.encode(w.detach())
+    assert enc.group_codes["scale_code"].dtype == torch.uint8 and enc.group_codes["scale_factor"].shape == (8, 1)
+    assert ("center_code" in enc.group_codes) == (grid == "asym")
+    torch.testing.assert_close(enc.dequantize(), out.detach(), rtol=0, atol=1e-6)
+    w2, g2 = w.detach().reshape(q.rows, -1), g.reshape(q.rows, -1)
+    from quantgpt.quantizers.base import quantize_group_params
+
+    w_s, gamma_s = w2.clone().requires_grad_(), q.gamma.detach().clone().requires_grad_()
+    b_s = q.center.detach().clone().requires_grad_() if grid == "asym" else None
+    b_q = 0 if b_s is None else b_s + (quantize_group_params(b_s.detach(), 4, True) - b_s).detach()
+    c = w_s - b_q
+    a = gamma_s * c.abs().mean(1, keepdim=True).detach()
+    a_q = a + (quantize_group_params(a.detach(), 4, False) - a).detach()
+    alphas = a_q.detach().reshape(8, 4)
+    assert torch.allclose(alphas / (alphas.amax(1, keepdim=True) / 255), (alphas / (alphas.amax(1, keepdim=True) / 255)).round(), atol=1e-3)
+    v = (c / a_q).clamp(-1, 1)
+    Qv = (torch.floor(n * v).clamp(-n, n - 1) + 0.5) / n
+    ref = b_q + a_q * (v + (Qv - v).detach())
+    torch.testing.assert_close(ref.detach().reshape(w.shape), out.detach(), rtol=0, atol=1e-6)
+    (ref * g2).sum().backward()
+    assert torch.allclose(gamma_s.grad, q.gamma.grad, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(w_s.grad.reshape(w.shape), w.grad, rtol=1e-4, atol=1e-6)
+    if grid == "asym":
+        assert torch.allclose(b_s.grad, q.center.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_eight_bit_scales_are_for_mds_group_scales():
+    for kw in (dict(quantizer="pact", grid="sym", group_size=16), dict(granularity="channel"),
+               dict(group_size=16, scale_bits=4)):
+        with pytest.raises(QuantGPTError, match="scale"):
+            QuantConfig(bits="2-2-8", **{"scale_bits": 8, **kw})
+    from quantgpt.train_config import TrainConfig
+
+    with pytest.raises(QuantGPTError, match="8-bit scales apply to the mds quantizer"):
+        TrainConfig(method="pact", scale_bits=8)
+    assert TrainConfig(scale_bits=8).scale_bits == 8 and TrainConfig(bits="16-16-16", scale_bits=8)

@@ -44,7 +44,8 @@ def test_gradients_reach_gamma_and_weights(tmp_path, tiny, tokenizer, ids):
 
 
 @pytest.mark.parametrize("method, extra", [("quantgpt", {}), ("laq", {}), ("quantgpt", {"dynamic_scale": False}),
-                                           ("quantgpt", {"head_scale": True, "calib_samples": 8})])
+                                           ("quantgpt", {"head_scale": True, "calib_samples": 8}),
+                                           ("quantgpt", {"scale_bits": 8})])
 def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
     teacher = tiny("llama")
     full = Trainer(_cfg(tmp_path / "a", method=method, **extra), teacher=teacher, tokenizer=tokenizer, train_ids=ids,
@@ -199,6 +200,8 @@ def test_resume_of_another_setting_is_refused(tmp_path, tiny, tokenizer, ids):
     with pytest.raises(QuantGPTError, match="another setting.*embedding_granularity"):
         Trainer(_cfg(tmp_path, embedding_granularity="channel", resume=True), teacher=teacher, tokenizer=tokenizer,
                 train_ids=ids)
+    with pytest.raises(QuantGPTError, match="another setting.*scale_bits"):
+        Trainer(_cfg(tmp_path, scale_bits=8, resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
     with pytest.raises(QuantGPTError, match="--resume"):
         Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
 
@@ -451,8 +454,9 @@ def test_quantgpt_beats_rtn_at_2_2_8(tmp_path, tiny, tokenizer, ids):
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
-@pytest.mark.parametrize("grid, dynamic", [("full", True), ("asym", True), ("asym", False)])
-def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, grid, dynamic):
+@pytest.mark.parametrize("grid, dynamic, scale_bits", [("full", True, 16), ("asym", True, 16), ("asym", False, 16),
+                                                      ("asym", True, 8)])
+def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, grid, dynamic, scale_bits):
     """torch.compile must not change what is trained: one 2-2-8 step, float32 on CPU, eager against compiled
     blocks, same student and batch, with dynamic scaling and with its frozen-mean ablation. (A compiled
     activation quantizer once trained to 10x worse perplexity.)"""
@@ -462,7 +466,7 @@ def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, g
     grads = {}
     for mode in (False, True):
         torch.manual_seed(0)
-        tr = Trainer(_cfg(tmp_path / str(mode), compile=mode, grid=grid, dynamic_scale=dynamic),
+        tr = Trainer(_cfg(tmp_path / str(mode), compile=mode, grid=grid, dynamic_scale=dynamic, scale_bits=scale_bits),
                      teacher=copy.deepcopy(teacher), tokenizer=tokenizer, train_ids=ids)
         # Off the start's ties: where the clip search keeps the whole range (alpha = max|w|), a group's extreme
         # weights sit at |u| = 1 up to the last bit, and eager and compiled code round that bit differently.

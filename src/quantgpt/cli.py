@@ -136,7 +136,7 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "steps", "epochs", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
-                 "init_gamma", "head_scale", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
+                 "init_gamma", "head_scale", "scale_bits", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
                  "log_every", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
                  "gen_temperature", "gen_top_p", "calib_samples")
 
@@ -197,6 +197,9 @@ def _compress_parser(sub):
     c.add_argument("--head-scale", action=argparse.BooleanOptionalAction, default=None,
                    help="a tied LM head gets a learned scale per token of its own on the shared quantized table, started "
                         "at the least-squares fit to the teacher's logits (4 bytes per vocabulary entry)")
+    c.add_argument("--scale-bits", type=int, choices=(16, 8),
+                   help="mds group scales and asym centres: 16 fp16 (default) | 8, an 8-bit code each with one fp16 "
+                        "factor per row, so --group-size 16 costs what 32 does at 16")
     c.add_argument("--act-granularity", help="activation scales: group (default, per-token groups) | token (paper) | tensor")
     c.add_argument("--act-group-size", type=int, help="features per activation scale (default 32)")
     c.add_argument("--eval-every", type=int)

@@ -14,6 +14,19 @@ GRIDS = ("sym", "full", "asym")  # rounding grids: the paper's 2^b - 1 levels, a
 # learned centre (mds only)
 
 
+SCALE_BITS = (16, 8)  # a scale group's scale (and centre): fp16, or an 8-bit code times one fp16 factor per row
+
+
+def check_scale_bits(scale_bits: int, quantizer: str, granularity: str) -> None:
+    """8-bit scales are an mds option for group scales: one-line errors for any other use."""
+    if scale_bits not in SCALE_BITS:
+        raise QuantGPTError(f"scale bits {scale_bits}: choose 16 (fp16 scales) or 8 (8-bit codes, one fp16 factor a row)")
+    if scale_bits == 8 and quantizer != "mds":
+        raise QuantGPTError(f"8-bit scales apply to the mds quantizer (methods quantgpt and kd), not {quantizer}")
+    if scale_bits == 8 and granularity != "group":
+        raise QuantGPTError(f"8-bit scales are for group scales (many a row), not {granularity} granularity")
+
+
 def check_grid(grid: str) -> str:
     if grid not in GRIDS:
         raise QuantGPTError(f"unknown grid {grid!r}: choose sym (the paper's), full (all 2^b codes) or asym "
@@ -136,6 +149,8 @@ class QuantConfig:
     skip: tuple[str, ...] = ()  # fnmatch patterns of module names to leave in floating point
     head_scale: bool = False  # a tied LM head gets a learned scale per output row (token) of its own, so the one
     # quantized table can serve the lookup and the head at different row norms (4 bytes per vocabulary entry)
+    scale_bits: int = 16  # mds group scales (and asym centres): 16 = fp16; 8 = an 8-bit code times one fp16 factor
+    # per output row (double quantization), so groups half as long cost the same storage
 
     def __post_init__(self):
         self.bits = Bits.parse(self.bits)
@@ -153,6 +168,7 @@ class QuantConfig:
             None)
         check_grid(self.grid)
         self.act_granularity, self.act_group_size = resolve_act(self.act_granularity, self.act_group_size)
+        check_scale_bits(self.scale_bits, self.quantizer, self.granularity)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

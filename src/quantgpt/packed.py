@@ -1,6 +1,7 @@
 """Packed low-bit checkpoints (format ``quantgpt-packed`` version 1): integer codes densely packed in
-``model.safetensors`` with fp16 scales (and zero points where asymmetric), every other tensor in its
-original dtype, the ``transformers`` config and tokenizer files, and ``quantgpt.json`` with the format,
+``model.safetensors`` with fp16 scales (and zero points where asymmetric), or under 8-bit scales (a module's
+``scale_bits`` 8) uint8 scale codes and int8 centre codes with one fp16 factor each per output row, every other
+tensor in its original dtype, the ``transformers`` config and tokenizer files, and ``quantgpt.json`` with the format,
 bits, per-module quantizer and layout, and the SHA-256 of every file. Loading gives a ``transformers`` model
 whose quantized layers keep the packed codes and dequantize on the fly."""
 from __future__ import annotations
@@ -23,28 +24,49 @@ from .quantizers.base import Encoded
 
 FORMAT = "quantgpt-packed"
 VERSION = 1
+# the tensors of one quantized module, by suffix: codes, float scales and zero points, or 8-bit scales' codes
+MODULE_TENSORS = ("qweight", "scale", "zero", "scale_code", "scale_factor", "center_code", "center_factor")
 
 
 class PackedWeight(nn.Module):
-    """A quantized ``(out, in)`` matrix as packed codes plus scales; ``dequantize()`` gives the floats."""
+    """A quantized ``(out, in)`` matrix as packed codes plus scales; ``dequantize()`` gives the floats. Under 8-bit
+    scales (``group_codes``: the scale and centre codes and their per-row factors, as stored) ``scale`` is None and
+    the float scales are made from the codes as the matrix is dequantized."""
 
-    def __init__(self, qweight, scale, zero, bits: int, shape, qmin: int, granularity: str, group_size: int | None):
+    def __init__(self, qweight, scale, zero, bits: int, shape, qmin: int, granularity: str, group_size: int | None,
+                 group_codes: dict | None = None):
         super().__init__()
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale)
         self.register_buffer("zero", zero if zero is not None else None)
+        for k, t in (group_codes or {}).items():
+            self.register_buffer(k, t)
+        self.group_code_names = tuple(group_codes or ())
         self.bits, self.shape, self.qmin = bits, tuple(shape), qmin
         self.granularity, self.group_size = granularity, group_size
+
+    def float_scales(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(scale, zero)`` as float32 ``(rows, 1)``: the stored fp16 ones, or under 8-bit scales scale = code x
+        factor and, on the asym grid, centre = code x factor and zero = -1/2 - centre / scale."""
+        zero = None if self.zero is None else self.zero.float()
+        if not self.group_code_names:
+            return self.scale.float(), zero
+
+        def values(kind):
+            code, factor = getattr(self, f"{kind}_code"), getattr(self, f"{kind}_factor")
+            return (code.float().reshape(self.shape[0], -1) * factor.float()).reshape(-1, 1)
+
+        scale = values("scale")
+        return scale, (-0.5 - values("center") / scale) if "center_code" in self.group_code_names else zero
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         n = self.shape[0] * self.shape[1]
         codes = (unpack(self.qweight, self.bits, n) + self.qmin).reshape(self.shape)
-        enc = Encoded(codes, self.scale.float(), None if self.zero is None else self.zero.float(), 0, 0,
-                      self.granularity, self.group_size)
+        enc = Encoded(codes, *self.float_scales(), 0, 0, self.granularity, self.group_size)
         return enc.dequantize().to(dtype)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scale, self.zero) if t is not None)
+        return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def extra_repr(self):
         return f"bits={self.bits}, shape={self.shape}, granularity={self.granularity}, group_size={self.group_size}"
@@ -123,13 +145,17 @@ def save_packed(model, tokenizer, out, extra: dict | None = None, merge: bool = 
         bits = int(round(torch.log2(torch.tensor(float(enc.qmax - enc.qmin + 1))).ceil().item()))
         bits = next(b for b in PACK_BITS if b >= bits)
         tensors[f"{name}.qweight"] = pack((enc.codes.to(torch.int32) - enc.qmin).cpu(), bits)
-        tensors[f"{name}.scale"] = enc.scale.to(torch.float16).cpu().contiguous()
-        if enc.zero is not None:
+        if enc.group_codes:  # 8-bit scales: their codes and factors; the zero point follows from the centre
+            for k, t in enc.group_codes.items():
+                tensors[f"{name}.{k}"] = (t if k.endswith("code") else t.to(torch.float16)).cpu().contiguous()
+        else:
+            tensors[f"{name}.scale"] = enc.scale.to(torch.float16).cpu().contiguous()
+        if enc.zero is not None and not (enc.group_codes and "center_code" in enc.group_codes):
             tensors[f"{name}.zero"] = enc.zero.to(torch.float16).cpu().contiguous()
         modules[name] = {"kind": "embedding" if isinstance(m, QuantEmbedding) else "linear",
                          "quantizer": m.weight_quantizer.family, "bits": bits, "shape": list(enc.codes.shape),
                          "qmin": enc.qmin, "qmax": enc.qmax, "granularity": enc.granularity,
-                         "group_size": enc.group_size}
+                         "group_size": enc.group_size, **({"scale_bits": 8} if enc.group_codes else {})}
         owned.add(name + ".weight")
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear) and m._tied:
@@ -195,16 +221,21 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
         if info.get("bits") not in PACK_BITS:
             raise QuantGPTError(f"{folder / 'quantgpt.json'}: module {name} has {info.get('bits')}-bit codes, which this "
                                 f"quantgpt cannot read (it reads {', '.join(map(str, PACK_BITS))})")
+        shape = info["shape"]
+        # 8-bit scales: the scales' codes and factors, and the asym grid's centres' (a stored zero otherwise)
+        kinds = (("scale", "center") if f"{name}.center_code" in tensors else ("scale",)) \
+            if info.get("scale_bits") == 8 else ()
         try:
-            qw, scale = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.scale")
+            qw = tensors.pop(f"{name}.qweight")
+            scale = None if kinds else tensors.pop(f"{name}.scale")
+            codes = {f"{k}_{part}": tensors.pop(f"{name}.{k}_{part}") for k in kinds for part in ("code", "factor")}
         except KeyError:
             raise QuantGPTError(f"{path}: tensors of module {name} are missing") from None
         zero = tensors.pop(f"{name}.zero", None)
-        shape = info["shape"]
         if qw.numel() != packed_nbytes(shape[0] * shape[1], info["bits"]):
             raise QuantGPTError(f"{path}: packed codes of {name} have the wrong size")
         packed_of[name] = PackedWeight(qw, scale, zero, info["bits"], shape, info["qmin"], info["granularity"],
-                                       info["group_size"])
+                                       info["group_size"], codes or None)
     for name, info in modules.items():
         old = model.get_submodule(name)
         if info["kind"] == "embedding":
@@ -225,6 +256,6 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
             owner, _, attr = k.rpartition(".")
             setattr(model.get_submodule(owner), attr, model.get_parameter(target))
     missing = [k for k in missing if k not in aliases and not k.endswith(
-        ("packed.qweight", "packed.scale", "packed.zero", "packed_weight.qweight", "packed_weight.scale", "packed_weight.zero"))]
+        tuple(f"{owner}.{t}" for owner in ("packed", "packed_weight") for t in MODULE_TENSORS))]
     missing += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in missing]
     return finish_loading(model, path, missing, unexpected, dtype, device)

@@ -39,20 +39,22 @@ def scales(row: dict) -> str:
         c.get("act_granularity") or "token", "")
     emb = {"group": f"emb{c.get('embedding_group_size')}", "channel": "emb-channel", "tensor": "emb-tensor"}.get(
         c.get("embedding_granularity") or "", "")
-    return " ".join(x for x in (w, c.get("grid") or "", act, emb, "head-scale" if c.get("head_scale") else "") if x)
+    s8 = "scales8" if c.get("scale_bits") == 8 else ""
+    return " ".join(x for x in (w, c.get("grid") or "", s8, act, emb, "head-scale" if c.get("head_scale") else "") if x)
 
 
 def weight_bits(row: dict) -> float | None:
     """Stored bits per decoder weight, scales included: W + 16/g for one fp16 scale per g weights, W + 32/g with
     a zero point per group too (the asym grid; min-max RTN and GPTQ, whose group size the row records as
-    ``ptq_group_size``). Per row or per tensor the scales are negligible: W. None when unknown or float."""
+    ``ptq_group_size``), half that with 8-bit scales (scale_bits 8; their fp16 factor per row is left out, as
+    negligible as per-row scales). Per row or per tensor the scales are negligible: W. None when unknown or float."""
     w = int(str(row.get("bits", "16")).split("-")[0])
     if w >= 16:
         return None
     c = row.get("config")
     if c:
         g = c.get("group_size") if c.get("granularity") == "group" else None
-        per_scale = 32 if c.get("grid") == "asym" else 16
+        per_scale = (32 if c.get("grid") == "asym" else 16) // (2 if c.get("scale_bits") == 8 else 1)
     elif row.get("ptq_group_size"):
         g, per_scale = row["ptq_group_size"], 32
     else:

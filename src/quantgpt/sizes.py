@@ -39,8 +39,9 @@ def size_report(folder) -> dict:
         if "shape" not in info:
             continue
         numel = info["shape"][0] * info["shape"][1]
-        nbytes = sum(sizes[k][0] * sizes[k][1] for k in (f"{name}.qweight", f"{name}.scale", f"{name}.zero") if k in sizes)
-        claimed |= {f"{name}.qweight", f"{name}.scale", f"{name}.zero"}
+        own = {f"{name}.{suffix}" for suffix in packed.MODULE_TENSORS} & set(sizes)
+        nbytes = sum(sizes[k][0] * sizes[k][1] for k in own)
+        claimed |= own
         rows.append({"module": name, "kind": info["kind"], "bits": info["bits"], "params": numel, "bytes": nbytes,
                      "quantizer": info["quantizer"], "granularity": info["granularity"]})
         quant_params += numel

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Bits, WEIGHT_QUANTIZERS, check_grid, resolve_act, resolve_grouping
+from .config import Bits, WEIGHT_QUANTIZERS, check_grid, check_scale_bits, resolve_act, resolve_grouping
 from .errors import QuantGPTError
 
 # Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
@@ -117,6 +117,7 @@ class TrainConfig:
     init_gamma: float | None = None
     act_learned_clip: bool = False
     head_scale: bool = False  # a tied quantized head's own learned scale per token, started at the least-squares fit
+    scale_bits: int = 16  # mds group scales and centres: fp16 (16), or 8-bit codes with an fp16 factor per row (8)
     act_granularity: str = "group"  # activation scales: group (of act_group_size features of a token) | token | tensor
     act_group_size: int | None = None  # default 32 under group granularity
     eval_every: int = 0  # 0: five times per run
@@ -170,6 +171,8 @@ class TrainConfig:
                 grid = "auto"
             self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
+        if not bits.is_float:
+            check_scale_bits(self.scale_bits, self.weight_quantizer, self.granularity)
         if not self.dynamic_scale and self.weight_quantizer != "mds":
             raise QuantGPTError(f"--no-dynamic-scale applies to the mds quantizer (methods quantgpt and kd), not "
                                 f"{self.weight_quantizer}")

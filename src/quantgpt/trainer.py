@@ -154,6 +154,7 @@ class Trainer:
                             "embedding_granularity": cfg.embedding_granularity,
                             "embedding_group_size": cfg.embedding_group_size,
                             **({"head_scale": True} if cfg.head_scale else {}),  # older checkpoints have no key
+                            **({"scale_bits": cfg.scale_bits} if cfg.scale_bits != 16 else {}),  # nor this one
                             "vocab": self.student.config.vocab_size,
                             "params": sum(p.numel() for p in self.student.parameters())}
         if cfg.resume:
@@ -202,7 +203,7 @@ class Trainer:
                            group_size=cfg.group_size, ragged_groups=cfg.group_size is not None, grid=cfg.grid,
                            mean_grad=cfg.mean_grad, dynamic_scale=cfg.dynamic_scale, init_gamma=cfg.init_gamma,
                            act_learned_clip=cfg.act_learned_clip, head_scale=cfg.head_scale,
-                           act_granularity=cfg.act_granularity, act_group_size=cfg.act_group_size,
+                           scale_bits=cfg.scale_bits, act_granularity=cfg.act_granularity, act_group_size=cfg.act_group_size,
                            embedding_granularity=cfg.embedding_granularity, embedding_group_size=cfg.embedding_group_size)
         return quantize_model(student, qcfg)
 

@@ -22,8 +22,10 @@ def make_weight_quantizer(family: str, bits: int, shape: tuple[int, int], cfg: Q
     else:
         common = dict(granularity=cfg.granularity, group_size=cfg.group_size, ragged=cfg.ragged_groups)
     if family == "mds":
+        # 8-bit scales where the layout has groups (an embedding kept per channel keeps fp16 scales)
+        sb = cfg.scale_bits if common["granularity"] == "group" else 16
         return MDSQuantizer(bits, shape, mean_grad=cfg.mean_grad, init_gamma=cfg.init_gamma, grid=cfg.grid,
-                            dynamic=cfg.dynamic_scale, **common)
+                            dynamic=cfg.dynamic_scale, scale_bits=sb, **common)
     if cfg.grid == "asym":
         raise QuantGPTError(f"grid 'asym' applies to the mds quantizer, not {family}")
     if family == "pact":

@@ -59,6 +59,10 @@ class Encoded:
     qmax: int
     granularity: str
     group_size: int | None
+    # 8-bit scales (scale_bits 8): {"scale_code": uint8 (rows, 1), "scale_factor": (out, 1), and on the asym grid
+    # "center_code": int8 (rows, 1), "center_factor": (out, 1)}, what a packed checkpoint stores in place of the
+    # float scale and zero point; ``scale`` and ``zero`` are then the values these codes give
+    group_codes: dict | None = None
 
     def dequantize(self) -> torch.Tensor:
         rows = self.scale.shape[0]
@@ -116,6 +120,24 @@ class WeightQuantizer(nn.Module):
         g = f", group_size={self.group_size}" if self.group_size else ""
         grid = getattr(self, "grid", "sym")  # mds and pact have a choice of rounding grid
         return f"bits={self.bits}, granularity={self.granularity}{g}" + (f", grid={grid}" if grid != "sym" else "")
+
+
+def group_param_codes(x: torch.Tensor, groups_per_row: int, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-bit codes of per-group values ``x`` (``(rows, 1)``, ``groups_per_row`` consecutive rows making one output
+    row of the matrix) and one factor per output row (``(out, 1)``): ``x ~ code * factor``. Unsigned (a scale,
+    positive): codes 1..255, factor max / 255, so no scale becomes 0; signed (the asym grid's centre): codes
+    -127..127, factor max|x| / 127. The same double quantization of scales as QLoRA's and llama.cpp's k-quants."""
+    x = x.reshape(-1, groups_per_row)
+    top = 255 if not signed else 127
+    factor = (x.abs() if signed else x).amax(1, keepdim=True).clamp_min(1e-12) / top
+    codes = torch.round(x / factor).clamp(-top if signed else 1, top)
+    return codes.reshape(-1, 1), factor
+
+
+def quantize_group_params(x: torch.Tensor, groups_per_row: int, signed: bool) -> torch.Tensor:
+    """``x`` rounded to its 8-bit codes (:func:`group_param_codes`), same shape; the factor is not differentiated."""
+    codes, factor = group_param_codes(x.detach(), groups_per_row, signed)
+    return (codes.reshape(-1, groups_per_row) * factor).reshape(x.shape).to(x.dtype)
 
 
 def sym_levels(bits: int) -> int:

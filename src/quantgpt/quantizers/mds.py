@@ -9,6 +9,10 @@ The ``asym`` grid (an extension) is the full grid about a learned centre b of ea
 alpha = gamma * mean|w - b|, u = clip((w - b) / alpha, -1, 1), w_q = b + alpha * Q(u). The scale still
 follows the weights' spread; the centre is a weight-like parameter, set to the group's mid-range at the start.
 
+``scale_bits=8`` (an extension; group scales only) stores each group's alpha (and centre) as an 8-bit code times
+one fp16 factor per output row instead of as fp16: half the bits of the scales, so groups half as long at the
+same storage. The forward uses the rounded alpha and centre; their gradients pass straight through the rounding.
+
 ``dynamic=False`` is the paper's "fixed alpha" ablation on any grid: mean|w - b| is frozen at its start value,
 so alpha = gamma * m0 is a learned static clip (PACT's, in mds's units), and only the rule that makes the clip
 follow the weights differs from mds.
@@ -18,13 +22,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import WeightQuantizer, grid_encode, grid_k, grid_round, search_clip_factor
+from ..config import check_scale_bits
+from .base import (WeightQuantizer, group_param_codes, grid_encode, grid_k, grid_round, quantize_group_params,
+                   search_clip_factor)
 
 
 class MDSFunction(torch.autograd.Function):
     """Forward as above, on the ``(rows, cols)`` view with ``gamma`` (and ``center``, or None) of shape ``(rows, 1)``.
 
     With ``m0`` given (static scaling) the mean is that fixed tensor, and the mean's gradient terms vanish.
+    With ``scale_groups`` (groups per output row; 0: off) alpha is rounded to its 8-bit code
+    (:func:`base.quantize_group_params`) and the formulas below use the rounded alpha; the rounding is straight-through
+    (dL/dgamma = mean|c| * dL/dalpha with dL/dalpha taken at the rounded alpha). A rounded centre is the caller's
+    (straight-through as well).
 
     Backward (straight-through for the rounding; c = w - b, b = 0 without a centre):
       dL/dw     = g * 1[|u| <= 1]                        (+ dL/dalpha * gamma * sign(c) / cols if mean_grad)
@@ -35,14 +45,19 @@ class MDSFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w2, gamma, k: int, mean_grad: bool, grid: str = "sym", center=None, m0=None):
+    def forward(ctx, w2, gamma, k: int, mean_grad: bool, grid: str = "sym", center=None, m0=None, scale_groups: int = 0):
         c = w2 if center is None else w2 - center
         m = c.abs().mean(1, keepdim=True) if m0 is None else m0
-        alpha = (gamma * m).clamp_min(1e-12)
+        alpha = MDSFunction.clip(gamma, m, scale_groups)
         q = grid_round((c / alpha).clamp(-1, 1), k, grid)
         ctx.save_for_backward(w2, gamma, center, m0)
-        ctx.k, ctx.mean_grad, ctx.grid = k, mean_grad and m0 is None, grid
+        ctx.k, ctx.mean_grad, ctx.grid, ctx.scale_groups = k, mean_grad and m0 is None, grid, scale_groups
         return alpha * q if center is None else alpha * q + center
+
+    @staticmethod
+    def clip(gamma, m, scale_groups: int):
+        alpha = (gamma * m).clamp_min(1e-12)
+        return quantize_group_params(alpha, scale_groups, signed=False) if scale_groups else alpha
 
     @staticmethod
     def backward(ctx, g):
@@ -50,7 +65,7 @@ class MDSFunction(torch.autograd.Function):
         k = ctx.k
         c = w2 if center is None else w2 - center
         m = c.abs().mean(1, keepdim=True) if m0 is None else m0
-        alpha = (gamma * m).clamp_min(1e-12)
+        alpha = MDSFunction.clip(gamma, m, ctx.scale_groups)
         u = c / alpha
         inside = u.abs() <= 1
         q = grid_round(u.clamp(-1, 1), k, ctx.grid)
@@ -62,7 +77,7 @@ class MDSFunction(torch.autograd.Function):
             if center is not None:
                 dcenter = dcenter - dalpha * gamma * torch.sign(c).mean(1, keepdim=True)
         return (dw, (m * dalpha).to(gamma.dtype), None, None, None, None if center is None else dcenter.to(center.dtype),
-                None)
+                None, None)
 
 
 class MDSQuantizer(WeightQuantizer):
@@ -70,8 +85,11 @@ class MDSQuantizer(WeightQuantizer):
     weight_unit_params = ("center",)  # the asym grid's centres
 
     def __init__(self, bits, shape, granularity="tensor", group_size=None, mean_grad=False, init_gamma=None, ragged=False,
-                 grid="sym", dynamic=True):
+                 grid="sym", dynamic=True, scale_bits=16):
         super().__init__(bits, shape, granularity, group_size, ragged)
+        check_scale_bits(scale_bits, "mds", granularity)
+        self.scale_bits = scale_bits
+        self.scale_groups = self.rows // self.shape[0] if scale_bits == 8 else 0  # groups per output row
         self.grid = grid
         self.k = grid_k(self.bits, grid)
         self.mean_grad = mean_grad
@@ -95,18 +113,40 @@ class MDSQuantizer(WeightQuantizer):
         else:
             self.gamma.copy_(search_clip_factor(w2, self.k, per_row=self.rows > 1, grid=self.grid))
 
+    def rounded_center(self, dtype):
+        """The asym grid's centres as the forward uses them: rounded to 8-bit codes under scale_bits 8
+        (straight-through: the gradient reaches the centre unchanged)."""
+        if self.center is None:
+            return None
+        b = self.center.to(dtype)
+        return b + (quantize_group_params(b, self.scale_groups, signed=True) - b).detach() if self.scale_groups else b
+
     def centered(self, w2):
-        return w2 if self.center is None else w2 - self.center.to(w2.dtype)
+        b = self.rounded_center(w2.dtype)
+        return w2 if b is None else w2 - b
 
     def alpha(self, w2):
         m = self.centered(w2).abs().mean(1, keepdim=True) if self.m0 is None else self.m0.to(w2.dtype)
-        return (self.gamma * m).clamp_min(1e-12)
+        return MDSFunction.clip(self.gamma.to(w2.dtype), m, self.scale_groups)
 
     def quantize_rows(self, w2):
-        center = None if self.center is None else self.center.to(w2.dtype)
         m0 = None if self.m0 is None else self.m0.to(w2.dtype)
-        return MDSFunction.apply(w2, self.gamma.to(w2.dtype), self.k, self.mean_grad, self.grid, center, m0)
+        return MDSFunction.apply(w2, self.gamma.to(w2.dtype), self.k, self.mean_grad, self.grid,
+                                 self.rounded_center(w2.dtype), m0, self.scale_groups)
 
     def encode_rows(self, w2):
         w2 = w2.float()
-        return grid_encode(w2, self.alpha(w2), self.k, self.grid, None if self.center is None else self.center.float())
+        center = self.rounded_center(torch.float32)
+        return grid_encode(w2, self.alpha(w2), self.k, self.grid, center)
+
+    @torch.no_grad()
+    def encode(self, w):
+        enc = super().encode(w)
+        if self.scale_groups:  # the codes the rounded alpha and centre came from, for the packed file
+            w2 = self.to_rows(w).float()
+            code, factor = group_param_codes(self.alpha(w2), self.scale_groups, signed=False)
+            enc.group_codes = {"scale_code": code.to(torch.uint8), "scale_factor": factor / self.k}
+            if self.center is not None:
+                code, factor = group_param_codes(self.center.float(), self.scale_groups, signed=True)
+                enc.group_codes.update(center_code=code.to(torch.int8), center_factor=factor)
+        return enc
