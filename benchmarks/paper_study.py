@@ -72,6 +72,11 @@ def grid() -> dict[str, dict]:
         "token-acts": {"act_granularity": "token"},
         "embedding-per-channel": {"embedding_granularity": "channel"},
         "embedding-g32": {"embedding_group_size": 32},  # the 2-bit default before section 12: 3 bits per embedding weight
+        # 8-bit scales and centres (one fp16 factor each per row): groups half as long at the defaults' storage
+        # (3.06 bits a decoder weight, 4.06 a table weight), and each half of that alone, the other part cheaper
+        "s8-g16-e8": {"scale_bits": 8, "group_size": 16, "embedding_group_size": 8},
+        "s8-g32-e8": {"scale_bits": 8, "embedding_group_size": 8},  # decoder at 2.5 bits, table at 4.06
+        "s8-g16-e16": {"scale_bits": 8, "group_size": 16},  # decoder at 3.06 bits, table at 3.06
         "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token",
                           "embedding_granularity": "tensor"},
     }

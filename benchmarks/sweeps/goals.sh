@@ -1,43 +1,47 @@
 #!/bin/bash
-# The next device session's runs for issue 5 (section 20 of docs/BENCHMARKS.md ran the previous plan, this file at
-# commit 4b7a180), one device call per part, after device-stage's calls. The calls must follow each other within
-# the machine's warm time (30 s): issue each one as soon as the last returns, and read nothing in between (sections
-# 19 and 20 lost the long run that way). Every run trains on common.sh's WikiText-style mix and keeps the checkpoint
-# best on the 960 held lines. paper_study runs each row through compress, whose first stage adapts the teacher to
-# the text (300 float steps, adapt.py) unless --model names a folder quantgpt adapted.
-#   PART=1, 2: the 15-minute 2-2-8 run alone, as a user runs it (compress's defaults: the adaptation, then 5000
-#           steps, head_scale off), in two calls (one call may run 600 s). Sections 19 and 20 lost it between the
-#           calls; its row's `adapt` holds the first stage's time, so the 15 minutes are measured end to end.
-#   PART=3: from the long run's adapted teacher, four 300-step quantgpt runs at 2-x-8 sharing the GPU: the control
-#           (compress's defaults), blocks of 2048 (batch 16: the same tokens a step; the test's window: every run
-#           so far trained on 1024 and is 2.06x its teacher in the window's first half, 2.16x in the second,
-#           section 20), head_scale on (side by side with the control from one teacher; section 17's 5000-step
-#           best had it), and 2-16-8 (what the 2-bit tied table costs after training from an adapted teacher),
-#           with the teacher's own float row. Give it LIMIT = the device time left less 40 s: a call cut by the
-#           device's own limit returns before `finish` copies the rows to $OUT.
-#   PART=4: PART=3 on a fresh machine (the long run lost): the teacher adapted first, then the four runs from it.
+# The next device session's runs for issue 5 (section 21 of docs/BENCHMARKS.md ran the previous plan, this file at
+# commit caf67f3), one device call per part, after device-stage's calls. The calls must follow each other within
+# the machine's warm time (30 s): issue each one as soon as the last returns, and read nothing in between. Every run
+# trains on common.sh's WikiText-style mix and keeps the checkpoint best on the 960 held lines.
+#   PART=1: a teacher adapted alone (300 float steps), then from it four 300-step quantgpt 2-2-8 runs sharing the
+#           GPU: compress's defaults (32-column groups, 16-feature table groups, fp16 scales) and the 8-bit-scale
+#           layouts (scale_bits 8): 16-column groups and 8-feature table groups at the defaults' storage, and each
+#           half of that alone (the other part cheaper). On SmolLM2's weights 8-bit scales add nothing to the
+#           start's rounding error while the shorter groups cut it (section 21); the 2-bit table is the largest cost
+#           left at 2-2-8 (2-16-8 30.43 against 37.66 after 300 steps).
+#   PART=2, 3: the 5000-step run (the 15-minute run: compress's own adaptation, then 5000 steps) with the layout of
+#           PART=1's best held-out perplexity among the two storage-matched ones (the defaults, s8-g16-e8), in two
+#           calls (on a fresh machine, with no rows to pick from: the defaults). Give PART=3 LIMIT = the device
+#           time left less 40 s.
 # Usage (after device-stage and split-stage.sh): source .devcache/p2b/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-LONG=(--steps 5000 --only quantgpt@2-2-8 --tag=-15min-s15)
-wave() {  # wave TEACHER: the four 300-step runs from one adapted teacher, sharing the GPU, and its float row
-  local t=$1
-  export QG_SHARED_GPU=4  # four 2-2-8 runs at most: each takes 28 GiB of the 139 (section 20: a fifth ran out)
-  bg q228 --steps 300 --only quantgpt@2-2-8 --tag=-ta-s15 --model "$t"
-  bg seq2048 --steps 300 --only quantgpt@2-2-8 --tag=-ta-s15-seq2048 --model "$t" --seq-len 2048 --batch-size 16
-  bg hs228 --steps 300 --only quantgpt-head-scale@2-2-8 --tag=-ta-s15 --model "$t"
-  bg q2168 --steps 300 --only quantgpt@2-16-8 --tag=-ta-s15 --model "$t"
-  bg floatta --only float --tag=-ta-s15 --model "$t"
+TF=runs/study/finetune_16-16-16-s16
+pick() {  # the --set of the long run: s8-g16-e8's settings if it held out better than the defaults, else none
+  python - <<'PY'
+import json, pathlib
+rows = {r["name"]: r for r in map(json.loads, pathlib.Path("runs/study.jsonl").read_text().splitlines())} \
+    if pathlib.Path("runs/study.jsonl").is_file() else {}
+held = lambda n: (rows.get(n, {}).get("best_eval") or {}).get("eval_ppl", float("inf"))
+if held("quantgpt-s8-g16-e8@2-2-8+-ta-s16") < held("quantgpt@2-2-8+-ta-s16"):
+    print("--set scale_bits=8 group_size=16 embedding_group_size=8 --tag=-15min-s16-s8")
+else:
+    print("--tag=-15min-s16")
+PY
 }
-case ${PART:?set PART=1, 2, 3 or 4} in
-  1) LIMIT=${LIMIT:-570} QG_SHARED_GPU=1 bg long "${LONG[@]}" ;;
-  2) LIMIT=${LIMIT:-575} QG_SHARED_GPU=1 bg long "${LONG[@]}" ;;
-  3) TA=runs/study/quantgpt_2-2-8-15min-s15/teacher  # the long run's first stage, written in PART=1
-     LIMIT=${LIMIT:-500}
-     if [ -f $TA/finetune.json ]; then wave $TA; else echo "no adapted teacher at $TA: see runs/logs/long.log" >&2; fi ;;
-  4) LIMIT=${LIMIT:-540}; END=$((SECONDS + LIMIT)); TF=runs/study/finetune_16-16-16-s15
-     LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-s15
+case ${PART:?set PART=1, 2 or 3} in
+  1) LIMIT=${LIMIT:-560}; END=$((SECONDS + LIMIT))
+     LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-s16
      wait
      LIMIT=$((END - SECONDS))
-     if [ -f $TF/finetune.json ]; then wave $TF; else echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2; fi ;;
+     if [ -f $TF/finetune.json ]; then
+       export QG_SHARED_GPU=4  # four 2-2-8 runs at most: each takes 28 GiB of the 139
+       bg q228 --steps 300 --only quantgpt@2-2-8 --tag=-ta-s16 --model $TF
+       for a in s8-g16-e8 s8-g32-e8 s8-g16-e16; do
+         bg "$a" --steps 300 --only "quantgpt-$a@2-2-8" --tag=-ta-s16 --model $TF
+       done
+     else echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2; fi ;;
+  2|3) LIMIT=${LIMIT:-575}
+     # shellcheck disable=SC2046  # the picked settings are words
+     QG_SHARED_GPU=1 bg long --steps 5000 --only quantgpt@2-2-8 $(pick) ;;
 esac
 finish
