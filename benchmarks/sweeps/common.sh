@@ -2,12 +2,14 @@
 # Rows go to runs/study.jsonl (kept between calls while the machine is warm) and are copied to $OUT with the
 # logs; each run is one paper_study process in the background, stopped (with a resumable checkpoint) at
 # LIMIT seconds. Set QG_SHARED_GPU to the number of training runs started together (the rows record it) and
-# QG_COMMIT to the commit sent. Call `finish` in the same shell as `bg`, never in a pipe: a piped finish waits
-# for nothing, and the device tool ends the runs when the command returns.
+# QG_COMMIT to the commit sent. `finish` waits for every run `bg` started in this call, by the process ids `bg`
+# writes down, so it works in a pipe too (`finish | tail`: a subshell, which `wait` alone could not wait from; the
+# device tool ends the runs when the command returns, which twice lost a wave that way).
 set -u
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TRANSFORMERS_VERBOSITY=error
 OUTDIR=${OUT:-results}
 mkdir -p runs/logs "$OUTDIR"
+: > runs/bg_pids  # the runs of this call (runs/ outlives a call while the machine is warm)
 # The study's training text (BENCHMARKS.md section 14): `corpora`, the Wikipedia excerpt twice more, and the
 # first 2800 lines of WikiText-2's validation split twice (`<unk>` removed: WikiText's formatting, which the test
 # text has); the best checkpoint is chosen on the other 960 lines (65,536 tokens). A run's own --train-data /
@@ -22,9 +24,14 @@ S="python benchmarks/paper_study.py --train-data ${STYLE[*]} --eval-data runs/va
 bg() {  # bg LOGNAME ARGS...: one study process in the background, stopped at LIMIT seconds (read at each call)
   local log=$1; shift
   timeout -s INT "${LIMIT:-530}" $S "$@" > "runs/logs/$log.log" 2>&1 &
+  echo $! >> runs/bg_pids
 }
-finish() {  # wait, then copy rows and logs to $OUT and print a short table
-  [ -n "$(jobs -p)" ] || echo "finish: no runs to wait for (called in a pipe or a subshell?)" >&2
+finish() {  # wait for this call's runs (from any shell), then copy rows and logs to $OUT and print a short table
+  local pid
+  [ -s runs/bg_pids ] || echo "finish: no runs were started in this call" >&2
+  for pid in $(cat runs/bg_pids); do
+    while kill -0 "$pid" 2>/dev/null; do sleep 2; done
+  done
   wait
   cp runs/study.jsonl "$OUTDIR/" 2>/dev/null
   tar -czf "$OUTDIR/logs.tgz" runs/logs $(ls runs/study/*/train_log.jsonl 2>/dev/null)
