@@ -293,3 +293,34 @@ def test_eight_bit_scales_halve_the_scales_storage(tmp_path, tokenizer):
     # half the scales' bytes, and two fp16 factors (the scales', the centres') per output row
     assert sizes[8, 32] - codes == (sizes[16, 32] - codes) / 2 + 4 * rows
     assert sizes[8, 16] == pytest.approx(sizes[16, 32], rel=0.03), sizes
+
+
+def test_eight_bit_scales_round_trip_through_every_export(tmp_path, tiny, tokenizer):
+    """scale_bits 8: the fake-quantized checkpoint, its conversion to packed (`export`), the packed one and the
+    plain --dequantize folder all give the logits of the model that was saved."""
+    from transformers import AutoModelForCausalLM
+
+    m = quantize_model(tiny("llama"), QuantConfig(bits="2-2-16", grid="asym", group_size=16, embedding_group_size=8,
+                                                  scale_bits=8))
+    quantizers = [q for q in m.modules() if getattr(q, "scale_groups", 0)]
+    assert len(quantizers) == 15  # the seven linears of each of the two blocks and the table
+    with torch.no_grad():  # away from the start, as after training
+        for q in quantizers:
+            q.gamma.mul_(torch.linspace(0.8, 1.2, q.gamma.numel()).reshape(q.gamma.shape))
+            q.center.add_(1e-3)
+    x = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        a = m(input_ids=x).logits
+    save_packed(m, tokenizer, tmp_path / "p")
+    save_fakequant(m, tokenizer, tmp_path / "fq")
+    assert main(["export", str(tmp_path / "fq"), "--out", str(tmp_path / "p2")]) == 0
+    assert main(["export", str(tmp_path / "p"), "--dequantize", "--out", str(tmp_path / "hf")]) == 0
+    for folder in ("p", "fq", "p2"):
+        back = load(tmp_path / folder)
+        assert back.quant_config.scale_bits == 8
+        with torch.no_grad():
+            b = back(input_ids=x).logits
+        assert (a - b).abs().max() <= 1e-3 * a.abs().max(), (folder, (a - b).abs().max())
+    with torch.no_grad():
+        c = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").float()(input_ids=x).logits
+    assert (a - c).abs().max() <= 5e-3 * a.abs().max(), (a - c).abs().max()
