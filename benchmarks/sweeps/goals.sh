@@ -14,7 +14,7 @@
 #           PART=1's best held-out perplexity among the two storage-matched ones (the defaults, s8-g16-e8), in two
 #           calls (on a fresh machine, with no rows to pick from: the defaults). Give PART=3 LIMIT = the device
 #           time left less 40 s.
-# Usage (after device-stage and split-stage.sh): source .devcache/p2b/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
+# Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 TF=runs/study/finetune_16-16-16-s16
 pick() {  # the --set of the long run: s8-g16-e8's settings if it held out better than the defaults, else none
