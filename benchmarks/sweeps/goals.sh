@@ -20,8 +20,8 @@ TF=runs/study/finetune_16-16-16-s16
 pick() {  # the --set of the long run: s8-g16-e8's settings if it held out better than the defaults, else none
   python - <<'PY'
 import json, pathlib
-rows = {r["name"]: r for r in map(json.loads, pathlib.Path("runs/study.jsonl").read_text().splitlines())} \
-    if pathlib.Path("runs/study.jsonl").is_file() else {}
+files = [pathlib.Path(f) for f in ("benchmarks/results/study_h200_s16.jsonl", "runs/study.jsonl")]  # a fresh machine: s16's rows
+rows = {r["name"]: r for f in files if f.is_file() for r in map(json.loads, f.read_text().splitlines())}
 held = lambda n: (rows.get(n, {}).get("best_eval") or {}).get("eval_ppl", float("inf"))
 if held("quantgpt-s8-g16-e8@2-2-8+-ta-s16") < held("quantgpt@2-2-8+-ta-s16"):
     print("--set scale_bits=8 group_size=16 embedding_group_size=8 --tag=-15min-s16-s8")
