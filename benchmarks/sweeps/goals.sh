@@ -13,20 +13,22 @@
 #   PART=2, 3: the 5000-step run (the 15-minute run: compress's own adaptation, then 5000 steps) with the layout of
 #           PART=1's best held-out perplexity among the two storage-matched ones (the defaults, s8-g16-e8), in two
 #           calls (on a fresh machine, with no rows to pick from: the defaults). Give PART=3 LIMIT = the device
-#           time left less 40 s.
+#           time left less 40 s. STEPS=4000 SFX=-4k: the shorter run that fits 15 minutes with 8-bit scales
+#           (5.9 step/s with them against 6.5 without, s17).
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 TF=runs/study/finetune_16-16-16-s16
 pick() {  # the --set of the long run: s8-g16-e8's settings if it held out better than the defaults, else none
   python - <<'PY'
-import json, pathlib
+import json, os, pathlib
+sfx = os.environ.get("SFX", "")  # e.g. -4k for a shorter long run
 files = [pathlib.Path(f) for f in ("benchmarks/results/study_h200_s16.jsonl", "runs/study.jsonl")]  # a fresh machine: s16's rows
 rows = {r["name"]: r for f in files if f.is_file() for r in map(json.loads, f.read_text().splitlines())}
 held = lambda n: (rows.get(n, {}).get("best_eval") or {}).get("eval_ppl", float("inf"))
 if held("quantgpt-s8-g16-e8@2-2-8+-ta-s16") < held("quantgpt@2-2-8+-ta-s16"):
-    print("--set scale_bits=8 group_size=16 embedding_group_size=8 --tag=-15min-s16-s8")
+    print(f"--set scale_bits=8 group_size=16 embedding_group_size=8 --tag=-15min-s16-s8{sfx}")
 else:
-    print("--tag=-15min-s16")
+    print(f"--tag=-15min-s16{sfx}")
 PY
 }
 case ${PART:?set PART=1, 2 or 3} in
@@ -43,6 +45,6 @@ case ${PART:?set PART=1, 2 or 3} in
      else echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2; fi ;;
   2|3) LIMIT=${LIMIT:-575}
      # shellcheck disable=SC2046  # the picked settings are words
-     QG_SHARED_GPU=1 bg long --steps 5000 --only quantgpt@2-2-8 $(pick) ;;
+     QG_SHARED_GPU=1 bg long --steps "${STEPS:-5000}" --only quantgpt@2-2-8 $(pick) ;;
 esac
 finish
