@@ -201,7 +201,7 @@ def test_resume_of_another_setting_is_refused(tmp_path, tiny, tokenizer, ids):
         Trainer(_cfg(tmp_path, embedding_granularity="channel", resume=True), teacher=teacher, tokenizer=tokenizer,
                 train_ids=ids)
     with pytest.raises(QuantGPTError, match="another setting.*scale_bits"):
-        Trainer(_cfg(tmp_path, scale_bits=8, resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+        Trainer(_cfg(tmp_path, scale_bits=16, resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
     with pytest.raises(QuantGPTError, match="--resume"):
         Trainer(_cfg(tmp_path, steps=2), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
 
@@ -291,14 +291,36 @@ def test_signal_while_finishing_still_writes_the_model(tmp_path, tiny, tokenizer
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
+def test_resume_reads_an_older_fingerprint_at_its_defaults(tmp_path, tiny, tokenizer, ids):
+    """Checkpoints written before head_scale and scale_bits were fingerprinted left them out at False and 16: such
+    a run resumes with fp16 scales and is refused with the 8-bit ones that are the 2-bit default now."""
+    teacher = tiny("llama")
+    Trainer(_cfg(tmp_path, steps=2, scale_bits=16), teacher=teacher, tokenizer=tokenizer, train_ids=ids).run()
+    state = tmp_path / "run" / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    assert (meta["fingerprint"].pop("head_scale"), meta["fingerprint"].pop("scale_bits")) == (False, 16)
+    state.write_text(json.dumps(meta))
+    with pytest.raises(QuantGPTError, match="another setting: scale_bits 16 \\(this run: 8\\)"):
+        Trainer(_cfg(tmp_path, steps=3, resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    tr = Trainer(_cfg(tmp_path, steps=3, scale_bits=16, resume=True), teacher=teacher, tokenizer=tokenizer,
+                 train_ids=ids)
+    assert tr.step == 2
+
+
 def test_scaling_defaults():
-    """The study's defaults: one clip per 32 input columns of a row on the asym grid (all 2^b codes about a learned
-    centre) for quantgpt and kd at every width, pact's symmetric grids, activation scales per 32 features of a
-    token; every paper setting stays one flag away."""
+    """The study's defaults: one clip per 16 input columns of a row at 2-bit weights (stored as 8-bit codes for
+    mds), per 32 above, on the asym grid (all 2^b codes about a learned centre) for quantgpt and kd at every width,
+    pact's symmetric grids, activation scales per 32 features of a token; every paper setting stays one flag away."""
     c = TrainConfig(bits="2-2-8")
-    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("group", 32, "asym", "group", 32)
+    assert (c.granularity, c.group_size, c.grid, c.act_granularity, c.act_group_size) == ("group", 16, "asym", "group", 32)
+    assert c.scale_bits == 8 and TrainConfig(method="kd").scale_bits == 8
+    for other in (dict(bits="4-4-8"), dict(bits="8-8-8"), dict(bits="3-2-8"), dict(method="pact"), dict(method="lsq"),
+                  dict(granularity="channel"), dict(bits="16-16-16")):  # fp16 above 2 bits and for every other case
+        assert TrainConfig(**other).scale_bits == 16, other
+    assert TrainConfig(bits="4-4-8").group_size == 32 and TrainConfig(bits="2-16-8").group_size == 16
+    assert TrainConfig(scale_bits=16).scale_bits == 16 and TrainConfig(bits="4-4-8", scale_bits=8).scale_bits == 8
     assert TrainConfig(bits="4-4-8").grid == "asym" and TrainConfig(method="kd", bits="8-8-8").grid == "asym"
-    assert TrainConfig(method="lsq").grid == "sym" and TrainConfig(method="laq").group_size == 32
+    assert TrainConfig(method="lsq").grid == "sym" and TrainConfig(method="laq").group_size == 16  # one layout
     assert TrainConfig(method="pact").grid == "full" and TrainConfig(method="pact", bits="4-4-8").grid == "sym"
     assert TrainConfig(quantizer="pact").grid == "full"  # quantgpt with a static clip: asym is mds-only
     paper = TrainConfig(bits="2-2-8", granularity="tensor", grid="sym", act_granularity="token")
@@ -311,18 +333,18 @@ def test_scaling_defaults():
         TrainConfig(granularity="channel", group_size=64)  # a conflict is an error, not a silent choice
     with pytest.raises(QuantGPTError, match="unknown weight granularity 'row'"):
         TrainConfig(granularity="row")
-    assert (c.embedding_granularity, c.embedding_group_size) == ("group", 16)
+    assert (c.embedding_granularity, c.embedding_group_size) == ("group", 8)
     assert TrainConfig(embedding_granularity="channel").embedding_group_size is None
     with pytest.raises(QuantGPTError, match="embedding group size"):
         TrainConfig(embedding_granularity="tensor", embedding_group_size=8)
 
 
 def test_embedding_groups_follow_the_embedding_bits():
-    """16-feature embedding groups at 2-4 bits (4-4-8: 21.96 against 22.09 with 32; 2-2-8: 64.83 against 69.43),
-    32 at 8 bits (and for a float embedding, where it is unused); the embedding's bits decide, not the weights';
-    an explicit size or another granularity always wins."""
-    for bits, want in (("2-2-8", 16), ("4-4-8", 16), ("3-3-8", 16), ("2-4-8", 16), ("4-2-8", 16), ("8-8-8", 32),
-                       ("2-8-8", 32), ("8-2-8", 16), ("2-16-8", 32)):
+    """8-feature embedding groups at 2 bits (2-2-8 with 8-bit scales: 29.84 against 16's 32.36), 16 at 3-4 bits
+    (4-4-8: 21.96 against 22.09 with 32), 32 at 8 bits (and for a float embedding, where it is unused); the
+    embedding's bits decide, not the weights'; an explicit size or another granularity always wins."""
+    for bits, want in (("2-2-8", 8), ("4-4-8", 16), ("3-3-8", 16), ("2-4-8", 16), ("4-2-8", 8), ("8-8-8", 32),
+                       ("2-8-8", 32), ("8-2-8", 8), ("2-16-8", 32)):
         assert TrainConfig(bits=bits).embedding_group_size == want, bits
     assert TrainConfig(bits="4-4-8", embedding_group_size=32).embedding_group_size == 32
     assert TrainConfig(bits="4-4-8", embedding_granularity="channel").embedding_group_size is None
@@ -379,17 +401,18 @@ def test_config_sources_and_assignments(tmp_path):
 
 
 def test_compress_layout_is_the_documented_quantconfig(tmp_path, tiny, tokenizer, ids):
-    """README: compress at 2 bits trains the layout of QuantConfig(bits="2-2-8", group_size=32, ragged_groups=True,
-    grid="asym", embedding_group_size=16): the same quantizers, module by module, with the same scale shapes."""
+    """README: compress at 2 bits trains the layout of QuantConfig(bits="2-2-8", group_size=16, ragged_groups=True,
+    grid="asym", embedding_group_size=8, scale_bits=8): the same quantizers, module by module, with the same scale
+    shapes and scale storage."""
     from quantgpt import QuantConfig, quantize_model
 
     tr = Trainer(_cfg(tmp_path, steps=1), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
-    ref = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=32, ragged_groups=True, grid="asym",
-                                                    embedding_group_size=16))
+    ref = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=16, ragged_groups=True, grid="asym",
+                                                    embedding_group_size=8, scale_bits=8))
 
     def layout(model):
-        return {n: (repr(m), [tuple(p.shape) for p in m.parameters()]) for n, m in model.named_modules()
-                if n.endswith(("weight_quantizer", "act_quantizer"))}
+        return {n: (repr(m), [tuple(p.shape) for p in m.parameters()], getattr(m, "scale_bits", None))
+                for n, m in model.named_modules() if n.endswith(("weight_quantizer", "act_quantizer"))}
 
     got, want = layout(tr.student), layout(ref)
     assert got == want and len(got) > 10

@@ -154,12 +154,13 @@ def _compress_parser(sub):
     c.add_argument("--contrastive", action=argparse.BooleanOptionalAction, default=None,
                    help="token-level contrastive distillation on/off (default: the method's)")
     c.add_argument("--granularity", help="weight scales: tensor (paper) | channel | group (default)")
-    c.add_argument("--group-size", type=int, help="input columns per weight scale (default 32)")
+    c.add_argument("--group-size", type=int, help="input columns per weight scale (default 16 at 2-bit weights, 32 above)")
     c.add_argument("--grid", help="mds/pact rounding grid: sym (paper: 2^b - 1 levels, ternary at 2 bits) | full "
                    "(all 2^b codes) | asym (mds: all 2^b codes about a learned centre per group); default asym for "
                    "quantgpt and kd; for pact full at 2-bit weights, sym above")
     c.add_argument("--embedding-granularity", help="scales of the token embedding / tied head: group (default) | channel | tensor")
-    c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 32)")
+    c.add_argument("--embedding-group-size", type=int, help="hidden features per embedding scale (default 8 at 2 bits, 16 at 3-4, 32 "
+                   "above)")
     c.add_argument("--adapt-steps", type=int, help="steps of teacher adaptation first: the float model fine-tuned "
                    "on the training text (into OUT/teacher), which the student starts from and distils from "
                    "(default 300 when --steps is at least 300, else 0; 0: the model as given is the teacher)")
@@ -198,8 +199,8 @@ def _compress_parser(sub):
                    help="a tied LM head gets a learned scale per token of its own on the shared quantized table, started "
                         "at the least-squares fit to the teacher's logits (4 bytes per vocabulary entry)")
     c.add_argument("--scale-bits", type=int, choices=(16, 8),
-                   help="mds group scales and asym centres: 16 fp16 (default) | 8, an 8-bit code each with one fp16 "
-                        "factor per row, so --group-size 16 costs what 32 does at 16")
+                   help="mds group scales and asym centres: 16 fp16 | 8, an 8-bit code each with one fp16 factor "
+                        "per row, so --group-size 16 costs what 32 does at 16 (default 8 at 2-bit weights, 16 above)")
     c.add_argument("--act-granularity", help="activation scales: group (default, per-token groups) | token (paper) | tensor")
     c.add_argument("--act-group-size", type=int, help="features per activation scale (default 32)")
     c.add_argument("--eval-every", type=int)

@@ -18,8 +18,8 @@ from .errors import QuantGPTError
 # clip per 32 input columns of a row, all 2^b codes about a learned centre of each group (the asym grid, an mds
 # extension), and a learning rate and contrastive weight that depend on the weight bits. pact keeps a symmetric
 # grid: all four codes at 2 bits, the paper's grid above ("auto").
-DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head, but 16 at 2-4 bits
-DEFAULT_GROUP = 32  # input columns per weight scale of the decoder's linear layers
+DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head at 5-8 bits (16 at 3-4, 8 at 2)
+DEFAULT_GROUP = 32  # input columns per weight scale of the decoder's linear layers at 3-8 bits (16 at 2)
 
 METHODS = {
     "quantgpt": {"quantizer": "mds", "contrastive": True, "grid": "asym"},
@@ -41,13 +41,32 @@ def default_lr(weight_bits: int, float_model: bool = False) -> float:
     return 1e-3 if weight_bits <= 2 else 3e-4
 
 
+def default_group(weight_bits: int) -> int:
+    """Input columns per weight scale of the decoder: 16 at 2 bits, 32 above. With 8-bit scales
+    (``default_scale_bits``) 16-column groups store what 32 did with fp16 scales (3.06 bits a weight on the asym
+    grid), and they cut 2-2-8's loss: after 300 steps from one adapted teacher 29.84 against the fp16 32 / 16
+    layout's 37.57, 32.36 with 16-column groups alone (BENCHMARKS section 22). At 4 bits and above the decoder
+    starts near exact in 32-column groups (4-4-8 and 8-8-8 meet their goals), so 32 stays."""
+    return 16 if weight_bits <= 2 else DEFAULT_GROUP
+
+
 def default_embedding_group(embedding_bits: int) -> int:
-    """Features per scale of the token embedding (and its tied head): 16 at 2-4 bits, for 1 more bit per
-    embedding weight. At 4 bits the embedding is what is left of 4-4-8's gap (the decoder starts exact): 16 gave
-    21.96 against 22.09 with 32 after the same 700 steps (BENCHMARKS section 10). At 2 bits 16 gave 64.83 against
-    69.43 / 68.36 (two seeds) with 32 after 300 steps, and 44.69 against 47.80 after 4000 (section 12). At 8 bits
-    32 is exact (the teacher's embedding is Q8_0, blocks of 32)."""
-    return 16 if embedding_bits <= 4 else DEFAULT_EMBEDDING_GROUP
+    """Features per scale of the token embedding (and its tied head): 8 at 2 bits, 16 at 3-4 bits, 32 above.
+    At 4 bits the embedding is what is left of 4-4-8's gap (the decoder starts exact): 16 gave 21.96 against 22.09
+    with 32 after the same 700 steps (BENCHMARKS section 10). At 2 bits 16 gave 64.83 against 69.43 / 68.36 (two
+    seeds) with 32 after 300 steps, and 44.69 against 47.80 after 4000 (section 12); with 8-bit scales 8 gave
+    29.84 against 16's 32.36 (300 steps, section 22; the 2-bit table was the largest cost left at 2-2-8). At 8
+    bits 32 is exact (the teacher's embedding is Q8_0, blocks of 32)."""
+    return 8 if embedding_bits <= 2 else 16 if embedding_bits <= 4 else DEFAULT_EMBEDDING_GROUP
+
+
+def default_scale_bits(weight_bits: int, quantizer: str, granularity: str) -> int:
+    """How mds group scales (and asym centres) are stored: 8-bit codes with one fp16 factor per row at 2-bit
+    weights, so that the shorter groups there cost the fp16 layout's storage; on SmolLM2's weights the 8-bit codes
+    add nothing to the start's rounding error (BENCHMARKS section 21). fp16 elsewhere, and for every quantizer
+    but mds (pact, lsq and laq learn their steps in fp16: at 2 bits they get the same groups with fp16 scales,
+    twice quantgpt's scale storage)."""
+    return 8 if weight_bits <= 2 and quantizer == "mds" and granularity == "group" else 16
 
 
 def default_cont_weight(weight_bits: int, asked: bool = False) -> float:
@@ -79,10 +98,10 @@ class TrainConfig:
     quantizer: str | None = None  # default: the method's
     contrastive: bool | None = None  # default: the method's
     granularity: str | None = None  # weight scales: tensor | channel | group (default, with group_size)
-    group_size: int | None = None  # default 32 under group granularity
+    group_size: int | None = None  # default under group granularity: 16 at 2-bit weights, 32 above (default_group)
     grid: str | None = None  # rounding grid, sym | full | asym (mds only); default: the method's (asym for quantgpt, kd)
     embedding_granularity: str | None = None  # the embedding's (and tied head's) scales; default group
-    embedding_group_size: int | None = None  # default 32 under group granularity
+    embedding_group_size: int | None = None  # default under group granularity: 8 / 16 / 32 (default_embedding_group)
     # steps of teacher adaptation before a quantized run (adapt.py): the float model fine-tuned on the training
     # text, then the student starts from it and distils from it. None: 300 when the quantized run has at least
     # 300 steps, else none, and none for data-free runs and a model quantgpt already adapted; 0: the model as given
@@ -117,7 +136,9 @@ class TrainConfig:
     init_gamma: float | None = None
     act_learned_clip: bool = False
     head_scale: bool = False  # a tied quantized head's own learned scale per token, started at the least-squares fit
-    scale_bits: int = 16  # mds group scales and centres: fp16 (16), or 8-bit codes with an fp16 factor per row (8)
+    # mds group scales and centres: fp16 (16), or 8-bit codes with an fp16 factor per row (8); None: 8 at 2-bit
+    # weights for mds, else 16 (default_scale_bits)
+    scale_bits: int | None = None
     act_granularity: str = "group"  # activation scales: group (of act_group_size features of a token) | token | tensor
     act_group_size: int | None = None  # default 32 under group granularity
     eval_every: int = 0  # 0: five times per run
@@ -150,9 +171,9 @@ class TrainConfig:
         self.bits = str(bits)
         if self.method not in METHODS:
             raise QuantGPTError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        self.granularity, self.group_size = resolve_grouping(  # the same scale layout for every method
-            "weight", self.granularity, self.group_size, DEFAULT_GROUP, ("group", "channel", "tensor"))
         weight_bits = bits.weight
+        self.granularity, self.group_size = resolve_grouping(  # the same scale layout for every method
+            "weight", self.granularity, self.group_size, default_group(weight_bits), ("group", "channel", "tensor"))
         if bits.is_float and self.init is not None:
             raise QuantGPTError(f"--init {self.init} starts quantized weights; 16-16-16 (a float student) has none")
         if self.lr is None:
@@ -171,6 +192,9 @@ class TrainConfig:
                 grid = "auto"
             self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
+        if self.scale_bits is None:
+            self.scale_bits = 16 if bits.is_float else default_scale_bits(weight_bits, self.weight_quantizer,
+                                                                          self.granularity)
         if not bits.is_float:
             check_scale_bits(self.scale_bits, self.weight_quantizer, self.granularity)
         if not self.dynamic_scale and self.weight_quantizer != "mds":

@@ -14,6 +14,10 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .errors import QuantGPTError
 
 
+# settings that older checkpoints' fingerprints leave out, at the value they had then
+OLDER_FINGERPRINTS = {"head_scale": False, "scale_bits": 16}
+
+
 def _optimizer_tensors(opt) -> tuple[dict, dict]:
     sd = opt.state_dict()
     tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
@@ -75,7 +79,7 @@ def load_state(tr) -> None:
         tensors = load_file(str(folder / files["state"]))
     except Exception as e:
         raise QuantGPTError(f"{folder}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    theirs, ours = meta.get("fingerprint", {}), tr.fingerprint
+    theirs, ours = {**OLDER_FINGERPRINTS, **meta.get("fingerprint", {})}, tr.fingerprint
     diff = [k for k in ours if theirs.get(k) != ours[k]]
     if diff:
         what = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours[k]!r})" for k in diff)

@@ -153,8 +153,7 @@ class Trainer:
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
                             "embedding_granularity": cfg.embedding_granularity,
                             "embedding_group_size": cfg.embedding_group_size,
-                            **({"head_scale": True} if cfg.head_scale else {}),  # older checkpoints have no key
-                            **({"scale_bits": cfg.scale_bits} if cfg.scale_bits != 16 else {}),  # nor this one
+                            "head_scale": cfg.head_scale, "scale_bits": cfg.scale_bits,  # load_state: older keys
                             "vocab": self.student.config.vocab_size,
                             "params": sum(p.numel() for p in self.student.parameters())}
         if cfg.resume:
