@@ -61,22 +61,25 @@ def grid() -> dict[str, dict]:
         "init-gptq": {"init": "gptq"},
         "init-blockwise": {"init": "blockwise"},  # each block first trained alone towards the teacher's
         "head-scale": {"head_scale": True},  # the tied 2-bit head's own scale per token
-        # scaling choices the paper leaves open; quantgpt's defaults are 32-column groups on the asym grid (all
-        # 2^b codes about a learned centre), 32-feature activation groups, 16-feature embedding groups (32 at 8 bits)
+        # scaling choices the paper leaves open; quantgpt's 2-bit defaults are 16-column groups on the asym grid (all
+        # 2^b codes about a learned centre) with 8-bit scales, 32-feature activation groups, 8-feature embedding
+        # groups (32 / 16 / fp16 at 4 bits, 32 / 32 / fp16 at 8)
         "per-tensor": {"granularity": "tensor"},  # the paper's module-wise clip
         "per-channel": {"granularity": "channel"},  # one clip per output row
         "ternary": {"grid": "sym"},
-        "full-grid": {"grid": "full"},  # four codes about zero: 2.5 bits a weight in 32-groups, as asym-g64 is
-        "asym-g64": {"group_size": 64, "embedding_group_size": 64},  # 2.5 bits a weight
-        "full-g64": {"grid": "full", "group_size": 64, "embedding_group_size": 64},  # the 2.25-bit layout before
+        "full-grid": {"grid": "full"},  # four codes about zero: 2.5 bits a weight (an 8-bit scale per 16, no centre)
+        # the layouts of earlier sections, with their fp16 scales
+        "asym-g64": {"scale_bits": 16, "group_size": 64, "embedding_group_size": 64},  # 2.5 bits a weight
+        "full-g64": {"grid": "full", "scale_bits": 16, "group_size": 64, "embedding_group_size": 64},  # 2.25 bits
         "token-acts": {"act_granularity": "token"},
         "embedding-per-channel": {"embedding_granularity": "channel"},
-        "embedding-g32": {"embedding_group_size": 32},  # the 2-bit default before section 12: 3 bits per embedding weight
+        "embedding-g32": {"scale_bits": 16, "group_size": 32, "embedding_group_size": 32},  # the 2-bit default before section 12
         # 8-bit scales and centres (one fp16 factor each per row): groups half as long at the defaults' storage
         # (3.06 bits a decoder weight, 4.06 a table weight), and each half of that alone, the other part cheaper
-        "s8-g16-e8": {"scale_bits": 8, "group_size": 16, "embedding_group_size": 8},
-        "s8-g32-e8": {"scale_bits": 8, "embedding_group_size": 8},  # decoder at 2.5 bits, table at 4.06
-        "s8-g16-e16": {"scale_bits": 8, "group_size": 16},  # decoder at 3.06 bits, table at 3.06
+        # (s8-g16-e8, the storage-matched one, has been the 2-bit default since section 22; its rows keep the name)
+        "fp16-g32-e16": {"scale_bits": 16, "group_size": 32, "embedding_group_size": 16},  # the default before it
+        "s8-g32-e8": {"scale_bits": 8, "group_size": 32, "embedding_group_size": 8},  # decoder at 2.5 bits, table at 4.06
+        "s8-g16-e16": {"scale_bits": 8, "group_size": 16, "embedding_group_size": 16},  # decoder at 3.06 bits, table at 3.06
         "paper-scaling": {"granularity": "tensor", "grid": "sym", "act_granularity": "token",
                           "embedding_granularity": "tensor"},
     }

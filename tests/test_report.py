@@ -49,12 +49,15 @@ def test_study_then_report(tmp_path, model_dir, capsys):
     assert last["config"]["grid"] == "full" and last["config"]["granularity"] == "group" and last["config"]["group_size"] == 8
     from quantgpt.report import scales
 
-    assert scales(last) == "g8 full act32 emb16" and scales(by["rtn@4-4-8"]) == ""
+    assert scales(last) == "g8 full scales8 act32 emb8" and scales(by["rtn@4-4-8"]) == ""
     assert scales({**last, "bits": "16-16-16"}) == ""  # a float run has no scales, whatever its config says
     from quantgpt.report import weight_bits
 
-    # stored bits per decoder weight: 2 + 16/8 for one fp16 scale per 8; asym and min-max add a zero point per group
-    assert weight_bits(last) == 4.0 and weight_bits(by["quantgpt@2-2-8"]) == 3.0
+    # stored bits per decoder weight: 2 + 8/8 for one 8-bit scale per 8 (2-bit mds's default), 2 + 16/8 with fp16
+    # scales; asym and min-max add a zero point (centre) per group: 2 + 16/16 for the 2-bit default's 16-groups
+    assert weight_bits(last) == 3.0 and weight_bits(by["quantgpt@2-2-8"]) == 3.0
+    assert weight_bits({"bits": "2-2-8", "config": {"granularity": "group", "group_size": 8, "grid": "full",
+                                                    "scale_bits": 16}}) == 4.0
     assert weight_bits(by["rtn@4-4-8"]) == 4 + 32 / 64 and weight_bits(by["float"]) is None
     assert weight_bits({"bits": "4-4-8", "config": {"granularity": "channel", "grid": "sym"}}) == 4.0
 
@@ -256,7 +259,7 @@ def test_seed_groups_match_runs_that_differ_only_by_seed():
                 "ablation": ablation, "config": {**base, **cfg}}
 
     rows = [{**row("q0", 69.4), "config": {**old, "out": "runs/a"}}, row("q1", 68.4, seed=1, teacher_cache=True),
-            row("q2", 64.8, seed=2, embedding_group_size=8),
+            row("q2", 64.8, seed=2, embedding_group_size=16),
             row("q3", 60.0, tokens=300, seed=1), row("fixed", 80.0, ablation="fixed-alpha", seed=1),
             row("fixed0", 81.0, ablation="fixed-alpha", dynamic_scale=False),
             row("fixed1", 79.0, ablation="fixed-alpha", dynamic_scale=False, seed=1),
