@@ -12,10 +12,10 @@ from .config import Bits, WEIGHT_QUANTIZERS, check_grid, check_scale_bits, resol
 from .errors import QuantGPTError
 
 # Each method is a quantizer plus the distillation losses it trains with (the paper ran its baselines
-# with logit distillation, so pact / lsq / laq get it too). All share one scale layout (32-column groups)
-# and one activation quantizer, so a comparison isolates how each learns its clip or step.
-# quantgpt's defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md sections 6-9): one dynamic
-# clip per 32 input columns of a row, all 2^b codes about a learned centre of each group (the asym grid, an mds
+# with logit distillation, so pact / lsq / laq get it too). All share one scale layout (the groups below) and
+# one activation quantizer, so a comparison isolates how each learns its clip or step.
+# quantgpt's defaults come from the SmolLM2 study (docs/method.md, docs/BENCHMARKS.md sections 6-22): one dynamic
+# clip per 32 input columns of a row (16 at 2 bits, with 8-bit scales), all 2^b codes about a learned centre of each group (the asym grid, an mds
 # extension), and a learning rate and contrastive weight that depend on the weight bits. pact keeps a symmetric
 # grid: all four codes at 2 bits, the paper's grid above ("auto").
 DEFAULT_EMBEDDING_GROUP = 32  # features per scale of the token embedding / tied head at 5-8 bits (16 at 3-4, 8 at 2)
@@ -192,9 +192,8 @@ class TrainConfig:
                 grid = "auto"
             self.grid = ("full" if weight_bits == 2 else "sym") if grid == "auto" else grid
         check_grid(self.grid)
-        if self.scale_bits is None:
-            self.scale_bits = 16 if bits.is_float else default_scale_bits(weight_bits, self.weight_quantizer,
-                                                                          self.granularity)
+        if self.scale_bits is None:  # 16 for a float student too (16-bit weights)
+            self.scale_bits = default_scale_bits(weight_bits, self.weight_quantizer, self.granularity)
         if not bits.is_float:
             check_scale_bits(self.scale_bits, self.weight_quantizer, self.granularity)
         if not self.dynamic_scale and self.weight_quantizer != "mds":
