@@ -56,7 +56,8 @@ def grid() -> dict[str, dict]:
         "no-bank": {"negative_source": "batch"},
         "student-negatives": {"negative_source": "student"},
         "tau0.05": {"tau": 0.05}, "tau0.3": {"tau": 0.3},
-        "lambda0.01": {"cont_weight": 0.01}, "lambda0.5": {"cont_weight": 0.5}, "lambda1": {"cont_weight": 1.0},
+        "lambda0.01": {"cont_weight": 0.01}, "lambda0.03": {"cont_weight": 0.03}, "lambda0.5": {"cont_weight": 0.5},
+        "lambda1": {"cont_weight": 1.0},
         "layer-mid": {"layer": 14},
         "init-gptq": {"init": "gptq"},
         "init-blockwise": {"init": "blockwise"},  # each block first trained alone towards the teacher's
