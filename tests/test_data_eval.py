@@ -21,6 +21,27 @@ def test_txt_jsonl_and_folder(tmp_path, tokenizer):
     assert torch.equal(both[: a.numel()], a)
 
 
+def test_a_file_given_twice_counts_twice_and_is_tokenized_once(tmp_path, tokenizer):
+    """A mix weights a file by naming it twice: its tokens appear twice, joined by end-of-text, from one pass."""
+    (tmp_path / "a.txt").write_text("Hello world. " * 20)
+    (tmp_path / "b.txt").write_text("Hi there " * 10)
+    a, b = (tokenize_files(tmp_path / n, tokenizer, use_cache=False) for n in ("a.txt", "b.txt"))
+    calls = []
+
+    class Counting:  # the tokenizer, counting the texts it is given
+        def __call__(self, text, **kw):
+            calls.append(len(text))
+            return tokenizer(text, **kw)
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    mix = tokenize_files([tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "a.txt"], Counting(), use_cache=False)
+    eos = torch.tensor([tokenizer.eos_token_id])
+    assert torch.equal(mix, torch.cat([a, eos, b, eos, a]))
+    assert sorted(calls) == sorted([len("Hello world. " * 20), len("Hi there " * 10)])
+
+
 def test_cache_is_keyed_by_content(tmp_path, tokenizer):
     f = tmp_path / "a.txt"
     f.write_text("one two three " * 30)

@@ -78,15 +78,18 @@ def tokenize_files(specs, tokenizer, use_cache: bool = True) -> torch.Tensor:
             return load_file(path)["ids"]
         except Exception:  # a broken cache entry is rebuilt
             pass
-    parts = []
+    parts, seen = [], {}  # a file given twice (weighting it double in a mix) is tokenized once
     for f in files:
-        text = read_text(f)
-        if not text.strip():
+        key = f.resolve()
+        if key not in seen:
+            text = read_text(f)
+            seen[key] = (torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"],
+                                      dtype=torch.long) if text.strip() else None)
+        if seen[key] is None:
             continue
-        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if parts and tokenizer.eos_token_id is not None:
             parts.append(torch.tensor([tokenizer.eos_token_id]))
-        parts.append(torch.tensor(ids, dtype=torch.long))
+        parts.append(seen[key])
     if not parts:
         raise QuantGPTError(f"no text in {', '.join(map(str, specs))}: the data is empty")
     ids = torch.cat(parts)
