@@ -74,13 +74,11 @@ def gguf_cache(path: str | os.PathLike) -> Path:
     transformers version (its GGUF reader does the dequantizing)."""
     import transformers
 
+    from .checkpoint import sha256_file
     from .data import cache_dir
 
-    h = hashlib.sha256(transformers.__version__.encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return cache_dir() / "gguf" / h.hexdigest()[:32]
+    key = f"{transformers.__version__}:{sha256_file(Path(path))}"
+    return cache_dir() / "gguf" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def load_float(spec: str, dtype: torch.dtype | None = None, use_cache: bool = True):
