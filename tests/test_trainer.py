@@ -351,11 +351,11 @@ def test_embedding_groups_follow_the_embedding_bits():
 
 
 def test_lr_and_lambda_follow_the_weight_bits():
-    """2-bit weights train at lr 1e-3 with lambda 0.1; 3 bits and up at 3e-4 without the contrastive term (study,
+    """2-bit weights train at lr 1e-3 with lambda 0.03; 3 bits and up at 3e-4 without the contrastive term (study,
     sections 7 and 11), or with lambda 0.01 when it is asked for. An explicit value always wins, also one that
     equals another width's default."""
-    assert (TrainConfig(bits="2-2-8").lr, TrainConfig(bits="2-2-8").cont_weight) == (1e-3, 0.1)
-    assert (TrainConfig(bits="2-16-8").lr, TrainConfig(bits="2-16-8").cont_weight) == (1e-3, 0.1)
+    assert (TrainConfig(bits="2-2-8").lr, TrainConfig(bits="2-2-8").cont_weight) == (1e-3, 0.03)
+    assert (TrainConfig(bits="2-16-8").lr, TrainConfig(bits="2-16-8").cont_weight) == (1e-3, 0.03)
     assert TrainConfig(bits="2-2-8").use_contrastive
     for bits in ("3-3-8", "4-4-8", "8-8-8", "16-2-8"):
         cfg = TrainConfig(bits=bits)
