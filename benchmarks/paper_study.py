@@ -56,7 +56,7 @@ def grid() -> dict[str, dict]:
         "no-bank": {"negative_source": "batch"},
         "student-negatives": {"negative_source": "student"},
         "tau0.05": {"tau": 0.05}, "tau0.3": {"tau": 0.3},
-        "lambda0.01": {"cont_weight": 0.01}, "lambda0.03": {"cont_weight": 0.03}, "lambda0.1": {"cont_weight": 0.1},
+        "lambda0.01": {"cont_weight": 0.01}, "lambda0.1": {"cont_weight": 0.1},  # 0.03: the default (section 24)
         "lambda0.5": {"cont_weight": 0.5},
         "lambda1": {"cont_weight": 1.0},
         "layer-mid": {"layer": 14},
@@ -242,7 +242,9 @@ def main():
         raise SystemExit(run_parallel(list(runs), args.jobs, args.runs_dir, args.tag))
     from quantgpt.device import pick_device, pick_dtype
 
-    device = pick_device(args.device)
+    from quantgpt import distributed
+
+    device = pick_device(distributed.setup(args.device))  # under torchrun: this rank's GPU; rank 0 tests and writes
     dtype = pick_dtype("auto", device)
     commit = os.environ.get("QG_COMMIT") or git_commit()
     teacher, tok = load_float(args.model)
@@ -258,6 +260,8 @@ def main():
         row = {"name": row_name(name, args.tag), "method": method, "bits": bits,
                "ablation": spec.get("ablation")}
         if method in ("float", "rtn", "gptq"):
+            if not distributed.is_main():  # no training to share: rank 0 alone measures it
+                continue
             model = teacher if method == "float" else rtn_quantize(copy.deepcopy(teacher).to(device),
                                                                  rtn_config(bits, args.ptq_group_size, ragged_groups=True,
                                                                             act_group_size=args.ptq_act_group_size))
@@ -287,6 +291,8 @@ def main():
                 print(json.dumps({"name": row["name"], "finished_then_stopped": r["stop_signal"],
                                   "hint": "run it again with --resume to evaluate it"}), flush=True)
                 break
+            if not distributed.is_main():
+                continue
             model = load_any(cfg.out, device=device)[0]  # the kept (best) model, as a user gets it (float at 16-16-16)
             row.update(bits=cfg.bits, method="finetune" if cfg.float_student else cfg.method,
                        resumed=resume)  # as run, after any --set override
@@ -301,7 +307,8 @@ def main():
                    wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,
-                   date=time.strftime("%Y-%m-%d"), shared_gpu=args.shared_gpu)
+                   date=time.strftime("%Y-%m-%d"), shared_gpu=args.shared_gpu,
+                   processes=distributed.world())  # data-parallel ranks (torchrun), one GPU each
         print(json.dumps({k: v for k, v in row.items() if "hist" not in k}), flush=True)
         append_row(args.out, row)
         if model is not teacher:

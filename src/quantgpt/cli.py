@@ -109,6 +109,10 @@ def cmd_compress(args) -> int:
     flags["progress"] = None if not args.quiet else False
     cfg = TrainConfig.from_sources(args.config, **flags)
     r = compress(cfg)
+    from .distributed import is_main
+
+    if not is_main():  # torchrun's other ranks: rank 0 reports
+        return 130 if r.get("interrupted") else 0
     if r.get("interrupted"):
         where = " of the teacher's adaptation" if r.get("stage") == "adapt" else ""
         print(f"quantgpt: stopped by {r['interrupted']} at step {r['step']}{where}; state saved in {r['checkpoint']}; "

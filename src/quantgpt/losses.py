@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import QuantGPTError
+
 
 def _chunk_for(vocab: int, device: torch.device) -> int:
     """Tokens per chunk: a power of two with ~256M (GPU) or ~64M (CPU) logits elements."""
@@ -169,12 +171,22 @@ class TokenContrastive(nn.Module):
             extra = extra[pick]
         return torch.cat([uniq, extra])
 
-    def forward(self, s: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None):
-        """``s``, ``t``: ``(N, d)`` student / teacher representations, ``ids``: ``(N,)`` their token ids."""
+    def forward(self, s: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None,
+                gather=None):
+        """``s``, ``t``: ``(N, d)`` student / teacher representations, ``ids``: ``(N,)`` their token ids.
+        ``gather``: with data parallelism, a function that concatenates every rank's tensor (distributed.gather):
+        the bank and the negatives are then the whole batch's, the same on every rank, and the loss is this
+        rank's anchors' share of the one-process loss."""
         zs = F.normalize(self.proj_s(s).float(), dim=-1)
         zt = F.normalize(self.proj_t(t).float(), dim=-1)
         pos = (zs * zt).sum(-1, keepdim=True) / self.tau
-        uniq, inv, mean_t = self.update_bank(ids, zt.detach())
+        if gather is None:
+            uniq, inv, mean_t = self.update_bank(ids, zt.detach())
+        elif self.negative_source == "student":
+            raise QuantGPTError("--negative-source student needs every token's student vector with its gradient: it "
+                                "runs in one process only")
+        else:
+            uniq, inv, mean_t = self.update_bank(gather(ids), gather(zt.detach()))
         if self.negative_source == "bank":
             neg_ids = self._draw_negatives(uniq, generator)
             neg = self.bank[neg_ids]

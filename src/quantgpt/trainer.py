@@ -28,13 +28,15 @@ from .convert import quantize_model, split_quant_parameters, weight_quantizers
 from .data import blocks, tokenize_files
 from .errors import QuantGPTError
 from .device import autocast_for
+from . import distributed as dist
 from .evaluate import evaluate
 from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear
 from .quantizers import LAQQuantizer
 from .train_config import TrainConfig
-from .train_state import load_state, save_state
+from .train_state import load_state
+from .train_state import save_state as _save_state
 
 def quant_param_value(q) -> float:
     """The quantizer's learned clip / step as one number (mean over rows): gamma, alpha or step size."""
@@ -79,7 +81,8 @@ class Trainer:
         self._t_start = time.time()  # this process's run: setup, training, evaluations and writing the model
         self.earlier_run_seconds = 0.0  # a resumed run's earlier processes, from their last checkpoint
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(dist.setup(cfg.device))  # cuda:LOCAL_RANK under torchrun (distributed.py)
+        self.progress = cfg.progress and dist.is_main()
         self.dtype = pick_dtype(cfg.dtype, self.device)
         self.out = Path(cfg.out)
         if (self.out / "checkpoint" / "state.json").is_file() and not cfg.resume:
@@ -87,7 +90,7 @@ class Trainer:
                                 f"or choose another --out")
         if cfg.resume and not (self.out / "checkpoint" / "state.json").is_file():
             raise QuantGPTError(f"--resume: no checkpoint in {self.out / 'checkpoint'}")
-        if not cfg.resume:  # a fresh run's log starts empty: an attempt that crashed before its first checkpoint
+        if not cfg.resume and dist.is_main():  # a fresh run's log starts empty: an attempt that crashed before its first checkpoint
             (self.out / "train_log.jsonl").unlink(missing_ok=True)  # left rows that would read as this run's
         torch.manual_seed(cfg.seed)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -129,7 +132,7 @@ class Trainer:
             self.block_init = blockwise_reconstruct(
                 self.student, self.teacher, self._calib(), steps=cfg.block_steps, batch_size=cfg.batch_size,
                 lr=cfg.lr, quant_lr=cfg.quant_lr, max_grad_norm=cfg.max_grad_norm, dtype=self.dtype,
-                progress=cfg.progress)
+                progress=self.progress)
         if cfg.head_scale and not cfg.resume:
             self._fit_head_scale()
         self.optimizer = self._optimizer()
@@ -139,7 +142,8 @@ class Trainer:
         self.best = None
         self.elapsed = 0.0
         self._perm_epoch, self._perm = -1, None
-        self._stop_signal = None
+        self._stop_signal = None  # the signal's name, once any rank has one (train_step shares it)
+        self._stop_now = False
         if cfg.compile or (cfg.compile is None and self.device.type == "cuda"):
             # each run compiles from an empty cache, as in a fresh process: the blocks' compiled code is shared by
             # their class, so an earlier run's graphs in this process (compress's adaptation stage, a notebook's
@@ -186,7 +190,7 @@ class Trainer:
             rtn_quantize(ptq, rtn_config(cfg.bits, cfg.group_size, ragged_groups=True))
             if cfg.init == "gptq":
                 gptq_quantize(ptq, self._calib(), autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
-                              progress=cfg.progress)
+                              progress=self.progress)
             # the student's float weights start at the PTQ solution (its dequantized weights)
             src = dict(ptq.named_modules())
             for name, m in student.named_modules():
@@ -306,7 +310,7 @@ class Trainer:
         n, bs = shape[0], cfg.batch_size
         cache = torch.empty(shape, dtype=dtype, device=self.device)
         starts = sorted({min(i, n - bs) for i in range(0, n, bs)})
-        for i in tqdm(starts, desc="caching teacher states", unit="batch", disable=not cfg.progress):
+        for i in tqdm(starts, desc="caching teacher states", unit="batch", disable=not self.progress):
             x = self.train[i: i + bs].to(self.device)
             with autocast_for(self.device, self.dtype):
                 cache[i: i + bs] = self._t_base(input_ids=x, use_cache=False).last_hidden_state
@@ -360,7 +364,7 @@ class Trainer:
             if self.contrastive is not None:
                 r_s, r_t = self._reps(s_out, cfg.layer), h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
                 cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), r_t.reshape(-1, r_t.shape[-1]).detach(),
-                                        x.reshape(-1), self.gen)
+                                        x.reshape(-1), self.gen, gather=dist.gather if dist.world() > 1 else None)
                 loss = loss + cfg.cont_weight * cont
                 parts["cont"] = cont.detach()
             if cfg.mse_weight:
@@ -374,23 +378,29 @@ class Trainer:
         cfg = self.cfg
         sums = {}
         for micro in range(cfg.grad_accum):
-            idx = self.batch_indices(self.step, micro)
+            idx = dist.share(self.batch_indices(self.step, micro))  # all of it in one process
             x = self.train[idx].to(self.device, non_blocking=True)
             parts = self.losses(x, None if self._t_cache is None else self._t_cache[idx])
             (parts["loss"] / cfg.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        dist.average_gradients(params)
         names = list(sums)
         stats = [sums[k] for k in names]
         if cfg.max_grad_norm:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
             stats.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).float())
             names.append("grad_norm")
-        row = dict(zip(names, torch.stack(stats).tolist()))  # one sync per step: the NaN guard needs it
+        stop = torch.tensor(float(self._stop_signal is not None), device=self.device)
+        *values, stop = dist.mean(torch.stack([*stats, stop])).tolist()  # one sync per step: the NaN guard needs it
+        row = dict(zip(names, values))  # the losses averaged over the ranks; the norm is the same on each
+        self._stop_now = bool(stop)  # read by run(): the ranks stop after the same step
+        if stop and self._stop_signal is None:  # another rank was stopped
+            self._stop_signal = "SIGTERM"
         bad = [k for k in names if not math.isfinite(row[k]) and k != "grad_norm"]
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
-            path = save_state(self)  # the weights are still those of the last good step
+            path = self.save_state()  # the weights are still those of the last good step
             raise QuantGPTError(f"loss part '{bad[0]}' is {row[bad[0]]} at step {self.step + 1}; training stopped and the "
                                 f"last good state (step {self.step}) is saved in {path}; lower --lr / --quant-lr or "
                                 f"check the data")
@@ -422,7 +432,15 @@ class Trainer:
         return {"eval_ppl": r["perplexity"], "eval_acc": r["accuracy"]}
 
     # ---- logging ----------------------------------------------------------------------------------
+    def save_state(self) -> Path:
+        """The resumable checkpoint (train_state.py), written by rank 0; its path on every rank."""
+        if dist.is_main():
+            return _save_state(self)
+        return self.out / "checkpoint"
+
     def log(self, row: dict) -> None:
+        if not dist.is_main():
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "train_log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -456,7 +474,7 @@ class Trainer:
                 self._save_best()
             self.log(row)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune float" if cfg.float_student else f"compress {cfg.method} {cfg.bits}", unit="step",
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=not self.progress, dynamic_ncols=True)
         t_window, tok_window = time.time(), 0
         try:
             while self.step < self.total_steps:
@@ -487,9 +505,10 @@ class Trainer:
                             self._save_best()
                     self.log(erow)
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                    save_state(self)
-                if self._stop_signal:
-                    path = save_state(self)
+                    self.save_state()
+                # one process stops at once; ranks stop after the step whose sync shared the signal, all together
+                if self._stop_now or (self._stop_signal and dist.world() == 1):
+                    path = self.save_state()
                     bar.close()
                     return {"interrupted": self._stop_signal, "step": self.step, "checkpoint": str(path)}
             bar.close()
@@ -507,6 +526,8 @@ class Trainer:
     def _save_best(self):
         from safetensors.torch import save_model
 
+        if not dist.is_main():
+            return
         path = self.out / "checkpoint" / "best.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -514,10 +535,21 @@ class Trainer:
         os.replace(tmp, path)
 
     def finish(self) -> dict:
+        cfg = self.cfg
+        self.save_state()  # a finished run can still be extended (--resume with more --steps)
+        if dist.is_main():
+            self._write_model()
+        dist.barrier()  # the other ranks wait for the folder: compress's second stage loads the adapted teacher
+        tokens = self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
+        return {"out": str(self.out), "steps": self.step, "tokens": tokens, "train_seconds": round(self.elapsed, 1),
+                "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best,
+                "run_seconds": round(time.time() - self._t_start, 1), "run_seconds_all": self.run_seconds_all()}
+
+    def _write_model(self) -> None:
+        """The model folder: the kept (best held-out) student, packed, or a 16-16-16 run's float model; its plots."""
         from safetensors.torch import load_model
 
         cfg = self.cfg
-        save_state(self)  # a finished run can still be extended (--resume with more --steps)
         best = self.out / "checkpoint" / "best.safetensors"
         final = copy.deepcopy(self.student).cpu()
         if self.best is not None and best.is_file():
@@ -534,10 +566,6 @@ class Trainer:
         from .plots import plot_training
 
         plot_training(self.out / "train_log.jsonl", self.out)
-        tokens = self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
-        return {"out": str(self.out), "steps": self.step, "tokens": tokens, "train_seconds": round(self.elapsed, 1),
-                "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best,
-                "run_seconds": round(time.time() - self._t_start, 1), "run_seconds_all": self.run_seconds_all()}
 
 
 def compress(cfg: TrainConfig, **kw) -> dict:

@@ -1,0 +1,113 @@
+"""Data parallelism (distributed.py): two CPU processes under torchrun (gloo) train as one process does, and the
+contrastive bank and negatives are the whole batch's on every rank."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from quantgpt.distributed import share
+from quantgpt.errors import QuantGPTError
+from quantgpt.models import load_float
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+CHILD = r'''
+import json, os, sys
+import torch
+from safetensors.torch import load_file, save_file
+from quantgpt.models import load_float
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+torch.set_num_threads(1)
+model, data, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ids = load_file(data)["ids"]
+teacher, tok = load_float(model)
+tr = Trainer(TrainConfig(**cfg), teacher=teacher, tokenizer=tok, train_ids=ids, eval_ids=ids[:1024])
+r = tr.run()
+rank = os.environ["RANK"]
+state = {k: v.clone() for k, v in tr.student.state_dict().items()}  # tied tensors: copies
+state.update({"bank": tr.contrastive.bank, "seen": tr.contrastive.seen.to(torch.uint8)})
+save_file(state, os.path.join(cfg["out"], f"rank{rank}.safetensors"))
+print(json.dumps({"rank": rank, "steps": r["steps"], "best": r["best"]}))
+'''
+
+
+def _cfg(out, **kw):
+    base = dict(model="tiny", bits="2-2-8", steps=4, seq_len=32, batch_size=4, out=str(out), log_every=1,
+                save_every=100, eval_every=2, progress=False, device="cpu", negatives=64, compile=False)
+    base.update(kw)
+    return base
+
+
+def _losses(out):
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["kd"], r["cont"]) for r in rows if "kd" in r]
+
+
+def test_two_processes_train_as_one(tmp_path, model_dir, tokenizer):
+    from quantgpt.data import tokenize_files
+
+    ids = tokenize_files("sample", tokenizer, use_cache=False)[: 64 * 32]
+    save_file({"ids": ids.contiguous()}, str(tmp_path / "ids.safetensors"))
+    (tmp_path / "child.py").write_text(CHILD)
+    cfg = _cfg(tmp_path / "two", model=str(model_dir))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(tmp_path / "child.py"), str(model_dir), str(tmp_path / "ids.safetensors"), json.dumps(cfg)],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                          "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    teacher, tok = load_float(str(model_dir))
+    one = Trainer(TrainConfig(**_cfg(tmp_path / "one", model=str(model_dir))), teacher=teacher, tokenizer=tok,
+                  train_ids=ids, eval_ids=ids[:1024])
+    r = one.run()
+    ranks = [load_file(str(tmp_path / "two" / f"rank{i}.safetensors")) for i in (0, 1)]
+    for k in ranks[0]:  # the ranks hold one model and one bank: averaged gradients, gathered bank updates
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+    state = one.student.state_dict()
+    worst = max((ranks[0][k].float() - state[k].float()).abs().max().item() for k in state)
+    assert worst < 1e-4, worst  # one process's steps, up to summation order (Adam divides by tiny moments)
+    assert torch.allclose(ranks[0]["bank"], one.contrastive.bank, atol=1e-5)
+    assert torch.equal(ranks[0]["seen"].bool(), one.contrastive.seen)
+    two, single = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert [s for s, *_ in two] == [s for s, *_ in single] == [1, 2, 3, 4]  # rank 0 alone wrote the log
+    for (_, kd2, c2), (_, kd1, c1) in zip(two, single):  # the logged losses are the whole batch's
+        assert kd2 == pytest.approx(kd1, rel=1e-4) and c2 == pytest.approx(c1, rel=1e-4)
+    assert (tmp_path / "two" / "quantgpt.json").is_file() or any((tmp_path / "two").glob("*.safetensors"))
+    assert r["steps"] == 4
+
+
+def test_share_splits_the_batch_evenly(monkeypatch):
+    import quantgpt.distributed as d
+
+    assert share([3, 1, 4, 1]) == [3, 1, 4, 1]  # one process: the whole batch
+    monkeypatch.setattr(d, "world", lambda: 2)
+    monkeypatch.setattr(d, "rank", lambda: 1)
+    assert d.share([3, 1, 4, 1]) == [4, 1]
+    with pytest.raises(QuantGPTError, match="does not split over 2"):
+        d.share([3, 1, 4])
+
+
+def test_compress_cli_under_torchrun_adapts_then_quantizes(tmp_path, model_dir):
+    """Both of compress's stages across two processes: rank 0 writes the adapted teacher, the other rank waits for
+    it before loading it, and one JSON line reports the run."""
+    from quantgpt.models import load_any
+
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "quantgpt.cli", "compress", str(model_dir), "--bits", "4-4-8", "--steps", "2",
+                        "--adapt-steps", "2", "--seq-len", "32", "--batch-size", "4", "--train-data", "sample",
+                        "--device", "cpu", "--quiet", "--json", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                          "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 1, p.stdout
+    r = json.loads(lines[0])
+    assert r["steps"] == 2 and r["adapt"]["steps"] == 2
+    assert (out / "teacher" / "finetune.json").is_file()
+    load_any(str(out))  # the folder loads
