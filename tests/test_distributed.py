@@ -27,8 +27,21 @@ model, data, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 ids = load_file(data)["ids"]
 teacher, tok = load_float(model)
 tr = Trainer(TrainConfig(**cfg), teacher=teacher, tokenizer=tok, train_ids=ids, eval_ids=ids[:1024])
-r = tr.run()
 rank = os.environ["RANK"]
+stop_at = int(os.environ.get("STOP_RANK1_AT", "0"))
+if stop_at and rank == "1":  # a signal reaching rank 1 alone, after its step stop_at
+    step = tr.train_step
+
+    def train_step():
+        row = step()
+        if tr.step == stop_at:
+            tr._stop_signal = "SIGTERM"
+        return row
+    tr.train_step = train_step
+r = tr.run()
+if "interrupted" in r:
+    print(json.dumps({"rank": rank, "interrupted": r["step"]}))
+    sys.exit(0)
 state = {k: v.clone() for k, v in tr.student.state_dict().items()}  # tied tensors: copies
 state.update({"bank": tr.contrastive.bank, "seen": tr.contrastive.seen.to(torch.uint8)})
 save_file(state, os.path.join(cfg["out"], f"rank{rank}.safetensors"))
@@ -79,6 +92,25 @@ def test_two_processes_train_as_one(tmp_path, model_dir, tokenizer):
         assert kd2 == pytest.approx(kd1, rel=1e-4) and c2 == pytest.approx(c1, rel=1e-4)
     assert (tmp_path / "two" / "quantgpt.json").is_file() or any((tmp_path / "two").glob("*.safetensors"))
     assert r["steps"] == 4
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, model_dir, tokenizer):
+    """Rank 1 alone is signalled after step 2; the step-3 sync shares it, so both ranks stop after step 3 (none
+    waits for the other in a collective) and rank 0 saves that step's checkpoint."""
+    from quantgpt.data import tokenize_files
+
+    ids = tokenize_files("sample", tokenizer, use_cache=False)[: 64 * 32]
+    save_file({"ids": ids.contiguous()}, str(tmp_path / "ids.safetensors"))
+    (tmp_path / "child.py").write_text(CHILD)
+    cfg = _cfg(tmp_path / "two", model=str(model_dir), steps=6)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(tmp_path / "child.py"), str(model_dir), str(tmp_path / "ids.safetensors"), json.dumps(cfg)],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                          "OMP_NUM_THREADS": "1", "STOP_RANK1_AT": "2"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    stops = sorted(json.loads(x)["interrupted"] for x in p.stdout.splitlines() if '"interrupted"' in x)
+    assert stops == [3, 3], p.stdout
+    assert json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())["step"] == 3
 
 
 def test_share_splits_the_batch_evenly(monkeypatch):
