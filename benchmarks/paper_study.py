@@ -308,7 +308,7 @@ def main():
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,
                    date=time.strftime("%Y-%m-%d"), shared_gpu=args.shared_gpu,
-                   processes=distributed.world())  # data-parallel ranks (torchrun), one GPU each
+                   processes=distributed.world() if row["tokens_trained"] else 1)  # training's ranks (torchrun)
         print(json.dumps({k: v for k, v in row.items() if "hist" not in k}), flush=True)
         append_row(args.out, row)
         if model is not teacher:

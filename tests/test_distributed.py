@@ -143,3 +143,24 @@ def test_compress_cli_under_torchrun_adapts_then_quantizes(tmp_path, model_dir):
     assert r["steps"] == 2 and r["adapt"]["steps"] == 2
     assert (out / "teacher" / "finetune.json").is_file()
     load_any(str(out))  # the folder loads
+
+
+def test_paper_study_under_torchrun_writes_one_row_per_run(tmp_path, model_dir):
+    """The study script as goals.sh's PART=3 runs it: rank 0 alone tests and appends; a post-training row is
+    measured once, by rank 0."""
+    from pathlib import Path
+
+    study = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_study.py"
+    out = tmp_path / "rows.jsonl"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(study), "--model", str(model_dir), "--only", "quantgpt@2-2-8", "rtn@4-4-8", "--steps",
+                        "4", "--seq-len", "32", "--eval-seq-len", "64", "--batch-size", "4", "--train-data", "sample",
+                        "--eval-data", "sample-eval", "--test-data", "sample-eval", "--device", "cpu", "--runs-dir",
+                        str(tmp_path / "runs"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                          "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["name"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(rows) == ["quantgpt@2-2-8", "rtn@4-4-8"]
+    assert rows["quantgpt@2-2-8"]["processes"] == 2 and rows["rtn@4-4-8"]["processes"] == 1
+    assert rows["quantgpt@2-2-8"]["tokens_trained"] == 4 * 4 * 32
