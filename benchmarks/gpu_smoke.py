@@ -15,20 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import VOCAB, make_model  # noqa: E402  (the test suite's tiny models)
-
-
-def tokenizer(text: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([text[:100_000]], trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+from conftest import make_model, make_tokenizer  # noqa: E402  (the test suite's tiny models)
 
 
 def main():
@@ -45,16 +32,16 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     model_dir = out / "model"
+    distributed.setup("auto")  # first: is_main() means rank 0 only inside the process group
     if distributed.is_main() and not (model_dir / "config.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
-        tok = tokenizer(data_files("sample")[0].read_text())
         make_model("llama").save_pretrained(model_dir)
-        tok.save_pretrained(model_dir)
-    distributed.setup("auto")
+        make_tokenizer(data_files("sample")[0].read_text()).save_pretrained(model_dir)
     distributed.barrier()
     for bits, method in (("2-2-8", "quantgpt"), ("4-4-8", "kd")):
         run = out / f"{method}_{bits}"
-        shutil.rmtree(run, ignore_errors=True) if distributed.is_main() else None
+        if distributed.is_main():
+            shutil.rmtree(run, ignore_errors=True)
         distributed.barrier()
         cfg = TrainConfig(model=str(model_dir), bits=bits, method=method, steps=args.steps, seq_len=64, batch_size=8,
                           train_data=["sample"], eval_data=["sample-eval"], eval_tokens=4096, adapt_steps=4,

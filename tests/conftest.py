@@ -25,8 +25,8 @@ def sample_text() -> str:
     return data_files("sample")[0].read_text()
 
 
-@pytest.fixture(scope="session")
-def tokenizer(sample_text):
+def make_tokenizer(text: str):
+    """A byte-level BPE tokenizer of VOCAB tokens trained on the first 100k characters of ``text``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,9 +35,14 @@ def tokenizer(sample_text):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([sample_text[:100_000]], trainer)
+    tok.train_from_iterator([text[:100_000]], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(sample_text):
+    return make_tokenizer(sample_text)
 
 
 def make_model(arch: str, seed: int = 0, **kw):
