@@ -166,3 +166,20 @@ def test_every_run_compiles_as_in_a_fresh_process(tmp_path, model_dir, monkeypat
     torch._dynamo.reset()
     assert len(graphs) == 3 and graphs[0] > 0
     assert graphs[1] == graphs[2] > 0, graphs  # without the reset: [5, 3, 0] (the limit is 8)
+
+
+def test_time_budget_of_the_quantized_stage_is_what_the_adaptation_left(tmp_path, model_dir, monkeypatch):
+    seen = []
+    init = Trainer.__init__
+
+    def recording(self, cfg, **kw):
+        seen.append((cfg.bits, cfg.time_budget))
+        init(self, cfg, **kw)
+
+    monkeypatch.setattr(Trainer, "__init__", recording)
+    r = compress(_cfg(model_dir, tmp_path / "a", adapt_steps=2, time_budget=500))
+    (b1, t1), (b2, t2) = seen
+    assert (b1, t1) == ("16-16-16", None)  # the adaptation's steps are its own
+    assert b2 == "2-2-8" and t2 == pytest.approx(500 - r["adapt"]["run_seconds_all"]) and t2 < 500
+    with pytest.raises(QuantGPTError, match="the teacher adaptation took .* nothing is left"):
+        compress(_cfg(model_dir, tmp_path / "b", adapt_steps=2, time_budget=0.01))

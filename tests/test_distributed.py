@@ -28,8 +28,20 @@ torch.set_num_threads(1)
 model, data, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 ids = load_file(data)["ids"]
 teacher, tok = load_float(model)
-tr = Trainer(TrainConfig(**cfg), teacher=teacher, tokenizer=tok, train_ids=ids, eval_ids=ids[:1024])
 rank = os.environ["RANK"]
+costs = os.environ.get("STEP_SECONDS")  # each rank's fake clock: its steps take this many seconds
+if costs:
+    import quantgpt.trainer as trainer_mod
+    now = [0.0]
+    trainer_mod._clock = lambda: now[0]
+tr = Trainer(TrainConfig(**cfg), teacher=teacher, tokenizer=tok, train_ids=ids, eval_ids=ids[:1024])
+if costs:
+    losses = tr.losses
+
+    def timed(*a, **k):
+        now[0] += float(costs.split(",")[int(rank)])
+        return losses(*a, **k)
+    tr.losses = timed
 stop_at = int(os.environ.get("STOP_RANK1_AT", "0"))
 if stop_at and rank == "1":  # a signal reaching rank 1 alone, after its step stop_at
     step = tr.train_step
@@ -111,6 +123,19 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, mod
     stops = sorted(json.loads(x)["interrupted"] for x in p.stdout.splitlines() if '"interrupted"' in x)
     assert stops == [3, 3], p.stdout
     assert json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())["step"] == 3
+
+
+def test_ranks_with_different_clocks_fit_one_step_count(tmp_path, model_dir, tokenizer):
+    """time_budget under torchrun: rank 0's steps take 1 s, rank 1's 3 s. The fit reads their mean (2 s a step),
+    so both fit 50 steps of a 100 s budget at the probe (25 + 50 / 2) and end there together; rank 0's clock alone
+    would fit 100, rank 1's 33."""
+    _, p = _child(tmp_path, tokenizer, _cfg(tmp_path / "two", model=str(model_dir), steps=400, time_budget=100,
+                                            eval_every=0), STEP_SECONDS="1,3")
+    done = sorted(json.loads(x)["steps"] for x in p.stdout.splitlines() if '"steps"' in x)
+    assert done == [50, 50], p.stdout
+    ranks = [load_file(str(tmp_path / "two" / f"rank{i}.safetensors")) for i in (0, 1)]
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
 
 
 def test_share_splits_the_batch_evenly(monkeypatch):

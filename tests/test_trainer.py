@@ -710,3 +710,92 @@ def test_a_fresh_run_does_not_append_to_a_crashed_attempts_log(tmp_path, tiny, t
     Trainer(_cfg(tmp_path, steps=2, eval_every=0), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert rows and all(r.get("eval_ppl") != 1e9 for r in rows) and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The trainer's wall clock, faked: it moves only when a test moves it (one clock for all of a test's runs)."""
+    import quantgpt.trainer as trainer_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(trainer_mod, "_clock", lambda: now[0])
+    return now
+
+
+def _budgeted(tmp_path, tiny, tokenizer, ids, clock, cost, teacher=None, **kw):
+    """A time-budgeted trainer on the fake clock: a training step ``s`` takes ``cost(s)`` seconds and nothing
+    else takes any, so the fitted step counts follow from the costs alone."""
+    base = dict(steps=400, time_budget=100, eval_every=0, log_every=1)
+    tr = Trainer(_cfg(tmp_path, **{**base, **kw}), teacher=teacher or tiny("llama"), tokenizer=tokenizer,
+                 train_ids=ids)
+    losses = tr.losses
+
+    def timed(*a, **k):  # the step's time passes before its sync, as on a device
+        clock[0] += cost(tr.step + 1)
+        return losses(*a, **k)
+
+    tr.losses = timed
+    return tr
+
+
+def _lrs(tr):
+    rows = [json.loads(x) for x in (tr.out / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+
+def test_time_budget_fits_the_steps_and_anneals_on_their_schedule(tmp_path, tiny, tokenizer, ids, clock):
+    """At one second a step, a 100 s budget fits 100 of the 400 steps at the probe (step 25). From there on the
+    learning rate is a 100-step run's, so the run ends annealed, and it writes its model as any run does."""
+    teacher = tiny("llama")
+    tr = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
+    r = tr.run()
+    assert r["steps"] == 100 and tr.total_steps == 100 and tr.eval_every == 20
+    assert r["run_seconds_all"] == 100.0 and (tr.out / "quantgpt.json").is_file()
+    plain = Trainer(_cfg(tmp_path / "p", steps=100, log_every=1), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    plain.run()
+    fitted, ref = _lrs(tr), _lrs(plain)
+    assert sorted(fitted) == sorted(ref) == list(range(1, 101))
+    assert [fitted[s] for s in range(25, 101)] == pytest.approx([ref[s] for s in range(25, 101)], rel=1e-12)
+    assert fitted[24] != pytest.approx(ref[24])  # before the fit: the warmup of 400 steps
+    assert fitted[100] == 0.0
+
+
+def test_time_budget_stops_a_run_whose_steps_slow_down(tmp_path, tiny, tokenizer, ids, clock):
+    """Steps of 1 s fit 100 at the probe; from step 31 they take 4 s. The refit in the step after the evaluation
+    at step 40 (74 s spent at step 41, 69 s over the 36 steps since the probe began) allows 54, and the budget,
+    spent at step 48 (102 s), ends the run there; it still writes its model."""
+    tr = _budgeted(tmp_path, tiny, tokenizer, ids, clock, lambda s: 1.0 if s <= 30 else 4.0)
+    seen = []
+    fit = tr.fit_to_budget
+    tr.fit_to_budget = lambda: (fit(), seen.append((tr.step, tr.total_steps)))
+    r = tr.run()
+    assert seen == [(25, 100), (41, 54)]
+    assert r["steps"] == 48 and (tr.out / "quantgpt.json").is_file()
+
+
+def test_time_budgeted_run_resumes_on_its_fitted_schedule(tmp_path, tiny, tokenizer, ids, clock):
+    teacher = tiny("llama")
+    whole = _budgeted(tmp_path / "a", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
+    whole.run()
+    half = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
+    step = half.train_step
+
+    def interrupted():
+        row = step()
+        if half.step == 50:
+            half._stop_signal = "SIGTERM"
+        return row
+
+    half.train_step = interrupted
+    assert half.run()["step"] == 50
+    resumed = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher, resume=True)
+    assert (resumed.total_steps, resumed.eval_every, resumed.budget_from) == (100, 20, [5, 5.0])
+    assert resumed.run()["steps"] == 100
+    for k, v in whole.student.state_dict().items():
+        assert torch.equal(resumed.student.state_dict()[k], v), k
+    assert _lrs(whole) == _lrs(resumed)
+
+
+def test_time_budget_must_be_positive(tmp_path):
+    with pytest.raises(QuantGPTError, match="time-budget must be a positive"):
+        _cfg(tmp_path, time_budget=0)

@@ -60,6 +60,17 @@ def adapt_config(cfg: TrainConfig, steps: int, resume: bool) -> TrainConfig:
                        out=str(Path(cfg.out) / ADAPT_DIR), **{k: getattr(cfg, k) for k in SHARED})
 
 
+def _budget_left(budget: float | None, adapt: dict) -> float | None:
+    """The quantized stage's time budget: compress's, less the adaptation's wall time (over its segments)."""
+    if budget is None:
+        return None
+    left = budget - (adapt.get("run_seconds_all") or 0.0)
+    if left <= 0:
+        raise QuantGPTError(f"--time-budget {budget:g}: the teacher adaptation took {adapt['run_seconds_all']:.0f} s of "
+                            f"it, nothing is left for the quantized stage; give more time, or --adapt-steps 0")
+    return left
+
+
 def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=None, eval_ids=None) -> dict:
     """Adapt the teacher (unless it needs none), then run the quantized stage from it. Resumable per stage: a
     finished adaptation is kept, an interrupted one continues. Returns the quantized stage's summary with
@@ -113,7 +124,8 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
         adapt = {"out": str(first), "kept": True, **{k: info.get(k) for k in ("steps", "best", "train_seconds",
                                                                              "run_seconds_all")}}
     teacher, tokenizer = load_float(str(first))
-    second = dataclasses.replace(cfg, model=str(first), adapt_steps=0, resume=cfg.resume and second_ckpt)
+    second = dataclasses.replace(cfg, model=str(first), adapt_steps=0, resume=cfg.resume and second_ckpt,
+                                 time_budget=_budget_left(cfg.time_budget, adapt))
     r = Trainer(second, teacher=teacher, tokenizer=tokenizer, train_ids=train_ids, eval_ids=eval_ids).run()
     return {**r, "adapt": adapt}
 

@@ -117,6 +117,11 @@ class TrainConfig:
     eval_data: list[str] | None = None
     steps: int | None = None
     epochs: float | None = None  # used when steps is not given (default 1)
+    # wall-clock seconds for the training, over resumed segments: compress's adaptation stage and the quantized
+    # run's setup, steps and evaluations (not its export). The quantized run fits its step count (at most steps /
+    # epochs) to what is left, from its measured rate, and its schedule follows, so it ends annealed in time
+    # (trainer.py: fit_to_budget); if the rate falls after all, it stops when the budget is spent. None: no limit
+    time_budget: float | None = None
     seq_len: int = 1024
     batch_size: int = 32  # sequences per step: on an H100 a SmolLM2 step of 32 takes as long as one of 16 (study, section 8)
     grad_accum: int = 1
@@ -220,6 +225,8 @@ class TrainConfig:
                 raise QuantGPTError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps <= 0:
             raise QuantGPTError(f"--steps must be positive, got {self.steps}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise QuantGPTError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if self.adapt_steps is not None:
             if self.adapt_steps < 0:
                 raise QuantGPTError(f"--adapt-steps must be 0 or more, got {self.adapt_steps}")

@@ -59,18 +59,21 @@ def compile_blocks(model: torch.nn.Module) -> None:
         block.compile()
 
 
-def _lr_lambda(cfg: TrainConfig, total: int):
+_clock = time.time  # the wall clock of run_seconds_all and the time budget (a test's fake clock replaces it)
+# time_budget: the rate is measured from the end of step BUDGET_PROBE[0] (the steps before it compile) to the
+# end of step BUDGET_PROBE[1], where the step count is first fitted; then again after every evaluation
+BUDGET_PROBE = (5, 25)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of ``step`` over a run of ``total`` steps, as a fraction of the peak."""
     warm = int(cfg.warmup * total)
-
-    def f(step):
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "constant":
-            return 1.0
-        p = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
-
-    return f
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - warm) / max(1, total - warm))
+    return 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
 
 
 class Trainer:
@@ -78,7 +81,7 @@ class Trainer:
         from .device import pick_device, pick_dtype
         from .models import load_float
 
-        self._t_start = time.time()  # this process's run: setup, training, evaluations and writing the model
+        self._t_start = _clock()  # this process's run: setup, training, evaluations and writing the model
         self.earlier_run_seconds = 0.0  # a resumed run's earlier processes, from their last checkpoint
         self.cfg = cfg
         self.device = pick_device(dist.setup(cfg.device))  # cuda:LOCAL_RANK under torchrun (distributed.py)
@@ -113,7 +116,10 @@ class Trainer:
         self.eval_ids = eval_ids[: cfg.eval_tokens] if eval_ids is not None else None
         if self.eval_ids is not None and self.eval_ids.numel() < cfg.seq_len:
             raise QuantGPTError(f"the evaluation data has {self.eval_ids.numel()} tokens, fewer than one window of {cfg.seq_len}")
-        self.total_steps = cfg.run_steps(self.train.shape[0])
+        self.max_steps = cfg.run_steps(self.train.shape[0])
+        self.total_steps = self.max_steps  # time_budget may fit fewer (fit_to_budget)
+        self.budget_from = None  # time_budget: [step, seconds] where the rate's measurement began
+        self.eval_every = cfg.eval_every or max(1, self.total_steps // 5)  # refitted with the step count once
 
         self.student = self._build_student(teacher)
         teacher.requires_grad_(False)
@@ -137,13 +143,16 @@ class Trainer:
             self._fit_head_scale()
         self.optimizer = self._optimizer()
         self._laq = self._laq_links()  # fixed once the student is built; read after every optimizer step
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: lr_factor(cfg, step, self.total_steps))
         self.step = 0
         self.best = None
         self.elapsed = 0.0
         self._perm_epoch, self._perm = -1, None
         self._stop_signal = None  # the signal's name, once any rank has one (train_step shares it)
         self._stop_now = False
+        self._seconds = 0.0  # time_budget: run_seconds_all at the last step's sync, averaged over the ranks
+        self._refit = False  # time_budget: fit again after the next step (an evaluation came between)
         if cfg.compile or (cfg.compile is None and self.device.type == "cuda"):
             # each run compiles from an empty cache, as in a fresh process: the blocks' compiled code is shared by
             # their class, so an earlier run's graphs in this process (compress's adaptation stage, a notebook's
@@ -391,10 +400,12 @@ class Trainer:
         if cfg.max_grad_norm:
             stats.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).float())
             names.append("grad_norm")
-        stop = torch.tensor(float(self._stop_signal is not None), device=self.device)
-        *values, stop = dist.mean(torch.stack([*stats, stop])).tolist()  # one sync per step: the NaN guard needs it
-        row = dict(zip(names, values))  # the losses averaged over the ranks; the norm is the same on each
+        seconds = self.run_seconds_all() if cfg.time_budget is not None else 0.0  # the time budget's clock
+        flags = torch.tensor([float(self._stop_signal is not None), seconds], device=self.device)
+        *values, stop, seconds = dist.mean(torch.cat([torch.stack(stats), flags])).tolist()  # one sync per step:
+        row = dict(zip(names, values))  # the NaN guard needs it; the losses averaged over the ranks, the norm the same
         self._stop_now = bool(stop)  # read by run(): the ranks stop after the same step
+        self._seconds = seconds  # the ranks' mean: they fit the same step count from it (fit_to_budget)
         if stop and self._stop_signal is None:  # another rank was stopped
             self._stop_signal = "SIGTERM"
         bad = [k for k in names if not math.isfinite(row[k]) and k != "grad_norm"]
@@ -452,15 +463,42 @@ class Trainer:
     def run_seconds_all(self) -> float:
         """Wall time of the whole run so far, over resumed segments: each one's setup, training, evaluations (a
         segment's time after its last checkpoint is lost with it)."""
-        return round(self.earlier_run_seconds + time.time() - self._t_start, 1)
+        return round(self.earlier_run_seconds + _clock() - self._t_start, 1)
 
     def _on_signal(self, signum, frame):
         self._stop_signal = signal.Signals(signum).name
 
+    # ---- the time budget ---------------------------------------------------------------------------
+    def _budget_step(self) -> None:
+        """After each step of a time-budgeted run, on the seconds its sync shared: the budget spent ends the run at
+        this step; the probe's steps start the rate's measurement and make the first fit; the step after an
+        evaluation fits again."""
+        cfg = self.cfg
+        if self._seconds >= cfg.time_budget:
+            self.total_steps = self.step  # the schedule is cut, not annealed: the rate fell after the last fit
+        elif self.step == BUDGET_PROBE[0] and self.budget_from is None:
+            self.budget_from = [self.step, self._seconds]
+        elif self.budget_from is not None and self.step < self.total_steps and (
+                self.step == BUDGET_PROBE[1] or self._refit):
+            self.fit_to_budget()
+            if self.step == BUDGET_PROBE[1]:
+                self.eval_every = cfg.eval_every or max(1, self.total_steps // 5)
+        self._refit = False
+
+    def fit_to_budget(self) -> None:
+        """time_budget: the step count that the seconds left allow at the rate measured since ``budget_from``
+        (steps, evaluations, checkpoints), at most the run's own and at least the steps done; the learning rate
+        of the next step is set on the new schedule at once."""
+        s0, t0 = self.budget_from
+        per_step = max(self._seconds - t0, 1e-6) / (self.step - s0)
+        fit = self.step + int((self.cfg.time_budget - self._seconds) / per_step)
+        self.total_steps = max(self.step, min(self.max_steps, fit))
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * lr_factor(self.cfg, self.step, self.total_steps)
+
     def run(self) -> dict:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        eval_every = cfg.eval_every or max(1, self.total_steps // 5)
         tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.step == 0:
@@ -483,7 +521,10 @@ class Trainer:
                 dt = time.time() - t0
                 self.elapsed += dt
                 tok_window += tokens_per_step
-                row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.scheduler.get_last_lr()[0],
+                if cfg.time_budget is not None:
+                    self._budget_step()
+                    bar.total = self.total_steps
+                row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.optimizer.param_groups[0]["lr"],
                            train_seconds=round(self.elapsed, 2))
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     now = time.time()
@@ -496,7 +537,8 @@ class Trainer:
                     bar.set_postfix({k: f"{row[k]:.3f}" for k in shown if k in row} |
                                     {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
                 bar.update(1)
-                if self.step % eval_every == 0 or self.step == self.total_steps:
+                evaluated = self.step % self.eval_every == 0 or self.step == self.total_steps
+                if evaluated:
                     erow = {"step": self.step, "tokens": self.step * tokens_per_step, **self.homogeneity()}
                     if self.eval_ids is not None:
                         erow.update(self.evaluate())
@@ -504,6 +546,7 @@ class Trainer:
                             self.best = {"step": self.step, "eval_ppl": erow["eval_ppl"]}
                             self._save_best()
                     self.log(erow)
+                    self._refit = cfg.time_budget is not None  # at the next step: the rate with this evaluation in it
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save_state()
                 # one process stops at once; ranks stop after the step whose sync shared the signal, all together
@@ -543,7 +586,7 @@ class Trainer:
         tokens = self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
         return {"out": str(self.out), "steps": self.step, "tokens": tokens, "train_seconds": round(self.elapsed, 1),
                 "tok_per_s": tokens / max(self.elapsed, 1e-9), "best": self.best,
-                "run_seconds": round(time.time() - self._t_start, 1), "run_seconds_all": self.run_seconds_all()}
+                "run_seconds": round(_clock() - self._t_start, 1), "run_seconds_all": self.run_seconds_all()}
 
     def _write_model(self) -> None:
         """The model folder: the kept (best held-out) student, packed, or a 16-16-16 run's float model; its plots."""
