@@ -142,6 +142,7 @@ class Trainer:
         if cfg.head_scale and not cfg.resume:
             self._fit_head_scale()
         self.optimizer = self._optimizer()
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]  # what train_step clips
         self._laq = self._laq_links()  # fixed once the student is built; read after every optimizer step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda step: lr_factor(cfg, step, self.total_steps))
@@ -393,7 +394,7 @@ class Trainer:
             (parts["loss"] / cfg.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = self._params
         dist.average_gradients(params)
         names = list(sums)
         stats = [sums[k] for k in names]
