@@ -10,6 +10,7 @@
 #           test perplexity), then from it pact, lsq and laq at 2-2-8, 600 steps each, the three sharing the GPU:
 #           the baselines at the 2-bit default groups (16 columns, 8 table features; their steps in fp16), which
 #           sections 23-24's kd and quantgpt rows from teachers made alike compare with. About 480 s.
+#           BASELINES=0: the teacher alone (about 100 s), when the device time left is short.
 #   PART=2: on the machine PART=1 left (its adapted teacher in $TF): compress's 2-bit defaults from that teacher,
 #           alone, for as many of STEPS (default 8000) steps as the call's time allows (time_budget: LIMIT less
 #           RESERVE seconds for Python's start and loading before the run and for its export and test after).
@@ -28,7 +29,8 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-s20
      wait
      LIMIT=$((END - SECONDS))
-     if [ -f $TF/finetune.json ]; then
+     if [ "${BASELINES:-1}" = 0 ]; then :  # the teacher alone, for PART=2 on this machine
+     elif [ -f $TF/finetune.json ]; then
        export QG_SHARED_GPU=3
        for m in pact lsq laq; do
          bg $m --steps "${STEPS1:-600}" --only $m@2-2-8 --tag=-ta-s20 --model $TF
