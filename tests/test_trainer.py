@@ -20,6 +20,19 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
+def _stop_after(tr, n):
+    """A SIGTERM reaching ``tr`` during its step ``n``: the run stops with a checkpoint after that step."""
+    step = tr.train_step
+
+    def interrupted():
+        row = step()
+        if tr.step == n:
+            tr._stop_signal = "SIGTERM"
+        return row
+
+    tr.train_step = interrupted
+
+
 @pytest.fixture(scope="module")
 def ids(tokenizer):
     from quantgpt.data import tokenize_files
@@ -54,15 +67,7 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
     full.run()
     half = Trainer(_cfg(tmp_path / "b", method=method, **extra), teacher=teacher, tokenizer=tokenizer, train_ids=ids,
                    eval_ids=ids[:2000])
-    step = half.train_step
-
-    def interrupted():
-        row = step()
-        if half.step == 3:
-            half._stop_signal = "SIGTERM"
-        return row
-
-    half.train_step = interrupted
+    _stop_after(half, 3)
     r = half.run()
     assert r["interrupted"] == "SIGTERM" and r["step"] == 3
     resumed = Trainer(_cfg(tmp_path / "b", method=method, resume=True, **extra), teacher=teacher, tokenizer=tokenizer,
@@ -778,15 +783,7 @@ def test_time_budgeted_run_resumes_on_its_fitted_schedule(tmp_path, tiny, tokeni
     whole = _budgeted(tmp_path / "a", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
     whole.run()
     half = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
-    step = half.train_step
-
-    def interrupted():
-        row = step()
-        if half.step == 50:
-            half._stop_signal = "SIGTERM"
-        return row
-
-    half.train_step = interrupted
+    _stop_after(half, 50)
     assert half.run()["step"] == 50
     resumed = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher, resume=True)
     assert (resumed.total_steps, resumed.eval_every, resumed.budget_from) == (100, 20, [5, 5.0])

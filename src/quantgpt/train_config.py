@@ -74,8 +74,8 @@ def default_cont_weight(weight_bits: int, asked: bool = False) -> float:
     scales), 600 steps from one adapted teacher: lambda 0.1 / 0.03 / 0 tested 28.02 / 27.48 / 27.38 and 27.41
     (two seeds), held out 31.35 / 30.55 / 30.51 and 30.54 (BENCHMARKS sections 23, 24). 0.03 is 1.9% ahead of the
     paper's 0.1, 15 times kd's seed spread, and leaves the student's token representations as alike as the
-    teacher's (mean pairwise cosine 0.45 against 0.505; 0.35 at 0.1, 0.63 without the term). Without the term is
-    0.3% ahead, within two seeds' noise. On the older 32-column layout 0.1 helped (69.4 vs kd's 71.1,
+    teacher's (mean pairwise cosine 0.45 against 0.505; 0.35 at 0.1, 0.63 without the term). Against no term it
+    is a tie: 27.37 over three seeds (27.05 to 27.56) against 27.40 over two (section 25). On the older 32-column layout 0.1 helped (69.4 vs kd's 71.1,
     section 10). Above 2 bits every measured weight was worse than none: at 4-4-8, 0.1 gave 25.2 against 24.35
     (section 7), and 0.01 gave 22.18 against 22.15 (section 9) and 21.96 / 21.93 (two seeds) against 21.91 after
     700 steps (section 11). So quantgpt trains without it above 2 bits; 0.01, the least harmful weight measured,
