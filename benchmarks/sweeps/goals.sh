@@ -15,6 +15,8 @@
 #           alone, for as many of STEPS (default 8000) steps as the call's time allows (time_budget: LIMIT less
 #           RESERVE seconds for Python's start and loading before the run and for its export and test after).
 #           Section 24's kd run held out 28.98 at step 2880 of 3600; 4000 steps take about 615 s of training.
+#           Section 25 ran it at commit 83c05c7: 2916 steps fitted to 525 s, 25.575. METHOD=kd runs kd the same
+#           way (the next comparison: over 600 steps the two tie, 27.37 against 27.40).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -38,7 +40,7 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      else echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2; fi ;;
   2|3|4) LIMIT=${LIMIT:-585}
      TB=$((LIMIT - SECONDS - ${RESERVE:-60}))
-     LONG=(--steps "${STEPS:-8000}" --only quantgpt@2-2-8 --set time_budget=$TB save_every=100000)
+     LONG=(--steps "${STEPS:-8000}" --only "${METHOD:-quantgpt}@2-2-8" --set time_budget=$TB save_every=100000)
      case $PART in
        2) if [ -f $TF/finetune.json ]; then QG_SHARED_GPU=1 bg long "${LONG[@]}" --model $TF --tag=-tb-s20
           else echo "no adapted teacher at $TF (a bare machine?): run PART=3" >&2; fi ;;
