@@ -51,7 +51,7 @@ def setup(device: str) -> str:
     return f"cuda:{local}" if cuda else "cpu"
 
 
-def share(items: list, what: str = "batch") -> list:
+def share(items: list) -> list:
     """This rank's contiguous share of a global batch's items; the batch must split evenly."""
     n, r = world(), rank()
     if len(items) % n:

@@ -538,8 +538,7 @@ class Trainer:
                     bar.set_postfix({k: f"{row[k]:.3f}" for k in shown if k in row} |
                                     {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
                 bar.update(1)
-                evaluated = self.step % self.eval_every == 0 or self.step == self.total_steps
-                if evaluated:
+                if self.step % self.eval_every == 0 or self.step == self.total_steps:
                     erow = {"step": self.step, "tokens": self.step * tokens_per_step, **self.homogeneity()}
                     if self.eval_ids is not None:
                         erow.update(self.evaluate())
