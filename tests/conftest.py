@@ -13,6 +13,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 VOCAB = 384
 
 
+def stop_after(tr, n: int) -> None:
+    """A SIGTERM reaching ``tr`` during its step ``n``: the run stops with a checkpoint after that step."""
+    step = tr.train_step
+
+    def interrupted():
+        row = step()
+        if tr.step == n:
+            tr._stop_signal = "SIGTERM"
+        return row
+
+    tr.train_step = interrupted
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QUANTGPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -20,6 +20,7 @@ CHILD = r'''
 import json, os, sys
 import torch
 from safetensors.torch import load_file, save_file
+from conftest import stop_after  # the tests' folder is on PYTHONPATH (_child)
 from quantgpt.models import load_float
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
@@ -43,15 +44,8 @@ if costs:
         return losses(*a, **k)
     tr.losses = timed
 stop_at = int(os.environ.get("STOP_RANK1_AT", "0"))
-if stop_at and rank == "1":  # a signal reaching rank 1 alone, after its step stop_at
-    step = tr.train_step
-
-    def train_step():
-        row = step()
-        if tr.step == stop_at:
-            tr._stop_signal = "SIGTERM"
-        return row
-    tr.train_step = train_step
+if stop_at and rank == "1":  # a signal reaching rank 1 alone, during its step stop_at
+    stop_after(tr, stop_at)
 r = tr.run()
 if "interrupted" in r:
     print(json.dumps({"rank": rank, "interrupted": r["step"]}))
@@ -79,7 +73,9 @@ def _child(tmp_path, tokenizer, cfg, **env) -> tuple[torch.Tensor, subprocess.Co
     ids = tokenize_files("sample", tokenizer, use_cache=False)[: 64 * 32]
     save_file({"ids": ids.contiguous()}, str(tmp_path / "ids.safetensors"))
     (tmp_path / "child.py").write_text(CHILD)
-    return ids, _torchrun(tmp_path / "child.py", cfg["model"], tmp_path / "ids.safetensors", json.dumps(cfg), **env)
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return ids, _torchrun(tmp_path / "child.py", cfg["model"], tmp_path / "ids.safetensors", json.dumps(cfg),
+                          PYTHONPATH=path, **env)
 
 
 def _cfg(out, **kw):

@@ -12,25 +12,14 @@ from quantgpt.train_config import TrainConfig
 from quantgpt.convert import scale_clips, weight_quantizers
 from quantgpt.trainer import Trainer
 
+from conftest import stop_after
+
 
 def _cfg(tmp_path, **kw):
     base = dict(model="tiny", bits="2-2-8", steps=6, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
                 log_every=2, save_every=100, eval_every=3, progress=False, device="cpu", negatives=64)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _stop_after(tr, n):
-    """A SIGTERM reaching ``tr`` during its step ``n``: the run stops with a checkpoint after that step."""
-    step = tr.train_step
-
-    def interrupted():
-        row = step()
-        if tr.step == n:
-            tr._stop_signal = "SIGTERM"
-        return row
-
-    tr.train_step = interrupted
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +56,7 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
     full.run()
     half = Trainer(_cfg(tmp_path / "b", method=method, **extra), teacher=teacher, tokenizer=tokenizer, train_ids=ids,
                    eval_ids=ids[:2000])
-    _stop_after(half, 3)
+    stop_after(half, 3)
     r = half.run()
     assert r["interrupted"] == "SIGTERM" and r["step"] == 3
     resumed = Trainer(_cfg(tmp_path / "b", method=method, resume=True, **extra), teacher=teacher, tokenizer=tokenizer,
@@ -783,7 +772,7 @@ def test_time_budgeted_run_resumes_on_its_fitted_schedule(tmp_path, tiny, tokeni
     whole = _budgeted(tmp_path / "a", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
     whole.run()
     half = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)
-    _stop_after(half, 50)
+    stop_after(half, 50)
     assert half.run()["step"] == 50
     resumed = _budgeted(tmp_path / "b", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher, resume=True)
     assert (resumed.total_steps, resumed.eval_every, resumed.budget_from) == (100, 20, [5, 5.0])
