@@ -16,7 +16,8 @@
 #           RESERVE seconds for Python's start and loading before the run and for its export and test after).
 #           Section 24's kd run held out 28.98 at step 2880 of 3600; 4000 steps take about 615 s of training.
 #           Section 25 ran it at commit 83c05c7: 2916 steps fitted to 525 s, 25.575. METHOD=kd runs kd the same
-#           way (the next comparison: over 600 steps the two tie, 27.37 against 27.40).
+#           way (the next comparison: over 600 steps the two tie, 27.37 against 27.40); STEPS=2916 with it gives kd
+#           section 25's steps (the budget stays as a guard). SET adds --set values (SET=lr=5e-4), TAG names them.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -25,28 +26,29 @@
 # machine is gone, and each 1.6 GB save costs steps.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-TF=runs/study/finetune_16-16-16-s20
+R=${R:-s21}  # the session's tag: its teacher and rows
+TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
-     LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-s20
+     LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-$R
      wait
      LIMIT=$((END - SECONDS))
      if [ "${BASELINES:-1}" = 0 ]; then :  # the teacher alone, for PART=2 on this machine
      elif [ -f $TF/finetune.json ]; then
        export QG_SHARED_GPU=3
        for m in pact lsq laq; do
-         bg $m --steps "${STEPS1:-600}" --only $m@2-2-8 --tag=-ta-s20 --model $TF
+         bg $m --steps "${STEPS1:-600}" --only $m@2-2-8 --tag=-ta-$R --model $TF
        done
      else echo "no adapted teacher at $TF: see runs/logs/ft.log" >&2; fi ;;
   2|3|4) LIMIT=${LIMIT:-585}
      TB=$((LIMIT - SECONDS - ${RESERVE:-60}))
-     LONG=(--steps "${STEPS:-8000}" --only "${METHOD:-quantgpt}@2-2-8" --set time_budget=$TB save_every=100000)
+     LONG=(--steps "${STEPS:-8000}" --only "${METHOD:-quantgpt}@2-2-8" --set time_budget=$TB save_every=100000 ${SET:-})
      case $PART in
-       2) if [ -f $TF/finetune.json ]; then QG_SHARED_GPU=1 bg long "${LONG[@]}" --model $TF --tag=-tb-s20
+       2) if [ -f $TF/finetune.json ]; then QG_SHARED_GPU=1 bg long "${LONG[@]}" --model $TF --tag=-tb${TAG:-}-$R
           else echo "no adapted teacher at $TF (a bare machine?): run PART=3" >&2; fi ;;
-       3) QG_SHARED_GPU=1 bg long "${LONG[@]}" --tag=-tb-own-s20 ;;
+       3) QG_SHARED_GPU=1 bg long "${LONG[@]}" --tag=-tb-own${TAG:-}-$R ;;
        4) S=${S/python /torchrun --standalone --nproc-per-node ${GPUS:-2} }  # one study process per GPU
-          QG_SHARED_GPU=1 bg long "${LONG[@]}" --tag=-tb-dp-s20 ;;
+          QG_SHARED_GPU=1 bg long "${LONG[@]}" --tag=-tb-dp${TAG:-}-$R ;;
      esac ;;
   *) echo "PART=$PART: this plan has parts 1 to 4" >&2; exit 2 ;;
 esac
