@@ -18,12 +18,18 @@
 #           Section 25 ran it at commit 83c05c7: 2916 steps fitted to 525 s, 25.575. METHOD=kd runs kd the same
 #           way (the next comparison: over 600 steps the two tie, 27.37 against 27.40); STEPS=2916 with it gives kd
 #           section 25's steps (the budget stays as a guard). SET adds --set values (SET=lr=5e-4), TAG names them.
+#           Section 26 ran both: kd 25.596 at 2916 steps; quantgpt at lr 5e-4 25.324 over 3364 (a faster machine).
+#           Next, each at STEPS=2916 for one step count: SET=lr=5e-4 TAG=-lr5e-4, and SET=settle=0.1 TAG=-settle0.1
+#           (the last 10% of the steps at 1e-3 of the peak lr: docs/method.md, Trainer).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
 #           under torchrun (distributed.py: the same global batch of 32 x 1024 tokens, split over the GPUs).
 # Checkpoints: the long runs save at their end only (save_every 100000): a cut run cannot be resumed once its
 # machine is gone, and each 1.6 GB save costs steps.
+# Staging that survived lost machines (section 26): p3 first (`mkdir -p /root/m && cp -r .devcache/p3 /root/m/p3`),
+# then p1 and p2 (`cp .devcache/pN/* /root/m/`), and each run call starts with
+# `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
 R=${R:-s21}  # the session's tag: its teacher and rows

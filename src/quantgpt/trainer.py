@@ -65,15 +65,29 @@ _clock = time.time  # the wall clock of run_seconds_all and the time budget (a t
 BUDGET_PROBE = (5, 25)
 
 
+SETTLE_FACTOR = 1e-3  # the lr of TrainConfig.settle's last steps, as a fraction of the peak
+
+
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
-    """The learning rate of ``step`` over a run of ``total`` steps, as a fraction of the peak."""
-    warm = int(cfg.warmup * total)
+    """The learning rate of ``step`` over a run of ``total`` steps, as a fraction of the peak: warmup and the
+    schedule over the first ``total - int(settle * total)`` steps, SETTLE_FACTOR over the rest."""
+    main = total - int(cfg.settle * total)
+    if main < total and step >= main:
+        return SETTLE_FACTOR
+    warm = int(cfg.warmup * main)
     if step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
-    p = min(1.0, (step - warm) / max(1, total - warm))
+    p = min(1.0, (step - warm) / max(1, main - warm))
     return 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
+
+
+def five_evals(total: int) -> int:
+    """The default evaluation interval, ceil(total / 5): at most four evaluations inside a run of ``total`` steps
+    and one at its end (total // 5 made five inside where total is not a multiple of 5: kd's 2916-step run
+    evaluated at 2915 and again at 2916, BENCHMARKS.md section 26)."""
+    return max(1, -(-total // 5))
 
 
 class Trainer:
@@ -119,7 +133,7 @@ class Trainer:
         self.max_steps = cfg.run_steps(self.train.shape[0])
         self.total_steps = self.max_steps  # time_budget may fit fewer (fit_to_budget)
         self.budget_from = None  # time_budget: [step, seconds] where the rate's measurement began
-        self.eval_every = cfg.eval_every or max(1, self.total_steps // 5)  # refitted with the step count once
+        self.eval_every = cfg.eval_every or five_evals(self.total_steps)  # refitted with the step count once
 
         self.student = self._build_student(teacher)
         teacher.requires_grad_(False)
@@ -483,7 +497,7 @@ class Trainer:
                 self.step == BUDGET_PROBE[1] or self._refit):
             self.fit_to_budget()
             if self.step == BUDGET_PROBE[1]:
-                self.eval_every = cfg.eval_every or max(1, self.total_steps // 5)
+                self.eval_every = cfg.eval_every or five_evals(self.total_steps)
         self._refit = False
 
     def fit_to_budget(self) -> None:
