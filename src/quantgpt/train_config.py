@@ -130,9 +130,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: float = 0.03  # fraction of the steps
     schedule: str = "cosine"  # cosine | linear | constant
-    # the last fraction of the steps at 1e-3 of the peak lr (trainer.SETTLE_FACTOR), after the schedule (warmup, decay) has run in
-    # the steps before: quantized weights at a rounding threshold settle on the side their gradient favours
-    # (BENCHMARKS.md section 26). 0: none. The float stage of compress keeps none
+    # the last fraction of the steps at 1e-3 of the peak lr (trainer.SETTLE_FACTOR), after the schedule (warmup,
+    # decay) has run in the steps before: quantized weights at a rounding threshold settle on the side their
+    # gradient favours (BENCHMARKS.md section 26). 0: none. The float stage of compress keeps none
     settle: float = 0.0
     max_grad_norm: float = 1.0
     temperature: float = 1.0
