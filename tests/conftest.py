@@ -26,6 +26,18 @@ def stop_after(tr, n: int) -> None:
     tr.train_step = interrupted
 
 
+def step_seconds(tr, clock: list, cost) -> None:
+    """Each training step ``s`` of ``tr`` moves the fake clock ``clock`` (a one-item list) by ``cost(s)`` seconds,
+    before the step's sync, as on a device."""
+    losses = tr.losses
+
+    def timed(*a, **k):
+        clock[0] += cost(tr.step + 1)
+        return losses(*a, **k)
+
+    tr.losses = timed
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QUANTGPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

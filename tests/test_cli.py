@@ -8,6 +8,7 @@ import torch
 
 from quantgpt import load
 from quantgpt.cli import main
+from quantgpt.plots import read_log
 
 SMALL = ["--calib-seq-len", "64", "--calib-samples", "8", "--device", "cpu", "--quiet"]
 
@@ -139,7 +140,7 @@ def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     r = json.loads(stdout)
     assert r["steps"] == 4 and r["tokens"] == 4 * 4 * 32  # the flag overrode the file's 2 steps
     assert (out / "train_log.jsonl").is_file() and (out / "loss_curve.png").is_file() and (out / "quant_params.png").is_file()
-    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    rows = read_log(out / "train_log.jsonl")
     assert any("cont" in x for x in rows) and any("eval_ppl" in x for x in rows) and any("cos_student" in x for x in rows)
     code, stdout, err = run(capsys, "eval", out, "--data", "sample-eval", "--seq-len", "32", "--limit-tokens", "1000",
                             "--json", "--device", "cpu", "--quiet")

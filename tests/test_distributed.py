@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from quantgpt.distributed import share
 from quantgpt.errors import QuantGPTError
 from quantgpt.models import load_float
+from quantgpt.plots import read_log
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
 
@@ -20,7 +21,7 @@ CHILD = r'''
 import json, os, sys
 import torch
 from safetensors.torch import load_file, save_file
-from conftest import stop_after  # the tests' folder is on PYTHONPATH (_child)
+from conftest import step_seconds, stop_after  # the tests' folder is on PYTHONPATH (_child)
 from quantgpt.models import load_float
 from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
@@ -37,12 +38,7 @@ if costs:
     trainer_mod._clock = lambda: now[0]
 tr = Trainer(TrainConfig(**cfg), teacher=teacher, tokenizer=tok, train_ids=ids, eval_ids=ids[:1024])
 if costs:
-    losses = tr.losses
-
-    def timed(*a, **k):
-        now[0] += float(costs.split(",")[int(rank)])
-        return losses(*a, **k)
-    tr.losses = timed
+    step_seconds(tr, now, lambda s: float(costs.split(",")[int(rank)]))
 stop_at = int(os.environ.get("STOP_RANK1_AT", "0"))
 if stop_at and rank == "1":  # a signal reaching rank 1 alone, during its step stop_at
     stop_after(tr, stop_at)
@@ -86,7 +82,7 @@ def _cfg(out, **kw):
 
 
 def _losses(out):
-    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    rows = read_log(out / "train_log.jsonl")
     return [(r["step"], r["kd"], r["cont"]) for r in rows if "kd" in r]
 
 

@@ -3,7 +3,6 @@ import copy
 import math
 import json
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,9 +11,10 @@ from quantgpt import evaluate
 from quantgpt.errors import QuantGPTError
 from quantgpt.train_config import TrainConfig
 from quantgpt.convert import scale_clips, weight_quantizers
+from quantgpt.plots import read_log
 from quantgpt.trainer import SETTLE_FACTOR, Trainer, five_evals, lr_factor
 
-from conftest import stop_after
+from conftest import step_seconds, stop_after
 
 
 def _cfg(tmp_path, **kw):
@@ -77,8 +77,8 @@ def test_resume_is_bit_exact(tmp_path, tiny, tokenizer, ids, method, extra):
         assert torch.equal(a[k], v), k
     if method == "quantgpt":
         assert torch.equal(full.contrastive.bank, resumed.contrastive.bank)
-    log_a = [json.loads(x) for x in (tmp_path / "a" / "run" / "train_log.jsonl").read_text().splitlines()]
-    log_b = [json.loads(x) for x in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()]
+    log_a = read_log(tmp_path / "a" / "run" / "train_log.jsonl")
+    log_b = read_log(tmp_path / "b" / "run" / "train_log.jsonl")
     assert [r.get("kd") for r in log_a] == [r.get("kd") for r in log_b]
 
 
@@ -100,7 +100,7 @@ def test_teacher_cache_trains_as_the_teacher_would(tmp_path, tiny, tokenizer, id
             torch.testing.assert_close(tr._t_cache, direct, rtol=1e-5, atol=1e-5)
         tr.run()
     a, b = runs[False], runs[True]
-    log = lambda t: [json.loads(x) for x in (t.out / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
+    log = lambda t: read_log(t.out / "train_log.jsonl")  # noqa: E731
     assert [r.get("kd") for r in log(a)] == pytest.approx([r.get("kd") for r in log(b)], rel=1e-5)
     for k, v in a.student.state_dict().items():
         torch.testing.assert_close(b.student.state_dict()[k], v, rtol=1e-4, atol=1e-6)
@@ -259,7 +259,7 @@ def test_starting_point_is_kept_when_training_only_hurts(tmp_path, tiny, tokeniz
     cfg = _cfg(tmp_path, bits="8-8-8", steps=2, eval_every=1, lr=3.0, warmup=0.0, max_grad_norm=0.0)
     tr = Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids, eval_ids=ev)
     r = tr.run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    rows = read_log(tmp_path / "run" / "train_log.jsonl")
     evals = {x["step"]: x["eval_ppl"] for x in rows if "eval_ppl" in x}
     assert evals[0] < min(evals[1], evals[2])  # a learning rate of 3 wrecks the model
     assert r["best"] == {"step": 0, "eval_ppl": evals[0]}
@@ -704,7 +704,7 @@ def test_a_fresh_run_does_not_append_to_a_crashed_attempts_log(tmp_path, tiny, t
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_log.jsonl").write_text(json.dumps({"step": 0, "eval_ppl": 1e9}) + "\n")
     Trainer(_cfg(tmp_path, steps=2, eval_every=0), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    rows = read_log(tmp_path / "run" / "train_log.jsonl")
     assert rows and all(r.get("eval_ppl") != 1e9 for r in rows) and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
 
 
@@ -724,19 +724,12 @@ def _budgeted(tmp_path, tiny, tokenizer, ids, clock, cost, teacher=None, **kw):
     base = dict(steps=400, time_budget=100, eval_every=0, log_every=1)
     tr = Trainer(_cfg(tmp_path, **{**base, **kw}), teacher=teacher or tiny("llama"), tokenizer=tokenizer,
                  train_ids=ids)
-    losses = tr.losses
-
-    def timed(*a, **k):  # the step's time passes before its sync, as on a device
-        clock[0] += cost(tr.step + 1)
-        return losses(*a, **k)
-
-    tr.losses = timed
+    step_seconds(tr, clock, cost)
     return tr
 
 
 def _lrs(tr):
-    rows = [json.loads(x) for x in (tr.out / "train_log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["lr"] for r in rows if "lr" in r}
+    return {r["step"]: r["lr"] for r in read_log(tr.out / "train_log.jsonl") if "lr" in r}
 
 
 def test_time_budget_fits_the_steps_and_anneals_on_their_schedule(tmp_path, tiny, tokenizer, ids, clock):
@@ -805,8 +798,9 @@ def test_settle_sets_the_optimizer_lr_of_a_run(tmp_path, tiny, tokenizer, ids):
     """The logged lr (the next step's) of a 12-step run with settle 0.25: a 9-step schedule, then 1e-3 of it."""
     cfg = _cfg(tmp_path, steps=12, settle=0.25, log_every=1, warmup=0.0)
     plain = _cfg(tmp_path, steps=9, warmup=0.0)
-    Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
-    lrs = _lrs(SimpleNamespace(out=tmp_path / "run"))
+    tr = Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    tr.run()
+    lrs = _lrs(tr)
     assert [lrs[s] for s in range(1, 9)] == pytest.approx([cfg.lr * lr_factor(plain, s, 9) for s in range(1, 9)])
     assert [lrs[s] for s in range(9, 13)] == pytest.approx([cfg.lr * 1e-3] * 4)
     assert lrs[8] > 0.02 * cfg.lr  # the cosine's last step before the hold is still well above it
@@ -815,5 +809,5 @@ def test_settle_sets_the_optimizer_lr_of_a_run(tmp_path, tiny, tokenizer, ids):
 def test_the_default_evaluations_are_four_inside_and_one_at_the_end(tmp_path, tiny, tokenizer, ids):
     assert [five_evals(t) for t in (2916, 3000, 12, 3, 1)] == [584, 600, 3, 1, 1]  # 2916 // 5 = 583: 2915 and 2916
     Trainer(_cfg(tmp_path, steps=12, eval_every=0), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    rows = read_log(tmp_path / "run" / "train_log.jsonl")
     assert [r["step"] for r in rows if "cos_student" in r] == [0, 3, 6, 9, 12]
