@@ -12,7 +12,7 @@ from quantgpt.errors import QuantGPTError
 from quantgpt.train_config import TrainConfig
 from quantgpt.convert import scale_clips, weight_quantizers
 from quantgpt.plots import read_log
-from quantgpt.trainer import SETTLE_FACTOR, Trainer, five_evals, lr_factor
+from quantgpt.trainer import Trainer, five_evals, lr_factor
 
 from conftest import step_seconds, stop_after
 
@@ -782,28 +782,14 @@ def test_time_budget_must_be_positive(tmp_path):
         _cfg(tmp_path, time_budget=0)
 
 
-def test_settle_runs_the_schedule_first_then_holds_a_tiny_lr(tmp_path):
-    """settle 0.25 of 100 steps: the first 75 are a 75-step run's warmup and cosine, the last 25 at 1e-3 of the
-    peak; settle 0 is the plain schedule (3% warmup, then cosine to zero)."""
-    plain, settled = _cfg(tmp_path, steps=100), _cfg(tmp_path, steps=100, settle=0.25)
-    assert [lr_factor(settled, s, 100) for s in range(75)] == [lr_factor(plain, s, 75) for s in range(75)]
-    assert [lr_factor(settled, s, 100) for s in range(75, 100)] == [SETTLE_FACTOR] * 25 and SETTLE_FACTOR == 1e-3
-    assert lr_factor(plain, 0, 100) == pytest.approx(1 / 3) and lr_factor(plain, 3, 100) == 1.0
-    assert lr_factor(plain, 50, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 47 / 97)))
-    with pytest.raises(QuantGPTError, match="settle is a fraction"):
-        _cfg(tmp_path, settle=1.0)
-
-
-def test_settle_sets_the_optimizer_lr_of_a_run(tmp_path, tiny, tokenizer, ids):
-    """The logged lr (the next step's) of a 12-step run with settle 0.25: a 9-step schedule, then 1e-3 of it."""
-    cfg = _cfg(tmp_path, steps=12, settle=0.25, log_every=1, warmup=0.0)
-    plain = _cfg(tmp_path, steps=9, warmup=0.0)
-    tr = Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
-    tr.run()
-    lrs = _lrs(tr)
-    assert [lrs[s] for s in range(1, 9)] == pytest.approx([cfg.lr * lr_factor(plain, s, 9) for s in range(1, 9)])
-    assert [lrs[s] for s in range(9, 13)] == pytest.approx([cfg.lr * 1e-3] * 4)
-    assert lrs[8] > 0.02 * cfg.lr  # the cosine's last step before the hold is still well above it
+def test_the_schedule_is_warmup_then_cosine_or_linear_to_zero(tmp_path):
+    """3% warmup of 100 steps (3 steps rising to the peak), then the decay over the 97 left, reaching 0 at the end."""
+    cos, lin = _cfg(tmp_path, steps=100), _cfg(tmp_path, steps=100, schedule="linear")
+    assert [lr_factor(cos, s, 100) for s in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    assert lr_factor(cos, 50, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 47 / 97)))
+    assert lr_factor(lin, 50, 100) == pytest.approx(1 - 47 / 97)
+    assert lr_factor(cos, 100, 100) == lr_factor(lin, 100, 100) == 0.0
+    assert lr_factor(_cfg(tmp_path, steps=100, schedule="constant"), 99, 100) == 1.0
 
 
 def test_the_default_evaluations_are_four_inside_and_one_at_the_end(tmp_path, tiny, tokenizer, ids):

@@ -19,8 +19,8 @@
 #           way (the next comparison: over 600 steps the two tie, 27.37 against 27.40); STEPS=2916 with it gives kd
 #           section 25's steps (the budget stays as a guard). SET adds --set values (SET=lr=5e-4), TAG names them.
 #           Section 26 ran both: kd 25.596 at 2916 steps; quantgpt at lr 5e-4 25.324 over 3364 (a faster machine).
-#           Next, each at STEPS=2916 for one step count: SET=lr=5e-4 TAG=-lr5e-4, and SET=settle=0.1 TAG=-settle0.1
-#           (the last 10% of the steps at 1e-3 of the peak lr: docs/method.md, Trainer).
+#           Section 27 ran, at STEPS=2916: lr 5e-4 (25.167; held out 28.56 against lr 1e-3's 28.30), a settling tail
+#           (26.042: it hurt, and the option is gone) and kd at lr 5e-4 (2566 steps, all the time left allowed).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel

@@ -138,7 +138,7 @@ def cmd_compress(args) -> int:
 COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid",
                  "embedding_granularity", "embedding_group_size", "init", "block_steps", "train_data", "eval_data",
                  "steps", "epochs", "time_budget", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
-                 "warmup", "schedule", "settle", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
+                 "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
                  "init_gamma", "head_scale", "scale_bits", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
                  "log_every", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
@@ -186,8 +186,6 @@ def _compress_parser(sub):
     c.add_argument("--weight-decay", type=float)
     c.add_argument("--warmup", type=float, help="fraction of steps")
     c.add_argument("--schedule", help="cosine | linear | constant")
-    c.add_argument("--settle", type=float, help="fraction of the steps, at the end, at 1e-3 of the peak lr after the "
-                   "schedule has run its course in the steps before (default 0)")
     c.add_argument("--max-grad-norm", type=float)
     c.add_argument("--temperature", type=float, help="logit distillation temperature")
     c.add_argument("--cont-weight", type=float, help="lambda, weight of the contrastive loss (default 0.03 at 2-bit weights; above, 0, or 0.01 with --contrastive)")

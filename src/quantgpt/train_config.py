@@ -130,10 +130,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: float = 0.03  # fraction of the steps
     schedule: str = "cosine"  # cosine | linear | constant
-    # the last fraction of the steps at 1e-3 of the peak lr (trainer.SETTLE_FACTOR), after the schedule (warmup,
-    # decay) has run in the steps before: quantized weights at a rounding threshold settle on the side their
-    # gradient favours (BENCHMARKS.md section 26). 0: none. The float stage of compress keeps none
-    settle: float = 0.0
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     cont_weight: float | None = None  # lambda; default: 0.03 at 2-bit weights, 0 above (default_cont_weight)
@@ -222,8 +218,6 @@ class TrainConfig:
             raise QuantGPTError(f"unknown init {self.init!r}: choose rtn, gptq or blockwise")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
-        if not 0 <= self.settle < 1:
-            raise QuantGPTError(f"--settle is a fraction of the steps, from 0 up to (not including) 1, got {self.settle}")
         if self.negative_source not in ("bank", "batch", "student"):
             raise QuantGPTError(f"unknown negative source {self.negative_source!r}: choose bank, batch or student")
         for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every", "block_steps", "calib_samples"):

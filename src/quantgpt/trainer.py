@@ -65,21 +65,14 @@ _clock = time.time  # the wall clock of run_seconds_all and the time budget (a t
 BUDGET_PROBE = (5, 25)
 
 
-SETTLE_FACTOR = 1e-3  # the lr of TrainConfig.settle's last steps, as a fraction of the peak
-
-
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
-    """The learning rate of ``step`` over a run of ``total`` steps, as a fraction of the peak: warmup and the
-    schedule over the first ``total - int(settle * total)`` steps, SETTLE_FACTOR over the rest."""
-    main = total - int(cfg.settle * total)
-    if main < total and step >= main:
-        return SETTLE_FACTOR
-    warm = int(cfg.warmup * main)
+    """The learning rate of ``step`` over a run of ``total`` steps, as a fraction of the peak."""
+    warm = int(cfg.warmup * total)
     if step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
-    p = min(1.0, (step - warm) / max(1, main - warm))
+    p = min(1.0, (step - warm) / max(1, total - warm))
     return 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
 
 
@@ -133,7 +126,7 @@ class Trainer:
         self.max_steps = cfg.run_steps(self.train.shape[0])
         self.total_steps = self.max_steps  # time_budget may fit fewer (fit_to_budget)
         self.budget_from = None  # time_budget: [step, seconds] where the rate's measurement began
-        self.eval_every = cfg.eval_every or five_evals(self.total_steps)  # refitted with the step count once
+        self.eval_every = self.eval_interval()  # refitted with the step count once
 
         self.student = self._build_student(teacher)
         teacher.requires_grad_(False)
@@ -497,8 +490,12 @@ class Trainer:
                 self.step == BUDGET_PROBE[1] or self._refit):
             self.fit_to_budget()
             if self.step == BUDGET_PROBE[1]:
-                self.eval_every = cfg.eval_every or five_evals(self.total_steps)
+                self.eval_every = self.eval_interval()
         self._refit = False
+
+    def eval_interval(self) -> int:
+        """Steps between evaluations: the configured interval, else five_evals of the run's (fitted) step count."""
+        return self.cfg.eval_every or five_evals(self.total_steps)
 
     def fit_to_budget(self) -> None:
         """time_budget: the step count that the seconds left allow at the rate measured since ``budget_from``
