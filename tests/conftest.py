@@ -70,6 +70,14 @@ def tokenizer(sample_text):
     return make_tokenizer(sample_text)
 
 
+@pytest.fixture(scope="session")
+def ids(tokenizer):
+    """The bundled sample text, tokenized: the training stream of the trainer tests."""
+    from quantgpt.data import tokenize_files
+
+    return tokenize_files("sample", tokenizer, use_cache=False)
+
+
 def make_model(arch: str, seed: int = 0, **kw):
     from transformers import (BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                               LlamaForCausalLM)

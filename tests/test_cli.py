@@ -207,6 +207,17 @@ def test_compress_head_scale_flag_reaches_the_checkpoint(capsys, tmp_path, model
     assert code == 0, err
 
 
+def test_compress_track_flips_flag_logs_the_flips(capsys, tmp_path, model_dir):
+    out = tmp_path / "fl"
+    code, _, err = run(capsys, "compress", model_dir, "--track-flips", "--adapt-steps", "0", "--steps", "2",
+                       "--log-every", "1", "--seq-len", "32", "--batch-size", "2", "--negatives", "16",
+                       "--train-data", "sample", "--out", out, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    rows = [r for r in read_log(out / "train_log.jsonl") if "loss" in r]
+    assert [sorted(k for k in r if k.startswith("flips")) for r in rows] == [["flips_log"], ["flips_log", "flips_step"]]
+    assert (out / "flips.png").is_file()
+
+
 def test_compress_scale_bits_flag_writes_eight_bit_scales(capsys, tmp_path, model_dir):
     out = tmp_path / "s8"
     code, _, err = run(capsys, "compress", model_dir, "--scale-bits", "8", "--group-size", "16", "--steps", "1",

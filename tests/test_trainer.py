@@ -24,13 +24,6 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def ids(tokenizer):
-    from quantgpt.data import tokenize_files
-
-    return tokenize_files("sample", tokenizer, use_cache=False)
-
-
 def test_gradients_reach_gamma_and_weights(tmp_path, tiny, tokenizer, ids):
     tr = Trainer(_cfg(tmp_path), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
     parts = tr.losses(tr.batch(0, 0))

@@ -1,5 +1,6 @@
 """Plots of a training run from its ``train_log.jsonl``: loss parts and held-out perplexity, the learned clip
-factor of every module over training, and token-representation similarity (homogeneity)."""
+factor of every module over training, token-representation similarity (homogeneity), and code flips with the
+learning rate (track_flips)."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,10 @@ def plot_training(log_path, out_dir) -> list[Path]:
     plt.close(fig)
     written.append(p)
 
+    flips = [r for r in rows if "flips_log" in r]
+    if flips:
+        written.append(_plot_flips(flips, out_dir / "flips.png"))
+
     qrows = [r for r in rows if "quant_params" in r]
     if qrows and qrows[0]["quant_params"]:  # none for a float student (16-16-16)
         names = list(qrows[0]["quant_params"])
@@ -71,3 +76,31 @@ def plot_training(log_path, out_dir) -> list[Path]:
         plt.close(fig)
         written.append(p)
     return written
+
+
+def _plot_flips(rows: list[dict], path: Path) -> Path:
+    """Shares of codes changed by one step and, per step, since the last log, on a log scale beside the lr: the
+    one-step share far above the net one is weights flipping back and forth (flips.py)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    one = [(r["step"], r["flips_step"]) for r in rows if r.get("flips_step")]
+    if one:
+        ax.plot(*zip(*one), label="changed by the last step")
+    net, last = [], 0
+    for r in rows:
+        if r["flips_log"] > 0 and r["step"] > last:
+            net.append((r["step"], r["flips_log"] / (r["step"] - last)))
+        last = r["step"]
+    if net:
+        ax.plot(*zip(*net), label="changed since the last log, per step")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of weight codes")
+    ax.legend(loc="lower left")
+    lr = ax.twinx()
+    lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="grey", lw=0.8, ls="--")
+    lr.set_ylabel("learning rate (dashed)")
+    ax.set_title("code flips")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

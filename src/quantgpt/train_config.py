@@ -155,6 +155,10 @@ class TrainConfig:
     eval_tokens: int = 131072
     save_every: int = 500
     log_every: int = 10
+    # log the share of weight codes that changed over the last step and since the last log (flips_step, flips_log),
+    # at each log step: oscillation at rounding thresholds (flips.py). It encodes every matrix twice per log_every
+    # steps and keeps two snapshots of the codes (int8, one byte a weight)
+    track_flips: bool = False
     seed: int = 0
     # keep the teacher's last hidden states of every training block on the device (computed once) and skip its
     # forward in every step: the same losses, for n_blocks x seq_len x hidden values of memory (SmolLM2 on the

@@ -30,6 +30,7 @@ from .errors import QuantGPTError
 from .device import autocast_for
 from . import distributed as dist
 from .evaluate import evaluate
+from .flips import changed, codes_of, coded_weights
 from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear
@@ -153,6 +154,10 @@ class Trainer:
         self._laq = self._laq_links()  # fixed once the student is built; read after every optimizer step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda step: lr_factor(cfg, step, self.total_steps))
+        # track_flips: the quantized weights (none for a float student) and two snapshots of their codes, taken one
+        # step before a log step and at the last log step (flips.py); rank 0 only, as it alone logs
+        self.flips = coded_weights(self.student) if cfg.track_flips and dist.is_main() else []
+        self._codes_before = self._codes_logged = None
         self.step = 0
         self.best = None
         self.elapsed = 0.0
@@ -515,6 +520,8 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.step == 0:
             row = {"step": 0, "tokens": 0, "quant_params": self.quant_params(), **self.homogeneity()}
+            if self.flips:
+                self._codes_logged = codes_of(self.flips)
             if self.block_init:
                 row["blockwise"] = self.block_init
             if self.eval_ids is not None:
@@ -538,7 +545,10 @@ class Trainer:
                     bar.total = self.total_steps
                 row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.optimizer.param_groups[0]["lr"],
                            train_seconds=round(self.elapsed, 2))
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                logging = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                if self.flips:
+                    self._flip_shares(row, logging)
+                if logging:
                     now = time.time()
                     row["tok_per_s"] = tok_window / max(now - t_window, 1e-9)
                     t_window, tok_window = now, 0
@@ -576,6 +586,20 @@ class Trainer:
         if self._stop_signal:
             result["stop_signal"] = self._stop_signal
         return result
+
+    def _flip_shares(self, row: dict, logging: bool) -> None:
+        """track_flips, after each step: at a log step, the shares of codes changed since the step before it
+        (flips_step) and since the last log (flips_log); before a log step, the snapshot of the codes."""
+        now = codes_of(self.flips) if logging else None
+        if logging:
+            if self._codes_before is not None:
+                row["flips_step"] = changed(now, self._codes_before)
+            if self._codes_logged is not None:
+                row["flips_log"] = changed(now, self._codes_logged)
+            self._codes_logged, self._codes_before = now, None
+        nxt = self.step + 1
+        if nxt <= self.total_steps and (nxt % self.cfg.log_every == 0 or nxt == self.total_steps):
+            self._codes_before = now if now is not None else codes_of(self.flips)
 
     def _save_best(self):
         from safetensors.torch import save_model
