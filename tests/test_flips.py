@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from quantgpt import QuantConfig, quantize_model
-from quantgpt.flips import changed, coded_weights, codes_of
+from quantgpt.flips import changed, coded_weights, codes_of, latent_weight
 from quantgpt.modules import QuantEmbedding
 from quantgpt.plots import read_log
 from quantgpt.train_config import TrainConfig
@@ -20,7 +20,7 @@ def test_codes_are_the_forward_rounding(tiny, arch):
     assert sum(isinstance(mod, QuantEmbedding) for mod, _ in pairs) == 1  # the table once; a tied head shares it
     assert len({id(q) for _, q in pairs}) == len(pairs)
     for (mod, q), codes in zip(pairs, codes_of(pairs)):
-        enc = q.encode(mod.weight_2d() if hasattr(mod, "weight_2d") else mod.weight)
+        enc = q.encode(latent_weight(mod))
         assert torch.equal(codes, enc.codes) and codes.dtype == torch.int8
         assert torch.allclose(enc.dequantize(), mod.quantized_weight().detach().float(), atol=1e-6)
         assert set(codes.unique().tolist()) <= set(range(enc.qmin, enc.qmax + 1))

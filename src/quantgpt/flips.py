@@ -23,14 +23,16 @@ def coded_weights(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return [(model.get_submodule(name), q) for name, q in weight_quantizers(model)]
 
 
+def latent_weight(m: nn.Module) -> torch.Tensor:
+    """A quantized module's float master weight as its quantizer sees it, ``(out, in)``: GPT-2's Conv1D gives a
+    transposed view, so writing to it writes the parameter."""
+    return (m.weight_2d() if hasattr(m, "weight_2d") else m.weight).detach()
+
+
 @torch.no_grad()
 def codes_of(pairs) -> list[torch.Tensor]:
     """The integer codes each quantizer gives its module's weight now, as the forward rounds them."""
-    out = []
-    for m, q in pairs:
-        w = m.weight_2d() if hasattr(m, "weight_2d") else m.weight
-        out.append(q.encode(w.detach()).codes)
-    return out
+    return [q.encode(latent_weight(m)).codes for m, q in pairs]
 
 
 def changed(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -1,6 +1,6 @@
 """Plots of a training run from its ``train_log.jsonl``: loss parts and held-out perplexity, the learned clip
-factor of every module over training, token-representation similarity (homogeneity), and code flips with the
-learning rate (track_flips)."""
+factor of every module over training, token-representation similarity (homogeneity), and code flips and frozen
+weights with the learning rate (track_flips, freeze_threshold)."""
 from __future__ import annotations
 
 import json
@@ -50,7 +50,7 @@ def plot_training(log_path, out_dir) -> list[Path]:
     plt.close(fig)
     written.append(p)
 
-    flips = [r for r in rows if "flips_log" in r]
+    flips = [r for r in rows if "flips_log" in r or "frozen" in r]
     if flips:
         written.append(_plot_flips(flips, out_dir / "flips.png"))
 
@@ -80,18 +80,22 @@ def plot_training(log_path, out_dir) -> list[Path]:
 
 def _plot_flips(rows: list[dict], path: Path) -> Path:
     """Shares of codes changed by one step and, per step, since the last log, on a log scale beside the lr: the
-    one-step share far above the net one is weights flipping back and forth (flips.py)."""
+    one-step share far above the net one is weights flipping back and forth (flips.py); and the share frozen
+    (freeze.py)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     one = [(r["step"], r["flips_step"]) for r in rows if r.get("flips_step")]
     if one:
         ax.plot(*zip(*one), label="changed by the last step")
     net, last = [], 0
     for r in rows:
-        if r["flips_log"] > 0 and r["step"] > last:
+        if r.get("flips_log", 0) > 0 and r["step"] > last:
             net.append((r["step"], r["flips_log"] / (r["step"] - last)))
         last = r["step"]
     if net:
         ax.plot(*zip(*net), label="changed since the last log, per step")
+    frozen = [(r["step"], r["frozen"]) for r in rows if r.get("frozen")]
+    if frozen:
+        ax.plot(*zip(*frozen), label="frozen (freeze_threshold)")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("share of weight codes")

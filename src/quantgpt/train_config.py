@@ -159,6 +159,10 @@ class TrainConfig:
     # at each log step: oscillation at rounding thresholds (flips.py). It encodes every matrix twice per log_every
     # steps and keeps two snapshots of the codes (int8, one byte a weight)
     track_flips: bool = False
+    # freeze weights whose oscillation frequency (code changes straight back, a moving average over about 100
+    # steps) passes this share of steps, at the level they spent most time on (freeze.py; Nagel et al. 2022).
+    # None: off
+    freeze_threshold: float | None = None
     seed: int = 0
     # keep the teacher's last hidden states of every training block on the device (computed once) and skip its
     # forward in every step: the same losses, for n_blocks x seq_len x hidden values of memory (SmolLM2 on the
@@ -222,6 +226,8 @@ class TrainConfig:
             raise QuantGPTError(f"unknown init {self.init!r}: choose rtn, gptq or blockwise")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
+        if self.freeze_threshold is not None and not 0 < self.freeze_threshold < 1:
+            raise QuantGPTError(f"--freeze-threshold is a share of steps, between 0 and 1, got {self.freeze_threshold}")
         if self.negative_source not in ("bank", "batch", "student"):
             raise QuantGPTError(f"unknown negative source {self.negative_source!r}: choose bank, batch or student")
         for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every", "block_steps", "calib_samples"):

@@ -49,6 +49,8 @@ def save_state(tr) -> Path:
     if tr.contrastive is not None:
         for k, v in tr.contrastive.state_dict().items():
             tensors[f"contrastive.{k}"] = v
+    if tr.freezer is not None:
+        tensors.update({f"freeze.{k}": v for k, v in tr.freezer.state_dict().items()})
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
     sched = {k: v for k, v in tr.scheduler.state_dict().items() if k != "lr_lambdas"}
     meta.update(step=tr.step, total_steps=tr.total_steps, best=tr.best, elapsed=tr.elapsed,
@@ -102,6 +104,10 @@ def load_state(tr) -> None:
     if tr.contrastive is not None:
         tr.contrastive.load_state_dict({k[len("contrastive."):]: v for k, v in tensors.items()
                                         if k.startswith("contrastive.")})
+    if tr.freezer is not None:
+        if not any(k.startswith("freeze.") for k in tensors):
+            raise QuantGPTError(f"{folder}: the checkpoint has no freezing state: resume it without --freeze-threshold")
+        tr.freezer.load_state_dict({k[len("freeze."):]: v for k, v in tensors.items() if k.startswith("freeze.")})
     tr.step, tr.best, tr.elapsed = meta["step"], meta["best"], meta.get("elapsed", 0.0)
     tr.earlier_run_seconds = meta.get("run_seconds_all", 0.0)  # the segments before this process
     if tr.cfg.time_budget is not None and meta.get("budget_from") is not None:  # the fitted schedule goes on

@@ -31,6 +31,7 @@ from .device import autocast_for
 from . import distributed as dist
 from .evaluate import evaluate
 from .flips import changed, codes_of, coded_weights
+from .freeze import OscillationFreezer
 from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear
@@ -158,6 +159,9 @@ class Trainer:
         # step before a log step and at the last log step (flips.py); rank 0 only, as it alone logs
         self.flips = coded_weights(self.student) if cfg.track_flips and dist.is_main() else []
         self._codes_before = self._codes_logged = None
+        # freeze_threshold: every rank freezes the same weights (their codes are the same after the same step)
+        self.freezer = (OscillationFreezer(self.student, cfg.freeze_threshold)
+                        if cfg.freeze_threshold is not None and not cfg.float_student else None)
         self.step = 0
         self.best = None
         self.elapsed = 0.0
@@ -433,6 +437,8 @@ class Trainer:
         self.scheduler.step()
         if self._laq:
             self.update_laq_curvature()
+        if self.freezer is not None:
+            self.freezer.step(self.step + 1)
         self.step += 1
         return row
 
@@ -551,6 +557,8 @@ class Trainer:
                 if logging:
                     now = time.time()
                     row["tok_per_s"] = tok_window / max(now - t_window, 1e-9)
+                    if self.freezer is not None:
+                        row["frozen"] = self.freezer.frozen_share()
                     t_window, tok_window = now, 0
                     if self.step % (cfg.log_every * 5) == 0 or self.step == self.total_steps:
                         row["quant_params"] = self.quant_params()

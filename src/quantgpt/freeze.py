@@ -1,0 +1,79 @@
+"""Freezing oscillating weights: the iterative freezing of Nagel et al. (2022, "Overcoming Oscillations in
+Quantization-Aware Training", Sec. 4.2), for every weight quantizer of a student.
+
+After each optimizer step, each weight's integer code is compared with the one it had before the step. An
+oscillation is a change of code opposite to the weight's last change (a weight crossing a rounding threshold
+and straight back). Its frequency ``freq`` is an exponential moving average of that event (``MOMENTUM``).
+The codes get their own moving average, ``ema``. Once ``freq`` passes the threshold (checked every ``CHECK_EVERY``
+steps), the weight is frozen. Its latent value is set to the level of its rounded ``ema`` code (the side it
+spent most time on) and put back there after every later step, so the optimizer cannot move it. The other
+weights train on with it fixed. Why: at 2-2-8 a long run makes its largest gains only as the learning rate goes
+to zero, and a floor of 1e-6 undoes them (BENCHMARKS.md sections 26-27). That is what weights flipping at
+thresholds would do. Freezing brings the quiet of the last steps to the weights that oscillate, earlier.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .flips import coded_weights, latent_weight
+from .quantizers.base import Encoded
+
+MOMENTUM = 0.01  # Nagel et al.'s: the frequency and the code average over about the last 100 steps
+CHECK_EVERY = 10  # steps between freezing decisions (the averages move every step; this saves a pass)
+
+
+class OscillationFreezer:
+    """Tracks every quantized weight of ``model`` and freezes those whose oscillation frequency passes
+    ``threshold`` (a share of steps, e.g. 0.02: a flip back every 50 steps)."""
+
+    def __init__(self, model: nn.Module, threshold: float, momentum: float = MOMENTUM):
+        self.pairs = coded_weights(model)
+        self.threshold, self.momentum = threshold, momentum
+        self.state = []
+        with torch.no_grad():
+            for m, q in self.pairs:
+                w = latent_weight(m)
+                code = q.encode(w).codes
+                self.state.append({"code": code, "last": torch.zeros_like(code), "freq": torch.zeros_like(w, dtype=torch.float32),
+                                   "ema": code.float(), "frozen": torch.zeros_like(code, dtype=torch.bool),
+                                   "value": torch.zeros_like(w)})
+
+    @torch.no_grad()
+    def step(self, step: int) -> None:
+        """After the optimizer's step ``step`` (1-based): put frozen weights back, update the averages from the new
+        codes, and every CHECK_EVERY steps freeze the weights past the threshold."""
+        check = step % CHECK_EVERY == 0
+        m = self.momentum
+        for (mod, q), st in zip(self.pairs, self.state):
+            w = latent_weight(mod)
+            w.copy_(torch.where(st["frozen"], st["value"], w))
+            enc = q.encode(w)
+            move = torch.sign(enc.codes.to(torch.int16) - st["code"]).to(torch.int8)
+            back = (move != 0) & (move == -st["last"])
+            st["freq"].mul_(1 - m).add_(back.float(), alpha=m)
+            st["ema"].mul_(1 - m).add_(enc.codes.float(), alpha=m)
+            st["last"] = torch.where(move != 0, move, st["last"])
+            st["code"] = enc.codes
+            if check:
+                new = (st["freq"] > self.threshold) & ~st["frozen"]
+                target = st["ema"].round().clamp(enc.qmin, enc.qmax).to(torch.int8)
+                level = Encoded(target, enc.scale, enc.zero, enc.qmin, enc.qmax, enc.granularity,
+                                enc.group_size).dequantize().to(w.dtype)
+                st["value"] = torch.where(new, level, st["value"])
+                st["frozen"] |= new
+                w.copy_(torch.where(new, level, w))
+                st["code"] = torch.where(new, target, st["code"])
+
+    def frozen_share(self) -> float:
+        """The share of all quantized weights frozen so far."""
+        n = sum(st["frozen"].numel() for st in self.state)
+        return torch.stack([st["frozen"].sum() for st in self.state]).sum().item() / max(1, n)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{i}.{k}": v for i, st in enumerate(self.state) for k, v in st.items()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        for i, st in enumerate(self.state):
+            for k in st:
+                st[k] = tensors[f"{i}.{k}"].to(st[k].device)

@@ -1,0 +1,92 @@
+"""Freezing oscillating weights (freeze.py, TrainConfig.freeze_threshold)."""
+import pytest
+import torch
+from torch import nn
+
+from quantgpt.errors import QuantGPTError
+from quantgpt.flips import latent_weight
+from quantgpt.freeze import CHECK_EVERY, MOMENTUM, OscillationFreezer
+from quantgpt.modules import QuantLinear
+from quantgpt.plots import read_log
+from quantgpt.quantizers.mds import MDSQuantizer
+from quantgpt.train_config import TrainConfig
+from quantgpt.trainer import Trainer
+
+
+def _layer():
+    """One ternary layer with a static clip (alpha fixed), so its rounding thresholds are at +-alpha / 2."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 8) * 0.1)
+    q = MDSQuantizer(2, (4, 8), dynamic=False, init_gamma=1.0)
+    q.initialize(w.detach())
+    layer = QuantLinear(w, None, q, None)
+    model = nn.Sequential(layer)
+    alpha = float(q.alpha(w.detach()))
+    return model, layer, alpha
+
+
+def test_a_weight_flipping_back_and_forth_is_frozen_at_its_usual_level():
+    model, layer, alpha = _layer()
+    w, eps = layer.weight.data, 1e-4
+    w[0, 0] = alpha / 2 - eps  # code 0, just under the threshold
+    w[1, 1] = alpha / 2 - eps  # crosses once, stays: an ordinary move
+    before = w.clone()
+    fz = OscillationFreezer(model, threshold=0.015)
+    for step in range(1, CHECK_EVERY):
+        w[0, 0] = alpha / 2 + (eps if step % 2 else -eps)  # codes 1, 0, 1, 0, ...: every change after the first goes back
+        w[1, 1] = alpha / 2 + eps
+        fz.step(step)
+    st = fz.state[0]
+    backs = CHECK_EVERY - 2  # the changes at steps 2..9
+    assert st["freq"][0, 0].item() == pytest.approx(1 - (1 - MOMENTUM) ** backs, rel=1e-5)
+    assert st["freq"][1, 1].item() == 0 and not st["frozen"].any()  # frozen only at a check step
+    w[0, 0] = alpha / 2 + eps
+    fz.step(CHECK_EVERY)
+    assert st["frozen"][0, 0] and st["frozen"].sum() == 1 and fz.frozen_share() == 1 / 32
+    # its code average is about 0.05 (mostly 0), so it is frozen at code 0, whose level is 0 on the ternary grid
+    assert w[0, 0].item() == 0.0 and st["code"][0, 0] == 0
+    w[0, 0] = alpha  # an optimizer step would put it at code 1; the freezer puts it back
+    w[2, 3] += 0.5 * alpha
+    fz.step(CHECK_EVERY + 1)
+    assert w[0, 0].item() == 0.0 and w[2, 3].item() == pytest.approx(before[2, 3].item() + 0.5 * alpha)
+    assert w[1, 1].item() == pytest.approx(alpha / 2 + eps)  # the one-way move was left alone
+
+
+def test_the_threshold_is_a_share_of_steps():
+    with pytest.raises(QuantGPTError, match="freeze-threshold is a share of steps"):
+        TrainConfig(model="tiny", freeze_threshold=1.5)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(model="tiny", bits="2-2-8", steps=24, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
+                log_every=2, save_every=100, eval_every=100, progress=False, device="cpu", negatives=64,
+                freeze_threshold=0.005, lr=0.05)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_a_run_freezes_weights_and_resumes_with_them(tmp_path, tiny, tokenizer, ids):
+    """A threshold below one flip back (MOMENTUM) freezes any weight that goes back, at the check steps. The
+    frozen share only grows, frozen weights keep their level, and a run stopped at step 12 resumes to the same
+    weights and freezing state as the whole run."""
+    from conftest import stop_after
+
+    teacher = tiny("llama")
+    full = Trainer(_cfg(tmp_path / "a"), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    full.run()
+    rows = [r for r in read_log(tmp_path / "a" / "run" / "train_log.jsonl") if "loss" in r]
+    shares = [r["frozen"] for r in rows]
+    assert shares == sorted(shares) and shares[0] == 0 and shares[-1] > 0
+    assert (tmp_path / "a" / "run" / "flips.png").is_file()  # the frozen share's figure, without track_flips
+    for (mod, _), st in zip(full.freezer.pairs, full.freezer.state):
+        w = latent_weight(mod)
+        assert torch.equal(w[st["frozen"]], st["value"][st["frozen"]])
+    half = Trainer(_cfg(tmp_path / "b"), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    stop_after(half, 12)
+    assert half.run()["step"] == 12 and 0 < half.freezer.frozen_share() < shares[-1]
+    resumed = Trainer(_cfg(tmp_path / "b", resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
+    resumed.run()
+    a, b = full.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fa, fb = full.freezer.state_dict(), resumed.freezer.state_dict()
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
