@@ -21,9 +21,11 @@
 #           Section 26 ran both: kd 25.596 at 2916 steps; quantgpt at lr 5e-4 25.324 over 3364 (a faster machine).
 #           Section 27 ran, at STEPS=2916: lr 5e-4 (25.167; held out 28.56 against lr 1e-3's 28.30), a settling tail
 #           (26.042: it hurt, and the option is gone) and kd at lr 5e-4 (2566 steps, all the time left allowed).
-#           Next, two runs at STEPS=2916: SET=track_flips=true TAG=-flips logs the codes' flips (docs/method.md,
-#           Trainer): do weights oscillate, and does the last drop come as their one-step flips go to zero? And
-#           SET="track_flips=true freeze_threshold=0.02" TAG=-freeze0.02 freezes the oscillating ones (freeze.py).
+#           Next, a pair at STEPS=2400 (the freezer's own cost, untested on the GPU, may be 10-25% a step, and the
+#           pair must both fit the budget at one step count): SET=track_flips=true TAG=-flips logs the codes' flips
+#           (docs/method.md, Trainer): do weights oscillate, and does the last drop come as their one-step flips go
+#           to zero? And SET="track_flips=true freeze_threshold=0.02" TAG=-freeze0.02 freezes the oscillating ones
+#           (freeze.py).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
