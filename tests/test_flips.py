@@ -10,12 +10,16 @@ from quantgpt.train_config import TrainConfig
 from quantgpt.trainer import Trainer
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_codes_are_the_forward_rounding(tiny, arch):
-    """Dequantized, each module's codes give back the weight its forward uses (GPT-2's Conv1D as (out, in)), and
-    the tied head is not counted a second time."""
+LAYOUTS = {"mds": {}, "mds asym g16 scales8": dict(grid="asym", group_size=16, scale_bits=8),
+           "pact": dict(quantizer="pact"), "lsq": dict(quantizer="lsq", group_size=16), "laq": dict(quantizer="laq")}
+
+
+@pytest.mark.parametrize("arch, layout", [("gpt2", "mds")] + [("llama", k) for k in LAYOUTS])
+def test_codes_are_the_forward_rounding(tiny, arch, layout):
+    """Dequantized, each module's codes give back the weight its forward uses (GPT-2's Conv1D as (out, in)), for
+    every quantizer family; the codes alone are encode's; the tied head is not counted a second time."""
     m = tiny(arch)
-    quantize_model(m, QuantConfig(bits="2-2-8"))
+    quantize_model(m, QuantConfig(bits="2-2-8", **LAYOUTS[layout]))
     pairs = coded_weights(m)
     assert sum(isinstance(mod, QuantEmbedding) for mod, _ in pairs) == 1  # the table once; a tied head shares it
     assert len({id(q) for _, q in pairs}) == len(pairs)

@@ -90,3 +90,13 @@ def test_a_run_freezes_weights_and_resumes_with_them(tmp_path, tiny, tokenizer, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     fa, fb = full.freezer.state_dict(), resumed.freezer.state_dict()
     assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_gpt2s_transposed_weights_are_held_too(tmp_path, tiny, tokenizer, ids):
+    """GPT-2's Conv1D stores (in, out): the freezer writes its parameter through the (out, in) view."""
+    tr = Trainer(_cfg(tmp_path, steps=12), teacher=tiny("gpt2"), tokenizer=tokenizer, train_ids=ids)
+    tr.run()
+    conv = [(mod, st) for (mod, _), st in zip(tr.freezer.pairs, tr.freezer.state) if getattr(mod, "transposed", False)]
+    assert conv and all(st["frozen"].any() for _, st in conv)
+    for mod, st in conv:
+        assert torch.equal(mod.weight.detach().t()[st["frozen"]], st["value"][st["frozen"]])

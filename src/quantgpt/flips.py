@@ -32,7 +32,7 @@ def latent_weight(m: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def codes_of(pairs) -> list[torch.Tensor]:
     """The integer codes each quantizer gives its module's weight now, as the forward rounds them."""
-    return [q.encode(latent_weight(m)).codes for m, q in pairs]
+    return [q.codes(latent_weight(m)) for m, q in pairs]
 
 
 def changed(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -43,27 +43,32 @@ class OscillationFreezer:
     def step(self, step: int) -> None:
         """After the optimizer's step ``step`` (1-based): put frozen weights back, update the averages from the new
         codes, and every CHECK_EVERY steps freeze the weights past the threshold."""
-        check = step % CHECK_EVERY == 0
         m = self.momentum
         for (mod, q), st in zip(self.pairs, self.state):
             w = latent_weight(mod)
-            w.copy_(torch.where(st["frozen"], st["value"], w))
-            enc = q.encode(w)
-            move = torch.sign(enc.codes.to(torch.int16) - st["code"]).to(torch.int8)
-            back = (move != 0) & (move == -st["last"])
-            st["freq"].mul_(1 - m).add_(back.float(), alpha=m)
-            st["ema"].mul_(1 - m).add_(enc.codes.float(), alpha=m)
-            st["last"] = torch.where(move != 0, move, st["last"])
-            st["code"] = enc.codes
-            if check:
-                new = (st["freq"] > self.threshold) & ~st["frozen"]
-                target = st["ema"].round().clamp(enc.qmin, enc.qmax).to(torch.int8)
-                level = Encoded(target, enc.scale, enc.zero, enc.qmin, enc.qmax, enc.granularity,
-                                enc.group_size).dequantize().to(w.dtype)
-                st["value"] = torch.where(new, level, st["value"])
-                st["frozen"] |= new
-                w.copy_(torch.where(new, level, w))
-                st["code"] = torch.where(new, target, st["code"])
+            torch.where(st["frozen"], st["value"], w, out=w)
+            codes = q.codes(w)
+            move = torch.sign(codes.to(torch.int16) - st["code"]).to(torch.int8)
+            moved = move != 0
+            st["freq"].lerp_((moved & (move == -st["last"])).float(), m)  # a change straight back
+            st["ema"].lerp_(codes.float(), m)
+            st["last"] = torch.where(moved, move, st["last"])
+            st["code"] = codes
+            if step % CHECK_EVERY == 0:
+                self._freeze(w, q, st)
+
+    def _freeze(self, w: torch.Tensor, q, st: dict) -> None:
+        """Freeze the weights of one matrix whose frequency passed the threshold, at the level of their rounded
+        average code (the centre of its bin, so that small drifts of the clip keep the code)."""
+        new = (st["freq"] > self.threshold) & ~st["frozen"]
+        enc = q.encode(w)
+        target = st["ema"].round().clamp(enc.qmin, enc.qmax).to(torch.int8)
+        level = Encoded(target, enc.scale, enc.zero, enc.qmin, enc.qmax, enc.granularity,
+                        enc.group_size).dequantize().to(w.dtype)
+        st["value"] = torch.where(new, level, st["value"])
+        st["frozen"] |= new
+        torch.where(new, level, w, out=w)
+        st["code"] = torch.where(new, target, st["code"])
 
     def frozen_share(self) -> float:
         """The share of all quantized weights frozen so far."""

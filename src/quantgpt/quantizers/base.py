@@ -107,6 +107,12 @@ class WeightQuantizer(nn.Module):
         return Encoded(self.from_rows(codes), scale, zero, qmin, qmax, self.granularity, self.group_size)
 
     @torch.no_grad()
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer codes of ``encode`` alone (int8, ``(out, in)``), without what only a packed file needs (mds's
+        8-bit scale codes): what the training-time trackers read every step (flips.py, freeze.py)."""
+        return self.from_rows(self.encode_rows(self.to_rows(w))[0])
+
+    @torch.no_grad()
     def initialize(self, w: torch.Tensor) -> None:
         """Set the quantizer's parameters from the weights it will quantize (called once, at conversion)."""
 
