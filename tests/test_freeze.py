@@ -1,11 +1,13 @@
 """Freezing oscillating weights (freeze.py, TrainConfig.freeze_threshold)."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from quantgpt.errors import QuantGPTError
 from quantgpt.flips import latent_weight
-from quantgpt.freeze import CHECK_EVERY, MOMENTUM, OscillationFreezer
+from quantgpt.freeze import CHECK_EVERY, MOMENTUM, START_THRESHOLD, OscillationFreezer, threshold_at
 from quantgpt.modules import QuantLinear
 from quantgpt.plots import read_log
 from quantgpt.quantizers.mds import MDSQuantizer
@@ -31,44 +33,53 @@ def test_a_weight_flipping_back_and_forth_is_frozen_at_its_usual_level():
     w[0, 0] = alpha / 2 - eps  # code 0, just under the threshold
     w[1, 1] = alpha / 2 - eps  # crosses once, stays: an ordinary move
     before = w.clone()
-    fz = OscillationFreezer(model, threshold=0.015)
+    fz = OscillationFreezer(model)
     for step in range(1, CHECK_EVERY):
         w[0, 0] = alpha / 2 + (eps if step % 2 else -eps)  # codes 1, 0, 1, 0, ...: every change after the first goes back
         w[1, 1] = alpha / 2 + eps
-        fz.step(step)
+        fz.step(step, 0.015)
     st = fz.state[0]
     backs = CHECK_EVERY - 2  # the changes at steps 2..9
     assert st["freq"][0, 0].item() == pytest.approx(1 - (1 - MOMENTUM) ** backs, rel=1e-5)
     assert st["freq"][1, 1].item() == 0 and not st["frozen"].any()  # frozen only at a check step
     w[0, 0] = alpha / 2 + eps
-    fz.step(CHECK_EVERY)
+    fz.step(CHECK_EVERY, None)  # no threshold yet (freeze_start): the averages move, nothing is frozen
+    assert not st["frozen"].any()
+    fz.step(2 * CHECK_EVERY, 0.015)
     assert st["frozen"][0, 0] and st["frozen"].sum() == 1 and fz.frozen_share() == 1 / 32
     # its code average is about 0.05 (mostly 0), so it is frozen at code 0, whose level is 0 on the ternary grid
     assert w[0, 0].item() == 0.0 and st["code"][0, 0] == 0
     w[0, 0] = alpha  # an optimizer step would put it at code 1; the freezer puts it back
     w[2, 3] += 0.5 * alpha
-    fz.step(CHECK_EVERY + 1)
+    fz.step(2 * CHECK_EVERY + 1, 0.015)
     assert w[0, 0].item() == 0.0 and w[2, 3].item() == pytest.approx(before[2, 3].item() + 0.5 * alpha)
     assert w[1, 1].item() == pytest.approx(alpha / 2 + eps)  # the one-way move was left alone
 
 
-def test_the_threshold_is_a_share_of_steps():
+def test_the_threshold_waits_then_falls_along_a_cosine_to_the_final_one():
+    got = [threshold_at(s, 100, 0.03) for s in range(101)]
+    assert got[:25] == [None] * 25 and got[25] == pytest.approx(START_THRESHOLD) and got[100] == pytest.approx(0.03)
+    assert got[25:] == sorted(got[25:], reverse=True)
+    assert got[62] == pytest.approx(0.03 + 0.07 * 0.5 * (1 + math.cos(math.pi * 37 / 75)))
+    assert threshold_at(0, 100, 0.2, start=0.0) == threshold_at(100, 100, 0.2, start=0.0) == 0.2  # above 0.1: flat
     with pytest.raises(QuantGPTError, match="freeze-threshold is a share of steps"):
         TrainConfig(model="tiny", freeze_threshold=1.5)
+    with pytest.raises(QuantGPTError, match="freeze-start is a fraction"):
+        TrainConfig(model="tiny", freeze_threshold=0.03, freeze_start=1.0)
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(model="tiny", bits="2-2-8", steps=24, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
+    base = dict(model="tiny", bits="2-2-8", steps=30, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
                 log_every=2, save_every=100, eval_every=100, progress=False, device="cpu", negatives=64,
-                freeze_threshold=0.005, lr=0.05)
+                freeze_threshold=0.005, freeze_start=0.0, lr=0.05)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_a_run_freezes_weights_and_resumes_with_them(tmp_path, tiny, tokenizer, ids):
-    """A threshold below one flip back (MOMENTUM) freezes any weight that goes back, at the check steps. The
-    frozen share only grows, frozen weights keep their level, and a run stopped at step 12 resumes to the same
-    weights and freezing state as the whole run."""
+    """A final threshold below one flip back (MOMENTUM) freezes more and more weights at the check steps (10, 20,
+    30) as the threshold falls. The frozen share only grows, frozen weights keep their level, and a run stopped at
+    step 20 resumes to the same weights and freezing state as the whole run."""
     from conftest import stop_after
 
     teacher = tiny("llama")
@@ -82,8 +93,8 @@ def test_a_run_freezes_weights_and_resumes_with_them(tmp_path, tiny, tokenizer, 
         w = latent_weight(mod)
         assert torch.equal(w[st["frozen"]], st["value"][st["frozen"]])
     half = Trainer(_cfg(tmp_path / "b"), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
-    stop_after(half, 12)
-    assert half.run()["step"] == 12 and 0 < half.freezer.frozen_share() < shares[-1]
+    stop_after(half, 20)
+    assert half.run()["step"] == 20 and 0 < half.freezer.frozen_share() < shares[-1]
     resumed = Trainer(_cfg(tmp_path / "b", resume=True), teacher=teacher, tokenizer=tokenizer, train_ids=ids)
     resumed.run()
     a, b = full.student.state_dict(), resumed.student.state_dict()

@@ -24,7 +24,7 @@
 #           Next, a pair at STEPS=2400 (the freezer's own cost, untested on the GPU, may be 10-25% a step, and the
 #           pair must both fit the budget at one step count): SET=track_flips=true TAG=-flips logs the codes' flips
 #           (docs/method.md, Trainer): do weights oscillate, and does the last drop come as their one-step flips go
-#           to zero? And SET="track_flips=true freeze_threshold=0.02" TAG=-freeze0.02 freezes the oscillating ones
+#           to zero? And SET="track_flips=true freeze_threshold=0.03" TAG=-freeze0.03 freezes the oscillating ones
 #           (freeze.py).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.

@@ -141,7 +141,7 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
                  "init_gamma", "head_scale", "scale_bits", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
-                 "log_every", "track_flips", "freeze_threshold", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
+                 "log_every", "track_flips", "freeze_threshold", "freeze_start", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
                  "gen_temperature", "gen_top_p", "calib_samples")
 
 
@@ -217,7 +217,9 @@ def _compress_parser(sub):
     c.add_argument("--track-flips", action=argparse.BooleanOptionalAction, default=None,
                    help="log the share of weight codes changed by the last step and since the last log (oscillation)")
     c.add_argument("--freeze-threshold", type=float,
-                   help="freeze weights whose codes flip straight back in more than this share of steps (e.g. 0.02)")
+                   help="freeze weights whose codes flip straight back in more than this share of steps, the final "
+                        "value of a threshold falling from 0.1 (e.g. 0.03)")
+    c.add_argument("--freeze-start", type=float, help="fraction of the steps before any weight is frozen (default 0.25)")
     c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     c.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the teacher's last hidden states of the training text once and keep them on the device, "

@@ -5,7 +5,8 @@ After each optimizer step, each weight's integer code is compared with the one i
 oscillation is a change of code opposite to the weight's last change (a weight crossing a rounding threshold
 and straight back). Its frequency ``freq`` is an exponential moving average of that event (``MOMENTUM``).
 The codes get their own moving average, ``ema``. Once ``freq`` passes the threshold (checked every ``CHECK_EVERY``
-steps), the weight is frozen. Its latent value is set to the level of its rounded ``ema`` code (the side it
+steps), the weight is frozen. As in their code, nothing is frozen in the first quarter of the run (``start``),
+and the threshold then falls along a cosine from START_THRESHOLD to the final one (:func:`threshold_at`). Its latent value is set to the level of its rounded ``ema`` code (the side it
 spent most time on) and put back there after every later step, so the optimizer cannot move it. The other
 weights train on with it fixed. Why: at 2-2-8 a long run makes its largest gains only as the learning rate goes
 to zero, and a floor of 1e-6 undoes them (BENCHMARKS.md sections 26-27). That is what weights flipping at
@@ -13,23 +14,39 @@ thresholds would do. Freezing brings the quiet of the last steps to the weights 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .flips import coded_weights, latent_weight
 from .quantizers.base import Encoded
 
-MOMENTUM = 0.01  # Nagel et al.'s: the frequency and the code average over about the last 100 steps
+# the frequency and the code average span about the last 100 steps; Nagel et al.'s 0.001 spans 1000 of runs 100
+# times as long as ours. They keep the threshold at 2-3 times the momentum or more
+MOMENTUM = 0.01
 CHECK_EVERY = 10  # steps between freezing decisions (the averages move every step; this saves a pass)
+START_THRESHOLD = 0.1  # their starting threshold: a flip back every 10 steps
+
+
+def threshold_at(step: int, total: int, final: float, start: float = 0.25) -> float | None:
+    """The freezing threshold after ``step`` of ``total`` steps: None (nothing frozen) before ``start`` of the
+    steps, then a cosine from max(START_THRESHOLD, final) down to ``final`` at the last step."""
+    begin = int(start * total)
+    if step < begin:
+        return None
+    high = max(START_THRESHOLD, final)
+    p = min(1.0, (step - begin) / max(1, total - begin))
+    return final + (high - final) * 0.5 * (1 + math.cos(math.pi * p))
 
 
 class OscillationFreezer:
-    """Tracks every quantized weight of ``model`` and freezes those whose oscillation frequency passes
-    ``threshold`` (a share of steps, e.g. 0.02: a flip back every 50 steps)."""
+    """Tracks every quantized weight of ``model`` and freezes those whose oscillation frequency passes the
+    threshold that :meth:`step` is given (a share of steps: 0.03 is a flip back every 33 steps)."""
 
-    def __init__(self, model: nn.Module, threshold: float, momentum: float = MOMENTUM):
+    def __init__(self, model: nn.Module, momentum: float = MOMENTUM):
         self.pairs = coded_weights(model)
-        self.threshold, self.momentum = threshold, momentum
+        self.momentum = momentum
         self.state = []
         with torch.no_grad():
             for m, q in self.pairs:
@@ -40,9 +57,9 @@ class OscillationFreezer:
                                    "value": torch.zeros_like(w)})
 
     @torch.no_grad()
-    def step(self, step: int) -> None:
+    def step(self, step: int, threshold: float | None) -> None:
         """After the optimizer's step ``step`` (1-based): put frozen weights back, update the averages from the new
-        codes, and every CHECK_EVERY steps freeze the weights past the threshold."""
+        codes, and every CHECK_EVERY steps freeze the weights past ``threshold`` (None: none)."""
         m = self.momentum
         for (mod, q), st in zip(self.pairs, self.state):
             w = latent_weight(mod)
@@ -54,13 +71,13 @@ class OscillationFreezer:
             st["ema"].lerp_(codes.float(), m)
             st["last"] = torch.where(moved, move, st["last"])
             st["code"] = codes
-            if step % CHECK_EVERY == 0:
-                self._freeze(w, q, st)
+            if threshold is not None and step % CHECK_EVERY == 0:
+                self._freeze(w, q, st, threshold)
 
-    def _freeze(self, w: torch.Tensor, q, st: dict) -> None:
+    def _freeze(self, w: torch.Tensor, q, st: dict, threshold: float) -> None:
         """Freeze the weights of one matrix whose frequency passed the threshold, at the level of their rounded
         average code (the centre of its bin, so that small drifts of the clip keep the code)."""
-        new = (st["freq"] > self.threshold) & ~st["frozen"]
+        new = (st["freq"] > threshold) & ~st["frozen"]
         enc = q.encode(w)
         target = st["ema"].round().clamp(enc.qmin, enc.qmax).to(torch.int8)
         level = Encoded(target, enc.scale, enc.zero, enc.qmin, enc.qmax, enc.granularity,

@@ -160,9 +160,10 @@ class TrainConfig:
     # steps and keeps two snapshots of the codes (int8, one byte a weight)
     track_flips: bool = False
     # freeze weights whose oscillation frequency (code changes straight back, a moving average over about 100
-    # steps) passes this share of steps, at the level they spent most time on (freeze.py; Nagel et al. 2022).
-    # None: off
+    # steps) passes a threshold, at the level they spent most time on (freeze.py; Nagel et al. 2022): none before
+    # freeze_start of the steps, then a threshold falling along a cosine from 0.1 to this final one. None: off
     freeze_threshold: float | None = None
+    freeze_start: float = 0.25
     seed: int = 0
     # keep the teacher's last hidden states of every training block on the device (computed once) and skip its
     # forward in every step: the same losses, for n_blocks x seq_len x hidden values of memory (SmolLM2 on the
@@ -228,6 +229,8 @@ class TrainConfig:
             raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
         if self.freeze_threshold is not None and not 0 < self.freeze_threshold < 1:
             raise QuantGPTError(f"--freeze-threshold is a share of steps, between 0 and 1, got {self.freeze_threshold}")
+        if not 0 <= self.freeze_start < 1:
+            raise QuantGPTError(f"--freeze-start is a fraction of the steps, from 0 up to (not including) 1, got {self.freeze_start}")
         if self.negative_source not in ("bank", "batch", "student"):
             raise QuantGPTError(f"unknown negative source {self.negative_source!r}: choose bank, batch or student")
         for name in ("seq_len", "batch_size", "grad_accum", "log_every", "save_every", "block_steps", "calib_samples"):

@@ -31,7 +31,7 @@ from .device import autocast_for
 from . import distributed as dist
 from .evaluate import evaluate
 from .flips import changed, codes_of, coded_weights
-from .freeze import OscillationFreezer
+from .freeze import OscillationFreezer, threshold_at
 from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear
@@ -160,7 +160,7 @@ class Trainer:
         self.flips = coded_weights(self.student) if cfg.track_flips and dist.is_main() else []
         self._codes_before = self._codes_logged = None
         # freeze_threshold: every rank freezes the same weights (their codes are the same after the same step)
-        self.freezer = (OscillationFreezer(self.student, cfg.freeze_threshold)
+        self.freezer = (OscillationFreezer(self.student)
                         if cfg.freeze_threshold is not None and not cfg.float_student else None)
         self.step = 0
         self.best = None
@@ -438,7 +438,8 @@ class Trainer:
         if self._laq:
             self.update_laq_curvature()
         if self.freezer is not None:
-            self.freezer.step(self.step + 1)
+            done = self.step + 1
+            self.freezer.step(done, threshold_at(done, self.total_steps, cfg.freeze_threshold, cfg.freeze_start))
         self.step += 1
         return row
 
