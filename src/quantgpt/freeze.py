@@ -51,10 +51,15 @@ class OscillationFreezer:
         with torch.no_grad():
             for m, q in self.pairs:
                 w = latent_weight(m)
-                code = q.encode(w).codes
-                self.state.append({"code": code, "last": torch.zeros_like(code), "freq": torch.zeros_like(w, dtype=torch.float32),
-                                   "ema": code.float(), "frozen": torch.zeros_like(code, dtype=torch.bool),
-                                   "value": torch.zeros_like(w)})
+                code = q.codes(w)
+                self.state.append({
+                    "code": code,  # the codes after the last step
+                    "last": torch.zeros_like(code),  # the direction of each weight's last change of code (-1, 0, 1)
+                    "freq": torch.zeros_like(w, dtype=torch.float32),  # the moving average of changes straight back
+                    "ema": code.float(),  # the moving average of the codes
+                    "frozen": torch.zeros_like(code, dtype=torch.bool),
+                    "value": torch.zeros_like(w),  # where the frozen weights are held
+                })
 
     @torch.no_grad()
     def step(self, step: int, threshold: float | None) -> None:
