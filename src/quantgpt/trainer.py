@@ -552,7 +552,7 @@ class Trainer:
                     bar.total = self.total_steps
                 row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.optimizer.param_groups[0]["lr"],
                            train_seconds=round(self.elapsed, 2))
-                logging = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                logging = self.logs_at(self.step)
                 if self.flips:
                     self._flip_shares(row, logging)
                 if logging:
@@ -596,6 +596,10 @@ class Trainer:
             result["stop_signal"] = self._stop_signal
         return result
 
+    def logs_at(self, step: int) -> bool:
+        """Whether the run writes a training row after ``step``: every log_every steps, and at its last step."""
+        return step % self.cfg.log_every == 0 or step == self.total_steps
+
     def _flip_shares(self, row: dict, logging: bool) -> None:
         """track_flips, after each step: at a log step, the shares of codes changed since the step before it
         (flips_step) and since the last log (flips_log); before a log step, the snapshot of the codes."""
@@ -607,7 +611,7 @@ class Trainer:
                 row["flips_log"] = changed(now, self._codes_logged)
             self._codes_logged, self._codes_before = now, None
         nxt = self.step + 1
-        if nxt <= self.total_steps and (nxt % self.cfg.log_every == 0 or nxt == self.total_steps):
+        if nxt <= self.total_steps and self.logs_at(nxt):
             self._codes_before = now if now is not None else codes_of(self.flips)
 
     def _save_best(self):
