@@ -160,7 +160,7 @@ class Trainer:
         self.flips = coded_weights(self.student) if cfg.track_flips and dist.is_main() else []
         self._codes_before = self._codes_logged = None
         # freeze_threshold: every rank freezes the same weights (their codes are the same after the same step)
-        self.freezer = (OscillationFreezer(self.student)
+        self.freezer = (OscillationFreezer(self.student, compile=self._compiles())
                         if cfg.freeze_threshold is not None and not cfg.float_student else None)
         self.step = 0
         self.best = None
@@ -170,7 +170,7 @@ class Trainer:
         self._stop_now = False
         self._seconds = 0.0  # time_budget: run_seconds_all at the last step's sync, averaged over the ranks
         self._refit = False  # time_budget: fit again after the next step (an evaluation came between)
-        if cfg.compile or (cfg.compile is None and self.device.type == "cuda"):
+        if self._compiles():
             # each run compiles from an empty cache, as in a fresh process: the blocks' compiled code is shared by
             # their class, so an earlier run's graphs in this process (compress's adaptation stage, a notebook's
             # last run) would count against torch.compile's recompile limit, and what did not fit would run eagerly
@@ -399,6 +399,10 @@ class Trainer:
                 parts["mse"] = mse.detach()
         parts["loss"] = loss
         return parts
+
+    def _compiles(self) -> bool:
+        """Whether this run compiles (--compile, on by default with CUDA): the blocks and the freezer's updates."""
+        return bool(self.cfg.compile or (self.cfg.compile is None and self.device.type == "cuda"))
 
     def train_step(self) -> dict:
         cfg = self.cfg
