@@ -76,12 +76,20 @@ class OscillationFreezer:
     blocks). Eager, the tracking is about 30 small kernels per matrix and step, over 200 matrices for SmolLM2:
     at a step of 150 ms on an H100 their launches alone would cost a large share of it."""
 
-    def __init__(self, model: nn.Module, momentum: float = MOMENTUM, compile: bool = False):
+    def __init__(self, model: nn.Module, momentum: float = MOMENTUM, compile: bool = False, graph: bool = False):
         self.pairs = coded_weights(model)
         self.momentum = momentum
         self.state = []
         self._track = torch.compile(_track, dynamic=False) if compile else _track
         self._freeze = torch.compile(_freeze, dynamic=False) if compile else _freeze
+        # graph (CUDA only): each kind of step (tracking alone; tracking and a check) runs once as it is, which
+        # compiles and warms it, is then captured whole into a CUDA graph, and replayed from then on: one launch
+        # a step instead of one Python call per matrix. The graph reads the weights, the quantizers' parameters
+        # and the state where they are, so they are only ever written in place (the optimizer, resume's loads).
+        self.graph = graph
+        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self._warm: set[bool] = set()
+        self._thr = None
         with torch.no_grad():
             for m, q in self.pairs:
                 w = latent_weight(m)
@@ -99,14 +107,30 @@ class OscillationFreezer:
     def step(self, step: int, threshold: float | None) -> None:
         """After the optimizer's step ``step`` (1-based): put frozen weights back, update the averages from the new
         codes, and every CHECK_EVERY steps freeze the weights past ``threshold`` (None: none)."""
-        thr = None
-        if threshold is not None and step % CHECK_EVERY == 0 and self.state:
-            thr = torch.tensor(threshold, device=self.state[0]["freq"].device)
+        check = threshold is not None and step % CHECK_EVERY == 0 and bool(self.state)
+        if check:
+            if self._thr is None:
+                self._thr = torch.zeros((), device=self.state[0]["freq"].device)
+            self._thr.fill_(threshold)
+        if not self.graph:
+            return self._all(check)
+        if check not in self._warm:  # the first of its kind runs as it is (compiling, allocating)
+            self._warm.add(check)
+            return self._all(check)
+        if check not in self._graphs:
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):  # records the launches; nothing runs until replay
+                self._all(check)
+            self._graphs[check] = g
+        self._graphs[check].replay()
+
+    def _all(self, check: bool) -> None:
         for (mod, q), st in zip(self.pairs, self.state):
             w = latent_weight(mod)
             self._track(q, w, st["frozen"], st["value"], st["code"], st["last"], st["freq"], st["ema"], self.momentum)
-            if thr is not None:
-                self._freeze(q, w, st["frozen"], st["value"], st["code"], st["freq"], st["ema"], thr)
+            if check:
+                self._freeze(q, w, st["frozen"], st["value"], st["code"], st["freq"], st["ema"], self._thr)
 
     def frozen_share(self) -> float:
         """The share of all quantized weights frozen so far."""
