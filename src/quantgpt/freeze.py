@@ -15,6 +15,7 @@ thresholds would do. Freezing brings the quiet of the last steps to the weights 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -120,8 +121,13 @@ class OscillationFreezer:
         if check not in self._graphs:
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):  # records the launches; nothing runs until replay
-                self._all(check)
+            try:
+                with torch.cuda.graph(g):  # records the launches; nothing runs until replay
+                    self._all(check)
+            except RuntimeError as e:  # nothing ran: this step's update is still to do, as it is
+                warnings.warn(f"the freezer's step could not be captured in a CUDA graph ({e}); it runs without one")
+                self.graph = False
+                return self._all(check)
             self._graphs[check] = g
         self._graphs[check].replay()
 
