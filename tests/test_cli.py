@@ -164,7 +164,7 @@ def test_compress_end_to_end_with_yaml(capsys, tmp_path, model_dir):
     (["--resume"], "no checkpoint"),
     (["--grid", "nf4"], "unknown grid"),
     (["--method", "lsq", "--scale-bits", "8"], "8-bit scales apply to the mds quantizer"),
-    (["--freeze-threshold", "0"], "freeze-threshold is a share of steps"),
+    (["--freeze-threshold", "1"], "freeze-threshold is a share of steps"),
 ])
 def test_compress_bad_input(capsys, tmp_path, model_dir, argv, match):
     out = tmp_path / "c"

@@ -66,8 +66,29 @@ def test_the_threshold_waits_then_falls_along_a_cosine_to_the_final_one():
     assert threshold_at(0, 100, 0.2, start=0.0) == threshold_at(100, 100, 0.2, start=0.0) == 0.2  # above 0.1: flat
     with pytest.raises(QuantGPTError, match="freeze-threshold is a share of steps"):
         TrainConfig(model="tiny", freeze_threshold=1.5)
+    with pytest.raises(QuantGPTError, match="freeze-threshold is a share of steps"):
+        TrainConfig(model="tiny", freeze_threshold=-0.01)
     with pytest.raises(QuantGPTError, match="freeze-start is a fraction"):
         TrainConfig(model="tiny", freeze_threshold=0.03, freeze_start=1.0)
+
+
+@pytest.mark.parametrize("kw, want", [
+    (dict(bits="2-2-8"), 0.03), (dict(bits="2-2-8", method="kd"), 0.03), (dict(bits="2-16-8"), 0.03),
+    (dict(bits="4-4-8"), 0.0), (dict(bits="8-8-8"), 0.0), (dict(bits="16-16-16"), 0.0),
+    (dict(bits="2-2-8", method="pact"), 0.0), (dict(bits="2-2-8", method="lsq"), 0.0),
+    (dict(bits="2-2-8", method="laq"), 0.0), (dict(bits="2-2-8", freeze_threshold=0), 0.0),
+    (dict(bits="4-4-8", freeze_threshold=0.05), 0.05)])
+def test_freezing_is_the_default_of_mds_at_2_bits_alone(kw, want):
+    """BENCHMARKS section 28: at 2-2-8, freezing beat the same steps without it; the paper's baselines train as
+    their papers do, and 0 turns it off."""
+    assert TrainConfig(model="tiny", **kw).freeze_threshold == want
+
+
+def test_a_run_without_freezing_has_no_freezer(tmp_path, tiny, tokenizer, ids):
+    tr = Trainer(_cfg(tmp_path, freeze_threshold=0, steps=2), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    tr.run()
+    assert tr.freezer is None
+    assert not any("frozen" in r for r in read_log(tmp_path / "run" / "train_log.jsonl"))
 
 
 def _cfg(tmp_path, **kw):

@@ -218,7 +218,8 @@ def _compress_parser(sub):
                    help="log the share of weight codes changed by the last step and since the last log (oscillation)")
     c.add_argument("--freeze-threshold", type=float,
                    help="freeze weights whose codes flip straight back in more than this share of steps, the final "
-                        "value of a threshold falling from 0.1 (e.g. 0.03)")
+                        "value of a threshold falling from 0.1; 0: off (default: 0.03 for quantgpt and kd at 2-bit "
+                        "weights, else off)")
     c.add_argument("--freeze-start", type=float, help="fraction of the steps before any weight is frozen (default 0.25)")
     c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     c.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=None,

@@ -106,7 +106,7 @@ def load_state(tr) -> None:
                                         if k.startswith("contrastive.")})
     if tr.freezer is not None:
         if not any(k.startswith("freeze.") for k in tensors):
-            raise QuantGPTError(f"{folder}: the checkpoint has no freezing state: resume it without --freeze-threshold")
+            raise QuantGPTError(f"{folder}: the checkpoint has no freezing state: resume it with --freeze-threshold 0 (its run did not freeze)")
         tr.freezer.load_state_dict({k[len("freeze."):]: v for k, v in tensors.items() if k.startswith("freeze.")})
     tr.step, tr.best, tr.elapsed = meta["step"], meta["best"], meta.get("elapsed", 0.0)
     tr.earlier_run_seconds = meta.get("run_seconds_all", 0.0)  # the segments before this process
