@@ -21,11 +21,14 @@
 #           Section 26 ran both: kd 25.596 at 2916 steps; quantgpt at lr 5e-4 25.324 over 3364 (a faster machine).
 #           Section 27 ran, at STEPS=2916: lr 5e-4 (25.167; held out 28.56 against lr 1e-3's 28.30), a settling tail
 #           (26.042: it hurt, and the option is gone) and kd at lr 5e-4 (2566 steps, all the time left allowed).
-#           Next, a pair at STEPS=2400 (the freezer's own cost, untested on the GPU, may be 10-25% a step, and the
-#           pair must both fit the budget at one step count): SET=track_flips=true TAG=-flips logs the codes' flips
-#           (docs/method.md, Trainer): do weights oscillate, and does the last drop come as their one-step flips go
-#           to zero? And SET="track_flips=true freeze_threshold=0.03" TAG=-freeze0.03 freezes the oscillating ones
-#           (freeze.py).
+#           Section 28 (H100) ran freezing (SET="track_flips=true freeze_threshold=0.03", to the budget: 1683 steps,
+#           25.187) against none (STEPS=1683 SET=track_flips=true: 25.849); freezing is the 2-bit default since.
+#           Next: first `python benchmarks/freeze_speed.py` (about a minute, in the teacher's call), which times the
+#           CUDA-graphed freezer against the compiled one (79 ms a step in section 28) and checks it freezes what the
+#           eager one does; then the default (freezing, graphed) to the budget, PART=2 TAG=-graph, the equal-time
+#           comparison with no freezing at the same budget (section 28 estimates 28.5 held out, 25.7 test); then
+#           METHOD=kd the same (does the contrastive term pay once both freeze?). SET=freeze_threshold=0 is the
+#           old default.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -37,7 +40,7 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s21}  # the session's tag: its teacher and rows
+R=${R:-s24}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
