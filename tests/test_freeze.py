@@ -145,22 +145,10 @@ def test_the_compiled_updates_are_the_eager_ones_with_one_graph_per_kind_of_matr
     and the quantizers' parameters are graph inputs, so it compiles one graph per shape of matrix and update, not one per matrix."""
     from torch._dynamo.utils import counters
 
-    from quantgpt import QuantConfig, quantize_model
-
     torch.compiler.reset()
     counters.clear()
-    model = tiny("llama")
-    quantize_model(model, QuantConfig(bits="2-2-8", grid="asym", group_size=16, scale_bits=8))
-    twin = copy.deepcopy(model)
-    eager, compiled = OscillationFreezer(model), OscillationFreezer(twin, compile=True)
-    g = torch.Generator().manual_seed(0)
-    for step in range(1, 41):
-        for (ma, _), (mb, _) in zip(eager.pairs, compiled.pairs):
-            d = torch.randn(latent_weight(ma).shape, generator=g) * 0.01
-            latent_weight(ma).add_(d)
-            latent_weight(mb).add_(d)
-        eager.step(step, 0.05 if step >= CHECK_EVERY else None)
-        compiled.step(step, 0.05 if step >= CHECK_EVERY else None)
+    eager, compiled = _two_freezers(tiny, compile=True)
+    _noisy_steps([eager, compiled], steps=40)
     assert 0.1 < eager.frozen_share() == compiled.frozen_share() < 0.9
     a, b = eager.state_dict(), compiled.state_dict()
     for k in a:
@@ -173,3 +161,58 @@ def test_the_compiled_updates_are_the_eager_ones_with_one_graph_per_kind_of_matr
     shapes = {tuple(latent_weight(m).shape) for m, _ in eager.pairs}
     assert len(eager.pairs) > len(shapes)
     assert counters["stats"]["unique_graphs"] == 2 * len(shapes)  # _track and _freeze, one graph per shape each
+
+
+def _noisy_steps(freezers, steps=35):
+    """The same optimizer-like nudges of every weight, then a step of each freezer (a threshold from step 10)."""
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, steps + 1):
+        for pairs in zip(*(fz.pairs for fz in freezers)):
+            d = torch.randn(latent_weight(pairs[0][0]).shape, generator=g) * 0.01
+            for mod, _ in pairs:
+                latent_weight(mod).add_(d)
+        for fz in freezers:
+            fz.step(step, 0.05 if step >= CHECK_EVERY else None)
+
+
+def _two_freezers(tiny, **kw):
+    from quantgpt import QuantConfig, quantize_model
+
+    model = tiny("llama")
+    quantize_model(model, QuantConfig(bits="2-2-8", grid="asym", group_size=16, scale_bits=8))
+    return OscillationFreezer(model), OscillationFreezer(copy.deepcopy(model), **kw)
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(latent_weight(ma), latent_weight(mb)) for (ma, _), (mb, _) in zip(a.pairs, b.pairs))
+
+
+def test_the_graphed_freezer_runs_each_step_once(tiny, monkeypatch):
+    """graph=True (CUDA): the first step of each kind runs as it is, the second is captured (which runs nothing)
+    and replayed, later ones replayed. A capture here records the step for replay without running it, as CUDA's
+    does, so the graphed freezer must end exactly like the plain one: no step updated twice or skipped."""
+    captured = []
+
+    def capture(self, check):
+        captured.append(check)
+        return lambda: self._all(check)
+
+    monkeypatch.setattr(OscillationFreezer, "_capture", capture)
+    plain, graphed = _two_freezers(tiny, graph=True)
+    _noisy_steps([plain, graphed])
+    assert captured == [False, True] and graphed.graph and 0 < graphed.frozen_share() == plain.frozen_share()
+    _same_state(plain, graphed)
+
+
+def test_a_freezer_step_that_cannot_be_captured_runs_without_a_graph(tiny, monkeypatch):
+    def capture(self, check):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(OscillationFreezer, "_capture", capture)
+    plain, graphed = _two_freezers(tiny, graph=True)
+    with pytest.warns(UserWarning, match="could not be captured in a CUDA graph"):
+        _noisy_steps([plain, graphed])
+    assert not graphed.graph
+    _same_state(plain, graphed)

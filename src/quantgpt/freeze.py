@@ -88,7 +88,7 @@ class OscillationFreezer:
         # a step instead of one Python call per matrix. The graph reads the weights, the quantizers' parameters
         # and the state where they are, so they are only ever written in place (the optimizer, resume's loads).
         self.graph = graph
-        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict = {}  # check -> the replay of its captured step
         self._warm: set[bool] = set()
         self._thr = None
         with torch.no_grad():
@@ -119,17 +119,21 @@ class OscillationFreezer:
             self._warm.add(check)
             return self._all(check)
         if check not in self._graphs:
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(g):  # records the launches; nothing runs until replay
-                    self._all(check)
-            except RuntimeError as e:  # nothing ran: this step's update is still to do, as it is
+                self._graphs[check] = self._capture(check)
+            except Exception as e:  # nothing ran in the capture: this step's update is still to do, as it is
                 warnings.warn(f"the freezer's step could not be captured in a CUDA graph ({e}); it runs without one")
                 self.graph = False
                 return self._all(check)
-            self._graphs[check] = g
-        self._graphs[check].replay()
+        self._graphs[check]()
+
+    def _capture(self, check: bool):
+        """Record one step of a kind into a CUDA graph, which runs nothing, and return its replay."""
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self._all(check)
+        return g.replay
 
     def _all(self, check: bool) -> None:
         for (mod, q), st in zip(self.pairs, self.state):
