@@ -142,7 +142,8 @@ def test_the_compiled_updates_are_the_eager_ones_with_one_graph_per_kind_of_matr
     the 2-bit default layout the compiled freezer freezes the same weights at the same codes as the eager one
     (its float averages differ in the last bits, inductor's lerp rounding differently, and where a weight at a
     rounding threshold took the other code for a step, as compiled and eager code round such ties differently),
-    and the quantizers' parameters are graph inputs, so it compiles one graph per shape of matrix and update, not one per matrix."""
+    and the quantizers' parameters are graph inputs, so it compiles one graph per shape of matrix and update, not
+    one per matrix."""
     from torch._dynamo.utils import counters
 
     torch.compiler.reset()

@@ -60,7 +60,7 @@ def _freeze(q, w, frozen, value, code, freq, ema, threshold: torch.Tensor) -> No
     value is no reason to compile again), at the level of their rounded average code: the centre of its bin, so
     that small drifts of the clip keep the code."""
     new = (freq > threshold) & ~frozen
-    codes, scale, zero, qmin, qmax = q.encode_rows(q.to_rows(w))
+    _, scale, zero, qmin, qmax = q.encode_rows(q.to_rows(w))
     target = ema.round().clamp(qmin, qmax).to(torch.int8)
     level = Encoded(target, scale, zero, qmin, qmax, q.granularity, q.group_size).dequantize().to(w.dtype)
     value.copy_(torch.where(new, level, value))

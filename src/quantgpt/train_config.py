@@ -89,7 +89,7 @@ def default_freeze_threshold(weight_bits: int, quantizer: str) -> float:
     """The final threshold of oscillation freezing (freeze.py): 0.03 for mds at 2-bit weights, off (0) elsewhere.
     At 2-2-8 from one adapted teacher, over the same 1683 steps and batches, freezing tested 25.19 against 25.85
     without (-2.6%) and held out 28.55 against 28.87 (-1.1%); the training kd loss split from the unfrozen run's as
-    freezing began, a quarter of the way in, and was 15-22% lower from then on (BENCHMARKS section 28). Its cost
+    freezing began, a quarter of the way in, and was 15-27% lower from then on (BENCHMARKS section 28). Its cost
     there was a step 46% longer (the per-matrix updates compiled, H100). Not for pact, lsq and laq: the paper's
     baselines train as their papers do. Not measured above 2 bits, where the goals are met without it."""
     return 0.03 if weight_bits <= 2 and quantizer == "mds" else 0.0
@@ -239,7 +239,8 @@ class TrainConfig:
         if self.schedule not in ("cosine", "linear", "constant"):
             raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
         if self.freeze_threshold is None:
-            self.freeze_threshold = 0.0 if bits.is_float else default_freeze_threshold(weight_bits, self.weight_quantizer)
+            # 0 above 2 bits, a float student's 16 too
+            self.freeze_threshold = default_freeze_threshold(weight_bits, self.weight_quantizer)
         if not 0 <= self.freeze_threshold < 1:
             raise QuantGPTError(f"--freeze-threshold is a share of steps, from 0 (off) up to (not including) 1, got "
                                 f"{self.freeze_threshold}")

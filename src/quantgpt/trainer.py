@@ -160,8 +160,9 @@ class Trainer:
         self.flips = coded_weights(self.student) if cfg.track_flips and dist.is_main() else []
         self._codes_before = self._codes_logged = None
         # freeze_threshold: every rank freezes the same weights (their codes are the same after the same step)
-        self.freezer = (OscillationFreezer(self.student, compile=self._compiles(),
-                                           graph=self._compiles() and self.device.type == "cuda")
+        compiles = self._compiles()
+        self.freezer = (OscillationFreezer(self.student, compile=compiles,
+                                           graph=compiles and self.device.type == "cuda")
                         if cfg.freeze_threshold and not cfg.float_student else None)
         self.step = 0
         self.best = None
