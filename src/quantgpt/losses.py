@@ -179,7 +179,6 @@ class TokenContrastive(nn.Module):
         rank's anchors' share of the one-process loss."""
         zs = F.normalize(self.proj_s(s).float(), dim=-1)
         zt = F.normalize(self.proj_t(t).float(), dim=-1)
-        pos = (zs * zt).sum(-1, keepdim=True) / self.tau
         if gather is None:
             uniq, inv, mean_t = self.update_bank(ids, zt.detach())
         elif self.negative_source == "student":
@@ -199,9 +198,93 @@ class TokenContrastive(nn.Module):
                 table = F.normalize(sums, dim=-1)
             where = torch.searchsorted(uniq, chosen)
             neg_ids, neg = chosen, table[where]
-        logits = zs @ neg.t() / self.tau
-        logits = logits.masked_fill(neg_ids.unsqueeze(0) == ids.unsqueeze(1), float("-inf"))
-        return (torch.logsumexp(torch.cat([pos, logits], 1), 1, keepdim=True) - pos).mean()
+        return info_nce(zs, zt, neg, neg_ids, ids, self.tau)
+
+
+def info_nce_reference(zs, zt, neg, neg_ids, ids, tau: float) -> torch.Tensor:
+    """The InfoNCE of TokenContrastive on materialised logits (for tests): anchors ``zs``, positives ``zt`` (N, d),
+    negatives ``neg`` (K, d) of token ids ``neg_ids``; a negative of the anchor's own id is left out."""
+    pos = (zs * zt).sum(-1, keepdim=True) / tau
+    logits = (zs @ neg.t() / tau).masked_fill(neg_ids.unsqueeze(0) == ids.unsqueeze(1), float("-inf"))
+    return (torch.logsumexp(torch.cat([pos, logits], 1), 1, keepdim=True) - pos).mean()
+
+
+def _nce_chunk(zs, zt, neg, neg_ids, ids, tau: float, scale: float, compute_dtype: torch.dtype, need_zt: bool,
+               need_neg: bool):
+    """The loss sum of one chunk of anchors and the gradients of ``scale`` times it for ``zs``, ``zt`` and ``neg``
+    (the last two None unless ``need_zt``, ``need_neg``),
+    with the (rows x negatives) similarities made once and read in a few fused passes (compiled on the GPU).
+    With p_ij = softmax over (pos_i, l_i1..l_iK): d/d pos_i = p_i0 - 1 and d/d l_ij = p_ij, where pos_i = zs_i.zt_i/tau
+    and l_ij = zs_i.neg_j/tau (-inf for a negative of the anchor's own id)."""
+    acc = torch.promote_types(zs.dtype, torch.float32)
+    pos = (zs * zt).sum(-1) / tau
+    sims = (zs.to(compute_dtype) @ neg.to(compute_dtype).t()).to(acc) / tau
+    sims = sims.masked_fill(ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
+    m = torch.maximum(sims.amax(1), pos)
+    e = torch.exp(sims - m.unsqueeze(1))
+    e_pos = torch.exp(pos - m)
+    z = e.sum(1) + e_pos
+    loss = (m + torch.log(z) - pos).sum()
+    g_pos = (e_pos / z - 1) * (scale / tau)
+    g_sims = (e * (scale / tau) / z.unsqueeze(1)).to(compute_dtype)
+    d_zs = (g_sims @ neg.to(compute_dtype)).to(acc) + g_pos.unsqueeze(1) * zt
+    d_zt = g_pos.unsqueeze(1) * zs if need_zt else None
+    d_neg = (g_sims.t() @ zs.to(compute_dtype)).to(acc) if need_neg else None
+    return loss, d_zs, d_zt, d_neg
+
+
+_compiled_nce = None
+
+
+def _nce_fn(device: torch.device):
+    global _compiled_nce
+    if device.type != "cuda":
+        return _nce_chunk
+    if _compiled_nce is None:
+        _compiled_nce = torch.compile(_nce_chunk)
+    return _compiled_nce
+
+
+class FusedInfoNCE(torch.autograd.Function):
+    """info_nce_reference chunk by chunk over the anchors, with the gradients formed in the same pass (as
+    FusedLinearKD): the (N x K) similarities exist one chunk at a time, and on the GPU each chunk's arithmetic
+    is one compiled function, instead of the reference's dozen passes over N x K floats and its copy for the
+    concatenation. The matrix products run in ``compute_dtype`` (autocast's, else the inputs')."""
+
+    @staticmethod
+    def forward(ctx, zs, zt, neg, neg_ids, ids, tau: float, compute_dtype, chunk: int):
+        n = zs.shape[0]
+        fn = _nce_fn(zs.device)
+        loss = torch.zeros((), dtype=torch.float32, device=zs.device)
+        need_zt, need_neg = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        d_zs = torch.empty_like(zs)
+        d_zt = torch.empty_like(zt) if need_zt else None
+        d_neg = torch.zeros_like(neg) if need_neg else None
+        for i in range(0, n, chunk):
+            j = slice(i, i + chunk)
+            l_c, d_zs[j], dt, dn = fn(zs[j], zt[j], neg, neg_ids, ids[j], tau, 1.0 / n, compute_dtype, need_zt, need_neg)
+            loss += l_c
+            if need_zt:
+                d_zt[j] = dt
+            if need_neg:
+                d_neg += dn
+        ctx.save_for_backward(d_zs, d_zt, d_neg)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, g):
+        d_zs, d_zt, d_neg = ctx.saved_tensors
+        return (d_zs * g, None if d_zt is None else d_zt * g, None if d_neg is None else d_neg * g,
+                None, None, None, None, None)
+
+
+def info_nce(zs, zt, neg, neg_ids, ids, tau: float, chunk: int | None = None) -> torch.Tensor:
+    """The token contrastive loss (see TokenContrastive) of anchors ``zs`` (N, d), positives ``zt`` and negatives
+    ``neg`` (K, d) of ids ``neg_ids``: FusedInfoNCE, in chunks of about 2^25 (GPU) or 2^22 (CPU) similarities."""
+    dtype = torch.get_autocast_dtype(zs.device.type) if torch.is_autocast_enabled(zs.device.type) else zs.dtype
+    chunk = chunk or _chunk_for(max(1, neg.shape[0]) * 8, zs.device)
+    with torch.autocast(zs.device.type, enabled=False):
+        return FusedInfoNCE.apply(zs, zt, neg, neg_ids, ids, float(tau), dtype, chunk)
 
 
 def mean_pairwise_cosine(h: torch.Tensor, max_tokens: int = 2048) -> float:
