@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import time
 
 import torch
@@ -118,9 +120,11 @@ def main():
     args = p.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                           text=True).stdout.strip()
     rows = []
     for r in [*loss_rows(args, dev), *(step_rows(args, dev) if args.steps else [])]:  # each as it is measured
-        r.update(device=name, date=time.strftime("%Y-%m-%d"))
+        r.update(device=name, commit=commit, date=time.strftime("%Y-%m-%d"))
         print(json.dumps(r), flush=True)
         rows.append(r)
         if args.out:

@@ -280,7 +280,7 @@ class FusedInfoNCE(torch.autograd.Function):
 
 def info_nce(zs, zt, neg, neg_ids, ids, tau: float, chunk: int | None = None) -> torch.Tensor:
     """The token contrastive loss (see TokenContrastive) of anchors ``zs`` (N, d), positives ``zt`` and negatives
-    ``neg`` (K, d) of ids ``neg_ids``: FusedInfoNCE, in chunks of about 2^25 (GPU) or 2^22 (CPU) similarities."""
+    ``neg`` (K, d) of ids ``neg_ids``: FusedInfoNCE, in chunks of about 2^25 (GPU) or 2^23 (CPU) similarities."""
     dtype = torch.get_autocast_dtype(zs.device.type) if torch.is_autocast_enabled(zs.device.type) else zs.dtype
     chunk = chunk or _chunk_for(max(1, neg.shape[0]) * 8, zs.device)
     with torch.autocast(zs.device.type, enabled=False):
