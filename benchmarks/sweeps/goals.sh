@@ -23,12 +23,12 @@
 #           (26.042: it hurt, and the option is gone) and kd at lr 5e-4 (2566 steps, all the time left allowed).
 #           Section 28 (H100) ran freezing (SET="track_flips=true freeze_threshold=0.03", to the budget: 1683 steps,
 #           25.187) against none (STEPS=1683 SET=track_flips=true: 25.849); freezing is the 2-bit default since.
-#           Next: first `python benchmarks/freeze_speed.py` (about a minute, in the teacher's call), which times the
-#           CUDA-graphed freezer against the compiled one (79 ms a step in section 28) and checks it freezes what the
-#           eager one does; then the default (freezing, graphed) to the budget, PART=2 TAG=-graph, the equal-time
-#           comparison with no freezing at the same budget (section 28 estimates 28.5 held out, 25.7 test); then
-#           METHOD=kd the same (does the contrastive term pay once both freeze?). SET=freeze_threshold=0 is the
-#           old default.
+#           Section 29 (H100, commit 6c562e6) ran the default (freezing, graphed) to the budget, TAG=-graph: 2755 steps,
+#           24.818 (+14.80%, under the 24.86 bound at one seed), and kd at the same steps (METHOD=kd STEPS=2755):
+#           24.986, a tie held out. Section 30 fused the contrastive term (quantgpt's step 20% shorter).
+#           Next (R=s25): the default to the budget at the fused commit, TAG=-fused (about a quarter more steps than
+#           2755: does the bound hold with margin?), then kd at that run's steps (METHOD=kd STEPS=<its steps>,
+#           read from its row's tokens_trained / 32768). If time is left, SET=seed=1 of either.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -40,7 +40,7 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s24}  # the session's tag: its teacher and rows
+R=${R:-s25}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
