@@ -14,7 +14,6 @@ thresholds would do. Freezing brings the quiet of the last steps to the weights 
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from .flips import coded_weights, latent_weight
 from .quantizers.base import Encoded
+from .schedules import cosine, progress
 
 # the frequency and the code average span about the last 100 steps; Nagel et al.'s 0.001 spans 1000 of runs 100
 # times as long as ours. They keep the threshold at 2-3 times the momentum or more
@@ -37,8 +37,7 @@ def threshold_at(step: int, total: int, final: float, start: float = 0.25) -> fl
     if step < begin:
         return None
     high = max(START_THRESHOLD, final)
-    p = min(1.0, (step - begin) / max(1, total - begin))
-    return final + (high - final) * 0.5 * (1 + math.cos(math.pi * p))
+    return final + (high - final) * cosine(progress(step, begin, total))
 
 
 def _track(q, w, frozen, value, code, last, freq, ema, momentum: float) -> None:

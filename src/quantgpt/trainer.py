@@ -36,6 +36,7 @@ from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear
 from .quantizers import LAQQuantizer
+from .schedules import cosine, progress
 from .train_config import TrainConfig
 from .train_state import load_state
 from .train_state import save_state as _save_state
@@ -74,8 +75,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
-    p = min(1.0, (step - warm) / max(1, total - warm))
-    return 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
+    p = progress(step, warm, total)
+    return cosine(p) if cfg.schedule == "cosine" else 1.0 - p
 
 
 def five_evals(total: int) -> int:
