@@ -308,8 +308,9 @@ def make_report(results, out) -> dict:
             plt.close(fig)
             figures.append(("Learned clip factor per module", "gamma.png"))
 
+    # the paper's homogeneity figure (teacher, quantgpt, pact), with kd: quantgpt without the contrastive term
     hists = [r for (m, _), r in sorted(best.items(), key=lambda kv: (kv[0][0], -_bits_key(kv[0][1])))
-             if m in ("quantgpt", "pact") and r.get("cos_hist")]
+             if m in ("quantgpt", "kd", "pact") and r.get("cos_hist")]
     if hists:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         teacher = next((r["teacher_cos_hist"] for r in hists if r.get("teacher_cos_hist")), None)
