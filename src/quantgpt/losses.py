@@ -37,16 +37,16 @@ def _kd_chunk(s, t, y, T: float, kd_scale: float, lm_weight: float, lm_scale: fl
     return kd, nll, grad.to(out_dtype)
 
 
-_compiled_chunk = None
+_compiled: dict = {}
 
 
-def _chunk_fn(device: torch.device):
-    global _compiled_chunk
+def _on(device: torch.device, fn, **compile_args):
+    """A chunk function for ``device``: compiled once per process on CUDA (its passes fused), as it is on the CPU."""
     if device.type != "cuda":
-        return _kd_chunk
-    if _compiled_chunk is None:
-        _compiled_chunk = torch.compile(_kd_chunk, dynamic=False)
-    return _compiled_chunk
+        return fn
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, **compile_args)
+    return _compiled[fn]
 
 
 class FusedLinearKD(torch.autograd.Function):
@@ -74,7 +74,7 @@ class FusedLinearKD(torch.autograd.Function):
         lm = torch.zeros((), dtype=torch.float32, device=h_s.device)
         T = float(temperature)
         m = (labels >= 0).sum().clamp_min(1).float()  # lm is the mean over labelled rows (a tensor: no host sync)
-        fn = _chunk_fn(h_s.device)
+        fn = _on(h_s.device, _kd_chunk, dynamic=False)
         for i in range(0, n, chunk):
             hc = hs[i:i + chunk]
             s = hc @ ws.t()
@@ -233,17 +233,6 @@ def _nce_chunk(zs, zt, neg, neg_ids, ids, tau: float, scale: float, compute_dtyp
     return loss, d_zs, d_zt, d_neg
 
 
-_compiled_nce = None
-
-
-def _nce_fn(device: torch.device):
-    global _compiled_nce
-    if device.type != "cuda":
-        return _nce_chunk
-    if _compiled_nce is None:
-        _compiled_nce = torch.compile(_nce_chunk)
-    return _compiled_nce
-
 
 class FusedInfoNCE(torch.autograd.Function):
     """info_nce_reference chunk by chunk over the anchors, with the gradients formed in the same pass (as
@@ -254,7 +243,7 @@ class FusedInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zs, zt, neg, neg_ids, ids, tau: float, compute_dtype, chunk: int):
         n = zs.shape[0]
-        fn = _nce_fn(zs.device)
+        fn = _on(zs.device, _nce_chunk)
         loss = torch.zeros((), dtype=torch.float32, device=zs.device)
         need_zt, need_neg = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         d_zs = torch.empty_like(zs)
