@@ -21,6 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from smollm2_shaped import HIDDEN, VOCAB, smollm2_shaped
+
 
 def zipf_ids(n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
     p = 1.0 / (torch.arange(vocab, dtype=torch.float64) + 10.0) ** 1.1
@@ -45,9 +47,9 @@ def loss_rows(args, dev):
     from quantgpt import losses
 
     gen = torch.Generator().manual_seed(0)
-    n, d, k = args.tokens, 576, 4096
-    ids = zipf_ids(n, 49152, gen).to(dev)
-    neg_ids = torch.randperm(49152, generator=gen)[:k].to(dev)
+    n, d, k = args.tokens, HIDDEN, 4096
+    ids = zipf_ids(n, VOCAB, gen).to(dev)
+    neg_ids = torch.randperm(VOCAB, generator=gen)[:k].to(dev)
     zs = F.normalize(torch.randn(n, d, generator=gen), dim=-1).to(dev).requires_grad_()
     zt = F.normalize(torch.randn(n, d, generator=gen), dim=-1).to(dev)
     neg = F.normalize(torch.randn(k, d, generator=gen), dim=-1).to(dev)
@@ -73,17 +75,13 @@ def loss_rows(args, dev):
 
 
 def step_rows(args, dev):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from quantgpt import losses
     from quantgpt.train_config import TrainConfig
     from quantgpt.trainer import Trainer
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers,
-                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
-    teacher = LlamaForCausalLM(cfg).to(dev)
-    ids = zipf_ids(args.blocks * args.seq_len, 49152, torch.Generator().manual_seed(1))
+    teacher = smollm2_shaped(args.layers).to(dev)
+    ids = zipf_ids(args.blocks * args.seq_len, VOCAB, torch.Generator().manual_seed(1))
     fused = losses.info_nce
     for name, method, fn in (("kd", "kd", fused), ("quantgpt reference", "quantgpt", losses.info_nce_reference),
                              ("quantgpt fused", "quantgpt", fused)):

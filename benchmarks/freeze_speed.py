@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from smollm2_shaped import smollm2_shaped
+
 
 def main():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from quantgpt import QuantConfig, quantize_model
     from quantgpt.flips import latent_weight
     from quantgpt.freeze import CHECK_EVERY, OscillationFreezer
@@ -33,9 +33,7 @@ def main():
     p.add_argument("--out")
     args = p.parse_args()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers,
-                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
-    base = LlamaForCausalLM(cfg)
+    base = smollm2_shaped(args.layers)
     quantize_model(base, QuantConfig(bits="2-2-8", grid="asym", group_size=16, embedding_group_size=8, scale_bits=8))
     dev = torch.device(args.device)
     base = base.to(dev)

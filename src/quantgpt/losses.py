@@ -212,8 +212,8 @@ def info_nce_reference(zs, zt, neg, neg_ids, ids, tau: float) -> torch.Tensor:
 def _nce_chunk(zs, zt, neg, neg_ids, ids, tau: float, scale: float, compute_dtype: torch.dtype, need_zt: bool,
                need_neg: bool):
     """The loss sum of one chunk of anchors and the gradients of ``scale`` times it for ``zs``, ``zt`` and ``neg``
-    (the last two None unless ``need_zt``, ``need_neg``),
-    with the (rows x negatives) similarities made once and read in a few fused passes (compiled on the GPU).
+    (the last two None unless ``need_zt``, ``need_neg``), with the (rows x negatives) similarities made once and
+    read in a few fused passes (compiled on the GPU).
     With p_ij = softmax over (pos_i, l_i1..l_iK): d/d pos_i = p_i0 - 1 and d/d l_ij = p_ij, where pos_i = zs_i.zt_i/tau
     and l_ij = zs_i.neg_j/tau (-inf for a negative of the anchor's own id)."""
     acc = torch.promote_types(zs.dtype, torch.float32)
@@ -231,7 +231,6 @@ def _nce_chunk(zs, zt, neg, neg_ids, ids, tau: float, scale: float, compute_dtyp
     d_zt = g_pos.unsqueeze(1) * zs if need_zt else None
     d_neg = (g_sims.t() @ zs.to(compute_dtype)).to(acc) if need_neg else None
     return loss, d_zs, d_zt, d_neg
-
 
 
 class FusedInfoNCE(torch.autograd.Function):

@@ -90,8 +90,9 @@ def default_freeze_threshold(weight_bits: int, quantizer: str) -> float:
     At 2-2-8 from one adapted teacher, over the same 1683 steps and batches, freezing tested 25.19 against 25.85
     without (-2.6%) and held out 28.55 against 28.87 (-1.1%); the training kd loss split from the unfrozen run's as
     freezing began, a quarter of the way in, and was 15-27% lower from then on (BENCHMARKS section 28). Its cost
-    there was a step 46% longer (the per-matrix updates compiled, H100). Not for pact, lsq and laq: the paper's
-    baselines train as their papers do. Not measured above 2 bits, where the goals are met without it."""
+    there was a step 46% longer (the per-matrix updates compiled, H100); captured in a CUDA graph since, about 2%
+    (section 29). Not for pact, lsq and laq: the paper's baselines train as their papers do. Not measured above 2
+    bits, where the goals are met without it."""
     return 0.03 if weight_bits <= 2 and quantizer == "mds" else 0.0
 
 
