@@ -247,3 +247,11 @@ def test_compress_adapts_the_teacher_first(capsys, tmp_path, model_dir):
     assert r["adapt"]["steps"] == 2 and r["adapt"]["best"] is None
     info = json.loads((out / "teacher" / "finetune.json").read_text())  # the first stage's time, kept for the row
     assert r["adapt"]["run_seconds_all"] == info["run_seconds_all"] >= info["train_seconds"] >= 0
+
+
+def test_compress_cont_schedule_flag(capsys, tmp_path, model_dir):
+    """--cont-schedule reaches the config (a bad value is a one-line error before anything is written)."""
+    code, _, err = run(capsys, "compress", model_dir, "--bits", "2-2-8", "--cont-schedule", "linear",
+                       "--out", tmp_path / "o")
+    assert code == 2 and "unknown contrastive schedule 'linear'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

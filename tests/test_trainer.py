@@ -790,3 +790,23 @@ def test_the_default_evaluations_are_four_inside_and_one_at_the_end(tmp_path, ti
     Trainer(_cfg(tmp_path, steps=12, eval_every=0), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).run()
     rows = read_log(tmp_path / "run" / "train_log.jsonl")
     assert [r["step"] for r in rows if "cos_student" in r] == [0, 3, 6, 9, 12]
+
+
+def test_cosine_contrastive_schedule_lowers_lambda_to_zero(tmp_path, tiny, tokenizer, ids):
+    """--cont-schedule cosine: lambda = w (1 + cos(pi step / steps)) / 2 (no warmup), and the step's loss is
+    kd + lambda cont with it (lm_weight is 0 at 2 bits); constant keeps w."""
+    tr = Trainer(_cfg(tmp_path, steps=100, cont_weight=0.2, cont_schedule="cosine"), teacher=tiny("llama"),
+                 tokenizer=tokenizer, train_ids=ids)
+    assert [tr.cont_lambda(s) for s in (0, 25, 50, 100)] == pytest.approx(
+        [0.2, 0.1 * (1 + math.cos(math.pi / 4)), 0.1, 0.0])
+    x = tr.batch(0, 0)
+    for step, lam in ((30, 0.1 * (1 + math.cos(math.pi * 0.3))), (100, 0.0)):
+        tr.step = step
+        p = tr.losses(x)
+        assert p["cont"] > 0
+        assert p["loss"].item() == pytest.approx((p["kd"] + lam * p["cont"]).item(), rel=1e-5)
+    const = _cfg(tmp_path, steps=100, cont_weight=0.2)
+    assert const.cont_schedule == "constant"
+    assert Trainer(const, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).cont_lambda(99) == 0.2
+    with pytest.raises(QuantGPTError, match="unknown contrastive schedule 'linear'"):
+        _cfg(tmp_path, cont_schedule="linear")

@@ -138,7 +138,8 @@ def cmd_compress(args) -> int:
 COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granularity", "group_size", "grid",
                  "embedding_granularity", "embedding_group_size", "init", "block_steps", "train_data", "eval_data",
                  "steps", "epochs", "time_budget", "seq_len", "batch_size", "grad_accum", "lr", "quant_lr", "weight_decay",
-                 "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "tau", "negatives", "momentum",
+                 "warmup", "schedule", "max_grad_norm", "temperature", "cont_weight", "cont_schedule", "tau", "negatives",
+                 "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
                  "init_gamma", "head_scale", "scale_bits", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
                  "log_every", "track_flips", "freeze_threshold", "freeze_start", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
@@ -189,6 +190,7 @@ def _compress_parser(sub):
     c.add_argument("--max-grad-norm", type=float)
     c.add_argument("--temperature", type=float, help="logit distillation temperature")
     c.add_argument("--cont-weight", type=float, help="lambda, weight of the contrastive loss (default 0.03 at 2-bit weights; above, 0, or 0.01 with --contrastive)")
+    c.add_argument("--cont-schedule", help="constant (default) | cosine: lambda falls from --cont-weight to 0 over the run")
     c.add_argument("--tau", type=float, help="contrastive temperature")
     c.add_argument("--negatives", type=int, help="K, negatives per anchor")
     c.add_argument("--momentum", type=float, help="memory-bank momentum")

@@ -144,6 +144,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     cont_weight: float | None = None  # lambda; default: 0.03 at 2-bit weights, 0 above (default_cont_weight)
+    cont_schedule: str = "constant"  # constant | cosine: lambda falls along a cosine from cont_weight to 0 over the run
     tau: float = 0.1
     negatives: int = 4096
     momentum: float = 0.9
@@ -239,6 +240,8 @@ class TrainConfig:
             raise QuantGPTError(f"unknown init {self.init!r}: choose rtn, gptq or blockwise")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise QuantGPTError(f"unknown schedule {self.schedule!r}: choose cosine, linear or constant")
+        if self.cont_schedule not in ("constant", "cosine"):
+            raise QuantGPTError(f"unknown contrastive schedule {self.cont_schedule!r}: choose constant or cosine")
         if self.freeze_threshold is None:
             # 0 above 2 bits, a float student's 16 too
             self.freeze_threshold = default_freeze_threshold(weight_bits, self.weight_quantizer)

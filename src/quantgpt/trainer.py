@@ -394,7 +394,7 @@ class Trainer:
                 r_s, r_t = self._reps(s_out, cfg.layer), h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
                 cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), r_t.reshape(-1, r_t.shape[-1]).detach(),
                                         x.reshape(-1), self.gen, gather=dist.gather if dist.world() > 1 else None)
-                loss = loss + cfg.cont_weight * cont
+                loss = loss + self.cont_lambda(self.step) * cont
                 parts["cont"] = cont.detach()
             if cfg.mse_weight:
                 mse = F.mse_loss(h_s.float(), h_t.float())
@@ -402,6 +402,11 @@ class Trainer:
                 parts["mse"] = mse.detach()
         parts["loss"] = loss
         return parts
+
+    def cont_lambda(self, step: int) -> float:
+        """lambda at ``step``: --cont-weight, or with --cont-schedule cosine its cosine fall to 0 at the last step."""
+        w = self.cfg.cont_weight
+        return w * cosine(progress(step, 0, self.total_steps)) if self.cfg.cont_schedule == "cosine" else w
 
     def _compiles(self) -> bool:
         """Whether this run compiles (--compile, on by default with CUDA): the blocks and the freezer's updates."""
