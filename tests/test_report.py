@@ -165,6 +165,31 @@ def test_best_runs_compare_methods_on_the_common_training_text():
     assert [[r["name"] for r in g] for g in seed_groups(rows)] == [["a", "b"]]
 
 
+def test_main_table_is_the_pair_of_budget_and_text_with_most_cells():
+    """The main table's budget and text are chosen together: teacher adaptations (an ablation) sharing one text and
+    long runs each with its own budget made a budget and a text, each most common alone, that no run had together
+    (an empty table). The pair whose runs cover most (method, bits) cells wins; equal cells, the one with more runs."""
+    from quantgpt.report import best_runs, main_comparison
+
+    def row(method, tokens, teacher, ppl=25.0, **kw):
+        data = {"train_data": ["/m/corpora", "/m/valid_train.txt"]}
+        return {"method": method, "bits": "2-2-8" if teacher else "16-16-16", "perplexity": ppl,
+                "tokens_trained": tokens, "config": {**data, "model": teacher} if teacher else data, **kw}
+
+    rows = [row("finetune", 10, None, 17.5, ablation="teacher adaptation"),
+            row("quantgpt", 55, "runs/ft-a"), row("quantgpt", 55, "runs/ft-a", 25.8),
+            row("finetune", 10, None, 17.5, ablation="teacher adaptation"),
+            row("quantgpt", 90, "runs/ft-b", 24.8), row("kd", 90, "runs/ft-b", 25.0),
+            row("quantgpt", 99, "runs/ft-c", 24.9), row("quantgpt", 99, "runs/ft-c", 24.9)]
+    assert main_comparison(rows) == (90, "corpora + valid_train.txt from ft-b")
+    assert {k: v["perplexity"] for k, v in best_runs(rows).items()} == {("quantgpt", "2-2-8"): 24.8,
+                                                                       ("kd", "2-2-8"): 25.0}
+    assert main_comparison(rows[:3]) == (55, "corpora + valid_train.txt from ft-a")  # one cell, the most runs
+    assert main_comparison(rows[:1]) == (None, None)  # no compared run: post-training rows only
+    assert {k: v["perplexity"] for k, v in best_runs(rows[:1] + [{"method": "rtn", "bits": "2-2-8", "perplexity": 9e5,
+                                                                  "tokens_trained": 0}]).items()} == {("rtn", "2-2-8"): 9e5}
+
+
 def test_other_budgets_and_texts_get_their_own_tables():
     """A (budget, training text) pair with two or more (method, bits) cells gets its own table (with the post-training
     rows of the bits trained there); one with a single cell (say one long run) does not, nor does the main pair."""
@@ -293,6 +318,16 @@ def test_report_reads_several_result_files(tmp_path):
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| 2-2-8 | 130 | 110 |" in md
     assert main(["report", str(a), str(b), "--out", str(tmp_path / "o2")]) == 0
+
+
+def test_report_of_ablations_only_has_no_main_table(tmp_path):
+    """Every run an ablation: the report lists them, with no empty best-perplexity table or figure against bits."""
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"name": "ft", "method": "finetune", "bits": "16-16-16", "perplexity": 17.5,
+                             "tokens_trained": 100, "ablation": "teacher adaptation"}) + "\n")
+    r = make_report(a, tmp_path / "o")
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert r["figures"] == [] and "## Best" not in md and "| ft | finetune | 16-16-16 |" in md
 
 
 def test_study_rows_run_compress_with_its_adaptation(tmp_path, model_dir):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-from collections import Counter
 from itertools import groupby
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -117,12 +116,6 @@ def train_text(row: dict) -> str:
     return f"{text} from {teacher}" if text and teacher else text
 
 
-def common_text(rows: list[dict]) -> str | None:
-    """The training text most training runs share: the best-perplexity tables compare methods on it."""
-    texts = Counter(t for r in rows if r.get("tokens_trained") and (t := train_text(r)))
-    return texts.most_common(1)[0][0] if texts else None
-
-
 def read_results(path) -> list[dict]:
     path = Path(path)
     try:
@@ -151,10 +144,28 @@ def _bits_key(b: str) -> float:
     return float(str(b).split("-")[0])
 
 
-def common_budget(rows: list[dict]) -> int | None:
-    """The training budget (tokens) most training runs share: the main table compares methods at it."""
-    budgets = Counter(r["tokens_trained"] for r in rows if r.get("tokens_trained") and not r.get("ablation"))
-    return budgets.most_common(1)[0][0] if budgets else None
+def _compared(r: dict) -> bool:
+    """A trained run the best-perplexity tables may hold: not an ablation, not noted invalid, with a perplexity."""
+    return bool(r.get("tokens_trained")) and not r.get("ablation") and not r.get("note") and bool(r.get("perplexity"))
+
+
+def _cells(rows: list[dict]) -> dict[tuple[int, str], list[tuple[str, str]]]:
+    """The (method, bits) of each compared trained run (_compared), by (training tokens, training text), in order."""
+    cells: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    for r in rows:
+        if _compared(r):
+            cells.setdefault((r["tokens_trained"], train_text(r)), []).append((r["method"], r["bits"]))
+    return cells
+
+
+def main_comparison(rows: list[dict]) -> tuple[int | None, str | None]:
+    """The (training budget in tokens, training text) of the main table: the pair whose trained runs cover the most
+    (method, bits) cells, then the one with the most runs, then the first seen. The two are chosen together: a
+    budget and a text each most common on its own can belong to no run (teacher adaptations share one text, and
+    long runs each their own budget). ``(None, None)`` when no run trained."""
+    cells = _cells(rows)
+    # max keeps the first seen of equals
+    return max(cells, key=lambda k: (len(set(cells[k])), len(cells[k]))) if cells else (None, None)
 
 
 def best_runs(rows: list[dict], budget: int | None = None, text: str | None = None) -> dict[tuple[str, str], dict]:
@@ -162,8 +173,9 @@ def best_runs(rows: list[dict], budget: int | None = None, text: str | None = No
     text (post-training rows too), ablations and noted (invalid) runs left out: what each method reached with the
     same training, whatever setting got it there (the full table lists every run, with its text). A table of runs
     from another teacher (teacher_of) leaves the post-training rows out: they quantized the default model."""
-    budget = common_budget(rows) if budget is None else budget
-    text = common_text(rows) if text is None else text
+    main = main_comparison(rows)
+    budget = main[0] if budget is None else budget
+    text = main[1] if text is None else text
     other_teacher = any(teacher_of(r) for r in rows if r.get("tokens_trained") and train_text(r) == text)
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
@@ -183,12 +195,8 @@ def other_tables(rows: list[dict], budget: int | None, text: str | None) -> list
     """The other (training budget, training text) pairs with at least two (method, bits) cells among their trained
     runs: each gets a table of its own, so a longer comparison (say every method at 700 steps) or one on other text
     (say three bit widths on in-style text) is not hidden by the main table; a lone long run is not a table."""
-    cells: dict[tuple[int, str], set[tuple[str, str]]] = {}
-    for r in rows:
-        t = r.get("tokens_trained")
-        if t and not r.get("ablation") and not r.get("note") and r.get("perplexity"):
-            cells.setdefault((t, train_text(r)), set()).add((r["method"], r["bits"]))
-    return sorted(k for k, v in cells.items() if k != (budget, text) and len(v) >= 2)
+    cells = _cells(rows)
+    return sorted(k for k, v in cells.items() if k != (budget, text) and len(set(v)) >= 2)
 
 
 def budget_runs(rows: list[dict], budget: int, text: str | None = None) -> dict[tuple[str, str], dict]:
@@ -256,27 +264,29 @@ def make_report(results, out) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
-    budget, text = common_budget(rows), common_text(rows)
+    budget, text = main_comparison(rows)
     best = best_runs(rows, budget, text)
     on = f" of {text}" if text else ""
     best_title = f"Best perplexity of each method ({budget or 0:,} training tokens{on})"
-    tables = [(best_title, best)] + [(f"Best perplexity at {t:,} training tokens of {x or 'no text'}", budget_runs(rows, t, x))
-                                      for t, x in other_tables(rows, budget, text)]
+    others = [(f"Best perplexity at {t:,} training tokens of {x or 'no text'}", budget_runs(rows, t, x))
+              for t, x in other_tables(rows, budget, text)]
+    tables = ([(best_title, best)] if best else []) + others
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({m for m, _ in best}):
-        pts = sorted((_bits_key(b), r["perplexity"]) for (m, b), r in best.items() if m == method)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=method)
-    ax.set_xlabel("weight bits")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("perplexity against bits (best run of each method)")
-    fig.tight_layout()
-    fig.savefig(out / "perplexity_vs_bits.png", dpi=100)
-    plt.close(fig)
-    figures.append(("Perplexity against weight bits", "perplexity_vs_bits.png"))
+    if best:  # else every run is an ablation or noted: no main table, nothing to plot against bits
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method in sorted({m for m, _ in best}):
+            pts = sorted((_bits_key(b), r["perplexity"]) for (m, b), r in best.items() if m == method)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method)
+        ax.set_xlabel("weight bits")
+        ax.set_ylabel("perplexity")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title("perplexity against bits (best run of each method)")
+        fig.tight_layout()
+        fig.savefig(out / "perplexity_vs_bits.png", dpi=100)
+        plt.close(fig)
+        figures.append(("Perplexity against weight bits", "perplexity_vs_bits.png"))
 
     logs = [(r, Path(r["train_log"])) for r in rows if r.get("train_log") and Path(r["train_log"]).is_file()]
     if logs:
@@ -332,7 +342,8 @@ def make_report(results, out) -> dict:
     rows_sorted = sorted(rows, key=lambda r: (bool(r.get("ablation")), -_bits_key(r["bits"]), r["bits"], r["method"]))
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
     cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
-    md = ["# quantgpt study report", "", f"{len(rows)} runs from `{results}`.", ""]
+    sources = ", ".join(str(p) for p in paths)
+    md = ["# quantgpt study report", "", f"{len(rows)} runs from `{sources}`.", ""]
     for title, b in tables:
         md += [f"## {title}", "", *md_table(*best_cells(b)), ""]
     seeds = seed_groups(rows)
@@ -351,7 +362,7 @@ def make_report(results, out) -> dict:
     page = ("<!doctype html><meta charset='utf-8'><title>quantgpt study report</title>"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
-            f"<p>{len(rows)} runs from <code>{html.escape(str(results))}</code>.</p>"
+            f"<p>{len(rows)} runs from <code>{html.escape(sources)}</code>.</p>"
             + "".join(f"<h2>{html.escape(t)}</h2>" + html_table(*best_cells(b)) for t, b in tables)
             + (f"<h2>Repeated seeds</h2><p>{html.escape(SEEDS_NOTE)}</p>" + html_table(*seed_cells(seeds)) if seeds else "")
             + "<h2>Every run</h2>" + html_table(*every)
