@@ -26,9 +26,11 @@
 #           Section 29 (H100, commit 6c562e6) ran the default (freezing, graphed) to the budget, TAG=-graph: 2755 steps,
 #           24.818 (+14.80%, under the 24.86 bound at one seed), and kd at the same steps (METHOD=kd STEPS=2755):
 #           24.986, a tie held out. Section 30 fused the contrastive term (quantgpt's step 20% shorter).
-#           Next (R=s25): the default to the budget at the fused commit, TAG=-fused (about a quarter more steps than
-#           2755: does the bound hold with margin?), then kd at that run's steps (METHOD=kd STEPS=<its steps>,
-#           read from its row's tokens_trained / 32768). If time is left, SET=seed=1 of either.
+#           Section 31 (H100, commit 714f07d, R=s26) ran the default to the budget at the fused commit, TAG=-fused:
+#           3023 steps, 24.947 (+15.40%: over the bound at this seed), and lambda on a cosine at its steps
+#           (STEPS=3023 SET=cont_schedule=cosine TAG=-cos): 24.916, a tie.
+#           Next (R=s27): kd at 3023 steps (METHOD=kd STEPS=3023), the three quantgpt runs' missing partner; then
+#           the default's third seed at the same steps (STEPS=3023 SET=seed=1 TAG=-seed1) for the 15% bound.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -40,7 +42,7 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s25}  # the session's tag: its teacher and rows
+R=${R:-s27}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
