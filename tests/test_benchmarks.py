@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
 
 
@@ -60,3 +62,31 @@ def test_study_adapts_the_teacher_then_compresses_from_it(tmp_path, model_dir):
         ("finetune@16-16-16", "finetune", "16-16-16"), ("quantgpt@2-2-8", "quantgpt", "2-2-8")]
     assert rows[1]["config"]["model"] == str(runs / "finetune_16-16-16")
     assert all(x["perplexity"] > 1 and x["tokens_trained"] == 3 * 2 * 32 for x in rows)
+
+
+def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
+    """keep_results.py: a run's log keeps every 100th step, its evaluations and its last step, gzipped under
+    logs/TAG, and its row points there, in study_<gpu>_TAG.jsonl; rows of two GPU kinds are refused."""
+    sys.path.insert(0, str(SPEED.parent))
+    from keep_results import keep
+    from quantgpt.plots import read_log
+
+    run = tmp_path / "root" / "runs" / "study" / "quantgpt_2-2-8-x"
+    run.mkdir(parents=True)
+    log = [{"step": s, "kd": 1.0 / (s + 1)} for s in range(250)] + [{"step": 125, "eval_ppl": 30.0}]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    rows = [{"name": "q", "device": "NVIDIA H100 80GB HBM3", "train_log": "runs/study/quantgpt_2-2-8-x/train_log.jsonl"},
+            {"name": "ptq", "device": "NVIDIA H100 80GB HBM3"}]
+    study = tmp_path / "study.jsonl"
+    study.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = tmp_path / "repo" / "benchmarks" / "results"
+    out = keep(study, tmp_path / "root", "s9", results=results)
+    assert out == results / "study_h100_s9.jsonl"
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert kept[0]["train_log"] == "benchmarks/results/logs/s9/quantgpt_2-2-8-x.train_log.jsonl.gz"
+    assert "train_log" not in kept[1]
+    steps = [r["step"] for r in read_log(tmp_path / "repo" / kept[0]["train_log"])]
+    assert steps == [0, 100, 200, 249, 125]
+    study.write_text("".join(json.dumps({**r, "device": d}) + "\n" for r, d in zip(rows, ["H100", "NVIDIA H200"])))
+    with pytest.raises(SystemExit, match="keep each device's rows apart"):
+        keep(study, tmp_path / "root", "s9", results=results)

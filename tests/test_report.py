@@ -1,4 +1,5 @@
 """The study runner on a tiny model, and the report it feeds."""
+import gzip
 import json
 import os
 import subprocess
@@ -328,6 +329,21 @@ def test_report_of_ablations_only_has_no_main_table(tmp_path):
     r = make_report(a, tmp_path / "o")
     md = (tmp_path / "o" / "report.md").read_text()
     assert r["figures"] == [] and "## Best" not in md and "| ft | finetune | 16-16-16 |" in md
+
+
+def test_report_reads_gzipped_train_logs(tmp_path):
+    """A row's train_log may be a gzipped copy (benchmarks/results keeps them so): read_log gives its rows, and the
+    report draws its loss curve and gamma from it as from the plain file."""
+    from quantgpt.plots import read_log
+
+    log = [{"step": s, "kd": 2.0 / (s + 1), "quant_params": {"m": 2.0 + s / 10}} for s in range(5)]
+    gz = tmp_path / "run.train_log.jsonl.gz"
+    gz.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in log).encode()))
+    assert read_log(gz) == log
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"name": "q", "method": "quantgpt", "bits": "2-2-8", "perplexity": 25.0,
+                             "tokens_trained": 100, "train_log": str(gz)}) + "\n")
+    assert make_report(a, tmp_path / "o")["figures"] == ["perplexity_vs_bits.png", "loss_curves.png", "gamma.png"]
 
 
 def test_study_rows_run_compress_with_its_adaptation(tmp_path, model_dir):

@@ -3,6 +3,7 @@ factor of every module over training, token-representation similarity (homogenei
 weights with the learning rate (track_flips, freeze_threshold)."""
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_log(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a ``train_log.jsonl``, or of a gzipped copy (``.gz``: how benchmarks/results keeps them)."""
+    path = Path(path)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def plot_training(log_path, out_dir) -> list[Path]:
