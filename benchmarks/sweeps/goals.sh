@@ -35,6 +35,9 @@
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
 #           under torchrun (distributed.py: the same global batch of 32 x 1024 tokens, split over the GPUs).
+# Keeping the results: after the last call, unpack its logs.tgz and run benchmarks/keep_results.py on its study.jsonl
+# (rows in benchmarks/results/study_<gpu>_<R>.jsonl; every 100th step, the evaluations and the last step of each
+# train log, gzipped, in benchmarks/results/logs/<R>/).
 # Checkpoints: the long runs save at their end only (save_every 100000): a cut run cannot be resumed once its
 # machine is gone, and each 1.6 GB save costs steps.
 # Staging that survived lost machines (section 26): p3 first (`mkdir -p /root/m && cp -r .devcache/p3 /root/m/p3`),

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Run after ../shared/tools/device-stage. A device call carries 64 MiB, the tracked tree included (about 30 MB now, most
-# of it committed train logs), so device-stage's two calls (44 and 48 MiB) no longer fit: this re-cuts the
-# compressed model into three parts and puts the data, the wheel and assemble.sh with the third (about 32 MB a call).
+# Run after ../shared/tools/device-stage. A device call carries 64 MiB, the tracked tree included (about 10 MB since the
+# committed train logs are gzipped; 31 MB before), so device-stage's two calls (44 and 48 MiB) were too big: this
+# re-cuts the compressed model into three parts and puts the data, the wheel and assemble.sh with the third (about
+# 32 MB a call). Three calls also leave a lost machine less to redo (goals.sh).
 # Then make three calls back to back, in the order goals.sh's header gives (p3 first, kept in /root/m/p3; then p1;
 # then p2 with `source .devcache/p3/assemble.sh` and the first run).
 set -eu
