@@ -1,0 +1,173 @@
+"""Where a training step's time goes, on the GPU, with no download and no staging: compress's own train_step on a
+randomly initialised model of SmolLM2-135M's shapes (random Zipf-like tokens; the teacher cache, compilation and
+the 2-bit freezer on, as in a run), its parts timed with CUDA events placed around the trainer's own calls:
+
+  forward    the student's forward and the losses (Trainer.losses: the teacher is cached, so no teacher forward)
+  backward   from the losses to the gradient clipping (autograd runs on the same stream, in order)
+  clip       the gradients' norm and clipping
+  sync       the step's one host sync (the NaN guard) until the optimizer's first kernel: the GPU waits on the host
+  optimizer  fused AdamW
+  freezer    the oscillation freezer's update (2 bits: one CUDA graph replay)
+  gap        from the end of one step's last kernel to the next step's first: the host launching
+
+Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), and kd with a float student
+(16-16-16: no fake quantization, no freezer), the floor a quantized step sits on.
+
+    PYTHONPATH=src python benchmarks/step_profile.py [--steps 10] [--out rows.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import torch
+
+from contrastive_speed import zipf_ids
+from smollm2_shaped import VOCAB, smollm2_shaped
+
+PARTS = ("forward", "backward", "clip", "sync", "optimizer", "freezer", "gap")
+
+
+class Marks:
+    """Named points on the GPU's timeline (CUDA events), or on the host's clock on the CPU (which checks the script)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.points = cuda, []
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.points.append((name, ev))
+        else:
+            self.points.append((name, time.perf_counter()))
+
+    def spans(self) -> list[tuple[str, float]]:
+        """(name of the span's start, ms until the next point), in order."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            ms = lambda a, b: a.elapsed_time(b)  # noqa: E731
+        else:
+            ms = lambda a, b: 1000 * (b - a)  # noqa: E731
+        return [(n, ms(a, b)) for (n, a), (_, b) in zip(self.points, self.points[1:])]
+
+
+def instrument(tr, marks: Marks) -> None:
+    """Wrap the calls train_step makes so that each part's start is marked: losses (forward; its end starts the
+    backward), clip_grad_norm_ (clip), the optimizer's step (its start ends the sync), the freezer's step."""
+    losses, opt_step = tr.losses, tr.optimizer.step
+
+    def timed_losses(*a, **k):
+        marks.mark("forward")  # the span before, from the last step's end: the gap
+        out = losses(*a, **k)
+        marks.mark("backward")
+        return out
+
+    def timed_opt_step(*a, **k):
+        marks.mark("optimizer")
+        out = opt_step(*a, **k)
+        marks.mark("freezer" if tr.freezer is not None else "gap")
+        return out
+
+    tr.losses, tr.optimizer.step = timed_losses, timed_opt_step
+    if tr.freezer is not None:
+        fr_step = tr.freezer.step
+
+        def timed_freezer(*a, **k):
+            out = fr_step(*a, **k)
+            marks.mark("gap")
+            return out
+        tr.freezer.step = timed_freezer
+
+
+def clip_marker(marks: Marks):
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def timed_clip(*a, **k):
+        marks.mark("clip")
+        out = clip(*a, **k)
+        marks.mark("sync")
+        return out
+    return clip, timed_clip
+
+
+def profile(tr, steps: int, cuda: bool) -> dict:
+    marks = Marks(cuda)
+    instrument(tr, marks)
+    plain, timed_clip = clip_marker(marks)
+    torch.nn.utils.clip_grad_norm_ = timed_clip
+    try:
+        marks.mark("gap")
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tr.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    finally:
+        torch.nn.utils.clip_grad_norm_ = plain
+    sums = dict.fromkeys(PARTS, 0.0)
+    for name, ms in marks.spans():
+        if name in sums:
+            sums[name] += ms
+    row = {k: round(v / steps, 2) for k, v in sums.items()}
+    row["step_ms"] = round(1000 * wall / steps, 1)
+    row["parts_ms"] = round(sum(row[k] for k in PARTS), 1)
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant, after --warmup")
+    p.add_argument("--warmup", type=int, default=3, help="steps before the timing (the first compiles)")
+    p.add_argument("--layers", type=int, default=30, help="decoder layers (30: SmolLM2-135M's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
+    p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
+                   help="METHOD@BITS each")
+    p.add_argument("--device", default="cuda", help="cuda; cpu checks the script")
+    p.add_argument("--out")
+    args = p.parse_args()
+    from quantgpt.train_config import TrainConfig
+    from quantgpt.trainer import Trainer
+
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                           text=True).stdout.strip()
+    torch.manual_seed(0)
+    teacher = smollm2_shaped(args.layers).to(dev)
+    ids = zipf_ids(args.blocks * args.seq_len, VOCAB, torch.Generator().manual_seed(1))
+    rows = []
+    for variant in args.variants:
+        method, bits = variant.split("@")
+        tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
+                         batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
+                         device=dev.type)
+        tr = Trainer(tc, teacher=teacher, train_ids=ids)
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            tr.train_step()
+        row = {"variant": variant, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda)}
+        row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
+                   commit=commit, date=time.strftime("%Y-%m-%d"))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        tr = None
+        if cuda:
+            torch.cuda.empty_cache()
+    print(f"{'variant':16s} " + " ".join(f"{k:>9s}" for k in (*PARTS, "parts_ms", "step_ms")))
+    for r in rows:
+        print(f"{r['variant']:16s} " + " ".join(f"{r[k]:9.1f}" for k in (*PARTS, "parts_ms", "step_ms")))
+
+
+if __name__ == "__main__":
+    main()
