@@ -18,6 +18,7 @@ Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -94,11 +95,16 @@ def clip_marker(marks: Marks):
     return clip, timed_clip
 
 
-def profile(tr, steps: int, cuda: bool) -> dict:
+def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
+    """The parts' mean ms over ``steps`` steps; ``gc_off``: Python's garbage collector collected first and kept
+    off while they run (do its pauses on the host starve the GPU?)."""
     marks = Marks(cuda)
     instrument(tr, marks)
     plain, timed_clip = clip_marker(marks)
     torch.nn.utils.clip_grad_norm_ = timed_clip
+    if gc_off:
+        gc.collect()
+        gc.disable()
     try:
         marks.mark("gap")
         t0 = time.perf_counter()
@@ -109,6 +115,7 @@ def profile(tr, steps: int, cuda: bool) -> dict:
         wall = time.perf_counter() - t0
     finally:
         torch.nn.utils.clip_grad_norm_ = plain
+        gc.enable()
     sums = dict.fromkeys(PARTS, 0.0)
     for name, ms in marks.spans():
         if name in sums:
@@ -129,6 +136,7 @@ def main():
     p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
                    help="METHOD@BITS each")
+    p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--device", default="cuda", help="cuda; cpu checks the script")
     p.add_argument("--out")
     args = p.parse_args()
@@ -153,7 +161,8 @@ def main():
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             tr.train_step()
-        row = {"variant": variant, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda)}
+        row = {"variant": variant, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda, args.gc_off),
+               "gc_off": args.gc_off}
         row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
                    commit=commit, date=time.strftime("%Y-%m-%d"))
         print(json.dumps(row), flush=True)
@@ -162,6 +171,7 @@ def main():
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
         tr = None
+        gc.collect()  # the wrapped calls hold the trainer in a cycle: free it before the next variant's
         if cuda:
             torch.cuda.empty_cache()
     print(f"{'variant':16s} " + " ".join(f"{k:>9s}" for k in (*PARTS, "parts_ms", "step_ms")))
