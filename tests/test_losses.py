@@ -143,6 +143,29 @@ def test_negatives_never_share_the_anchor_id(source):
     assert c2(s, s, same).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("source", ["bank", "batch", "student"])
+def test_prepared_teacher_side_gives_the_same_loss_and_gradients(source):
+    """prepare (the bank's update and the negatives' draw, run by the trainer before the student's forward) then
+    forward(prepared=...) is the one-call forward: the same loss, student gradient, bank and generator state."""
+    V, d, N = 50, 8, 40
+    torch.manual_seed(0)
+    a = TokenContrastive(V, d, d, negatives=16, negative_source=source, proj_dim=6)
+    b = TokenContrastive(V, d, d, negatives=16, negative_source=source, proj_dim=6)
+    b.load_state_dict(a.state_dict())
+    ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(3):
+        s, t, ids = torch.randn(N, d), torch.randn(N, d), torch.randint(0, V, (N,))
+        sa, sb = s.clone().requires_grad_(), s.clone().requires_grad_()
+        la = a(sa, t, ids, ga)
+        lb = b(sb, None, ids, prepared=b.prepare(t, ids, gb))
+        (la + a.proj_t.weight.sum()).backward()
+        (lb + b.proj_t.weight.sum()).backward()
+        assert torch.equal(la, lb) and torch.equal(sa.grad, sb.grad)
+        assert torch.equal(a.proj_t.weight.grad, b.proj_t.weight.grad)
+    assert torch.equal(a.bank, b.bank) and torch.equal(a.seen, b.seen)
+    assert torch.equal(ga.get_state(), gb.get_state())
+
+
 def test_contrastive_lowest_when_student_equals_teacher():
     torch.manual_seed(0)
     V, d, N = 40, 16, 64

@@ -171,13 +171,14 @@ class TokenContrastive(nn.Module):
             extra = extra[pick]
         return torch.cat([uniq, extra])
 
-    def forward(self, s: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None,
-                gather=None):
-        """``s``, ``t``: ``(N, d)`` student / teacher representations, ``ids``: ``(N,)`` their token ids.
+    def prepare(self, t: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None,
+                gather=None) -> tuple:
+        """The teacher's side of the loss, which needs no student: its normalised vectors ``zt``, the bank updated
+        with them and the negatives drawn, as ``(zt, neg, neg_ids, uniq, inv)`` (``neg`` None for the student's
+        own negatives, made in forward). It holds every host sync of the loss (``unique``, the negatives' draw), so
+        the trainer runs it before the student's forward: the GPU's queue stays full through the rest of the step.
         ``gather``: with data parallelism, a function that concatenates every rank's tensor (distributed.gather):
-        the bank and the negatives are then the whole batch's, the same on every rank, and the loss is this
-        rank's anchors' share of the one-process loss."""
-        zs = F.normalize(self.proj_s(s).float(), dim=-1)
+        the bank and the negatives are then the whole batch's, the same on every rank."""
         zt = F.normalize(self.proj_t(t).float(), dim=-1)
         if gather is None:
             uniq, inv, mean_t = self.update_bank(ids, zt.detach())
@@ -186,18 +187,23 @@ class TokenContrastive(nn.Module):
                                 "runs in one process only")
         else:
             uniq, inv, mean_t = self.update_bank(gather(ids), gather(zt.detach()))
+        chosen = self._draw_negatives(uniq, generator)
         if self.negative_source == "bank":
-            neg_ids = self._draw_negatives(uniq, generator)
-            neg = self.bank[neg_ids]
-        else:
-            chosen = self._draw_negatives(uniq, generator)
-            if self.negative_source == "batch":
-                table = F.normalize(mean_t, dim=-1)
-            else:  # the student's own per-token mean representations (with gradient)
-                sums = torch.zeros(uniq.numel(), zs.shape[1], device=zs.device, dtype=zs.dtype).index_add(0, inv, zs)
-                table = F.normalize(sums, dim=-1)
-            where = torch.searchsorted(uniq, chosen)
-            neg_ids, neg = chosen, table[where]
+            return zt, self.bank[chosen], chosen, uniq, inv
+        if self.negative_source == "batch":
+            return zt, F.normalize(mean_t, dim=-1)[torch.searchsorted(uniq, chosen)], chosen, uniq, inv
+        return zt, None, chosen, uniq, inv
+
+    def forward(self, s: torch.Tensor, t: torch.Tensor | None, ids: torch.Tensor,
+                generator: torch.Generator | None = None, gather=None, prepared: tuple | None = None):
+        """``s``, ``t``: ``(N, d)`` student / teacher representations, ``ids``: ``(N,)`` their token ids;
+        ``prepared``: prepare's result for ``t`` and ``ids``, made earlier (``t`` is then not read). With ``gather``
+        the loss is this rank's anchors' share of the one-process loss."""
+        zt, neg, neg_ids, uniq, inv = prepared if prepared is not None else self.prepare(t, ids, generator, gather)
+        zs = F.normalize(self.proj_s(s).float(), dim=-1)
+        if neg is None:  # the student's own per-token mean representations (with gradient)
+            sums = torch.zeros(uniq.numel(), zs.shape[1], device=zs.device, dtype=zs.dtype).index_add(0, inv, zs)
+            neg = F.normalize(sums, dim=-1)[torch.searchsorted(uniq, neg_ids)]
         return info_nce(zs, zt, neg, neg_ids, ids, self.tau)
 
 

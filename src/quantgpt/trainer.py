@@ -380,6 +380,11 @@ class Trainer:
                 with torch.no_grad():
                     t_out = self._t_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
                 h_t = t_out.last_hidden_state
+            prepared = None
+            if self.contrastive is not None:  # its host syncs before the student's forward is queued (prepare)
+                r_t = h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
+                prepared = self.contrastive.prepare(r_t.reshape(-1, r_t.shape[-1]).detach(), x.reshape(-1), self.gen,
+                                                    gather=dist.gather if dist.world() > 1 else None)
             s_out = self._s_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
             h_s = s_out.last_hidden_state
             d = h_s.shape[-1]
@@ -392,9 +397,8 @@ class Trainer:
             parts = {"kd": kd, "lm": lm}
             loss = total
             if self.contrastive is not None:
-                r_s, r_t = self._reps(s_out, cfg.layer), h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
-                cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), r_t.reshape(-1, r_t.shape[-1]).detach(),
-                                        x.reshape(-1), self.gen, gather=dist.gather if dist.world() > 1 else None)
+                r_s = self._reps(s_out, cfg.layer)
+                cont = self.contrastive(r_s.reshape(-1, r_s.shape[-1]), None, x.reshape(-1), prepared=prepared)
                 loss = loss + self.cont_lambda(self.step) * cont
                 parts["cont"] = cont.detach()
             if cfg.mse_weight:
