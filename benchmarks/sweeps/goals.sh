@@ -30,7 +30,10 @@
 #           3023 steps, 24.947 (+15.40%: over the bound at this seed), and lambda on a cosine at its steps
 #           (STEPS=3023 SET=cont_schedule=cosine TAG=-cos): 24.916, a tie.
 #           Next (R=s27): kd at 3023 steps (METHOD=kd STEPS=3023), the three quantgpt runs' missing partner; then
-#           the default's third seed at the same steps (STEPS=3023 SET=seed=1 TAG=-seed1) for the 15% bound.
+#           the default's third seed at the same steps (STEPS=3023 SET=seed=1 TAG=-seed1) for the 15% bound. With
+#           the time left (about 100 s): section 32's call 3 again (benchmarks/step_profile.py --steps 30 --variants
+#           kd@2-2-8 quantgpt@2-2-8 quantgpt@2-2-8): does preparing the contrastive term before the forward (commit
+#           d713291) remove quantgpt's 4-8 ms clip lag?
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
