@@ -13,6 +13,10 @@ import gzip
 import json
 from pathlib import Path
 
+from quantgpt.errors import QuantGPTError
+from quantgpt.plots import read_log
+from quantgpt.report import read_results
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -30,9 +34,7 @@ def gpu_name(device: str) -> str:
 
 
 def keep(study: Path, root: Path, tag: str, every: int = 100, results: Path = RESULTS) -> Path:
-    rows = [json.loads(line) for line in study.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise SystemExit(f"{study}: no rows")
+    rows = read_results(study)  # one-line errors for an unreadable, empty or broken file
     gpus = {gpu_name(r.get("device", "")) for r in rows}
     if len(gpus) != 1:
         raise SystemExit(f"{study}: rows from {sorted(gpus)}: keep each device's rows apart")
@@ -43,7 +45,7 @@ def keep(study: Path, root: Path, tag: str, every: int = 100, results: Path = RE
         if src is None or not src.is_file():
             print(f"{r['name']}: no train log at {src}, row kept as it is")
             continue
-        log = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+        log = read_log(src)
         dest = logs / f"{src.parent.name}.train_log.jsonl.gz"
         text = "".join(json.dumps(x) + "\n" for x in trimmed(log, every))
         dest.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
@@ -61,7 +63,10 @@ def main() -> None:
     p.add_argument("--tag", required=True, help="the session's tag (goals.sh's R), e.g. s26")
     p.add_argument("--every", type=int, default=100, help="keep every EVERY-th step (default 100)")
     a = p.parse_args()
-    keep(a.study, a.root, a.tag, a.every)
+    try:
+        keep(a.study, a.root, a.tag, a.every)
+    except QuantGPTError as e:
+        raise SystemExit(f"keep_results: {e}") from None
 
 
 if __name__ == "__main__":

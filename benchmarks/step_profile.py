@@ -140,6 +140,7 @@ def main():
     p.add_argument("--device", default="cuda", help="cuda; cpu checks the script")
     p.add_argument("--out")
     args = p.parse_args()
+    from quantgpt.device import free_memory
     from quantgpt.train_config import TrainConfig
     from quantgpt.trainer import Trainer
 
@@ -171,9 +172,7 @@ def main():
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
         tr = None
-        gc.collect()  # the wrapped calls hold the trainer in a cycle: free it before the next variant's
-        if cuda:
-            torch.cuda.empty_cache()
+        free_memory()  # the wrapped calls hold the trainer in a cycle: free it before the next variant's
     print(f"{'variant':16s} " + " ".join(f"{k:>9s}" for k in (*PARTS, "parts_ms", "step_ms")))
     for r in rows:
         print(f"{r['variant']:16s} " + " ".join(f"{r[k]:9.1f}" for k in (*PARTS, "parts_ms", "step_ms")))

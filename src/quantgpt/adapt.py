@@ -7,12 +7,10 @@ SmolLM2 the adapted teacher took 2-2-8 from 41.44 to 37.57 and 8-8-8 from 17.73 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 from pathlib import Path
 
-import torch
-
+from .device import free_memory
 from .errors import QuantGPTError
 from .models import load_float
 from .train_config import TrainConfig
@@ -110,9 +108,7 @@ def compress_adapted(cfg: TrainConfig, teacher=None, tokenizer=None, train_ids=N
         # the stage's trainer holds reference cycles: only the collector frees its student, optimizer state,
         # teacher and teacher cache, which would otherwise stay on the GPU through the whole quantized stage
         del stage, teacher
-        gc.collect()  # (stage two's Trainer resets torch.compile's cache of stage one's graphs)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()  # (stage two's Trainer resets torch.compile's cache of stage one's graphs)
         if "interrupted" in r1:
             return {**r1, "stage": "adapt"}
         adapt = {k: r1[k] for k in ("out", "steps", "tokens", "train_seconds", "run_seconds", "run_seconds_all", "best")}

@@ -1,6 +1,7 @@
 """Where and in what precision to run: ``--device auto|cpu|cuda`` and ``--dtype``."""
 from __future__ import annotations
 
+import gc
 from contextlib import nullcontext
 
 import torch
@@ -34,3 +35,11 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
     if dtype in (torch.bfloat16, torch.float16):
         return torch.autocast(device.type, dtype=dtype)
     return nullcontext()
+
+
+def free_memory() -> None:
+    """Collect garbage held in reference cycles (a Trainer holds itself in some: its scheduler's lr lambda) and give
+    the GPU's cached blocks back, so a finished run's student, optimizer state and teacher cache leave the GPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -173,9 +173,10 @@ def best_runs(rows: list[dict], budget: int | None = None, text: str | None = No
     text (post-training rows too), ablations and noted (invalid) runs left out: what each method reached with the
     same training, whatever setting got it there (the full table lists every run, with its text). A table of runs
     from another teacher (teacher_of) leaves the post-training rows out: they quantized the default model."""
-    main = main_comparison(rows)
-    budget = main[0] if budget is None else budget
-    text = main[1] if text is None else text
+    if budget is None or text is None:  # (make_report and budget_runs pass both: no second pass over the rows)
+        main = main_comparison(rows)
+        budget = main[0] if budget is None else budget
+        text = main[1] if text is None else text
     other_teacher = any(teacher_of(r) for r in rows if r.get("tokens_trained") and train_text(r) == text)
     best: dict[tuple[str, str], dict] = {}
     for r in rows:

@@ -10,7 +10,6 @@ checkpoints (also on Ctrl-C / SIGTERM), NaN guard.
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from .blockwise import block_lists, blockwise_reconstruct
 from .convert import quantize_model, split_quant_parameters, weight_quantizers
 from .data import blocks, tokenize_files
 from .errors import QuantGPTError
-from .device import autocast_for
+from .device import autocast_for, free_memory
 from . import distributed as dist
 from .evaluate import evaluate
 from .flips import changed, codes_of, coded_weights
@@ -684,12 +683,9 @@ def compress(cfg: TrainConfig, **kw) -> dict:
     try:
         return compress_adapted(cfg, **kw)
     finally:
-        # a Trainer holds itself in reference cycles (its scheduler's lr lambda among them): only the collector
-        # frees its student, optimizer state and teacher cache, which would otherwise stay on the GPU after the run
-        # and slow a later run in the same process (BENCHMARKS section 32)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        # the trainers are unreachable now but held in reference cycles: kept, they would stay on the GPU and slow
+        # a later run in the same process (BENCHMARKS section 32)
+        free_memory()
 
 
 __all__ = ["Trainer", "compress"]
