@@ -13,7 +13,11 @@ the 2-bit freezer on, as in a run), its parts timed with CUDA events placed arou
 Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), and kd with a float student
 (16-16-16: no fake quantization, no freezer), the floor a quantized step sits on.
 
-    PYTHONPATH=src python benchmarks/step_profile.py [--steps 10] [--out rows.jsonl]
+``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
+(GPU time a step, with the calls that launched them) to ``kernels_<variant>.txt`` beside ``--out``: which of the
+compiled blocks' fused kernels hold the fake quantization's time.
+
+    PYTHONPATH=src python benchmarks/step_profile.py [--steps 10] [--kernels 40] [--out rows.jsonl]
 """
 from __future__ import annotations
 
@@ -126,6 +130,23 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
     return row
 
 
+def kernel_table(tr, steps: int, top: int, cuda: bool) -> str:
+    """The ``top`` kernels (CUDA; operators on the CPU) by their total time over ``steps`` profiled steps, in ms a
+    step, as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch_profile(activities=acts) as prof:
+        for _ in range(steps):
+            tr.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return f"{steps} steps profiled; times are totals over them\n" + prof.key_averages().table(
+        sort_by=key, row_limit=top, max_name_column_width=120)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant, after --warmup")
@@ -137,6 +158,8 @@ def main():
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
                    help="METHOD@BITS each")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
+    p.add_argument("--kernels", type=int, default=0, metavar="N",
+                   help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
     p.add_argument("--device", default="cuda", help="cuda; cpu checks the script")
     p.add_argument("--out")
     args = p.parse_args()
@@ -171,6 +194,13 @@ def main():
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if args.kernels:
+            table = kernel_table(tr, 2, args.kernels, cuda)
+            path = os.path.join(os.path.dirname(os.path.abspath(args.out or ".")) if args.out else ".",
+                                f"kernels_{variant.replace('@', '_')}.txt")
+            with open(path, "a") as f:
+                f.write(f"{variant} {name} commit {commit}\n{table}\n")
+            print(f"kernels: {path}", flush=True)
         tr = None
         free_memory()  # the wrapped calls hold the trainer in a cycle: free it before the next variant's
     print(f"{'variant':16s} " + " ".join(f"{k:>9s}" for k in (*PARTS, "parts_ms", "step_ms")))
