@@ -56,6 +56,35 @@ def test_tied_embedding_and_head_stay_tied(tiny, arch):
         assert m.model.encoder.embed_tokens.weight is m.model.decoder.embed_tokens.weight is emb.weight
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_tables_quantize_the_table_once_with_the_same_gradients(tiny, arch):
+    from quantgpt.lm import Head, hidden_states
+    from quantgpt.modules import shared_tables
+
+    x = torch.randint(0, 300, (2, 12))
+    grads, losses = [], []
+    for share in (False, True):
+        m = tiny(arch)
+        quantize_model(m, QuantConfig(bits="2-2-8", group_size=16))
+        emb = m.get_input_embeddings()
+        calls = []
+        emb.weight_quantizer.register_forward_hook(lambda *a: calls.append(1))
+        m.train()
+        with shared_tables(m) if share else torch.enable_grad():
+            h = hidden_states(m, x).last_hidden_state
+            head = Head(m)
+        loss = torch.nn.functional.cross_entropy(head(h[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        assert len(calls) == (1 if share else 2)
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        assert emb._shared is None  # dropped on leaving: the next forward quantizes the updated weights
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=0)
+    assert grads[0].keys() == grads[1].keys() and any("gamma" in n for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-6, atol=1e-7)
+
+
 def test_untied_head_gets_its_own_embedding_bits(tiny):
     m = tiny("llama", tie_word_embeddings=False)
     quantize_model(m, QuantConfig(bits="4-2-8"))

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .device import autocast_for
 from .errors import QuantGPTError
 from .lm import Head, hidden_states, supports_chunked_head
+from .modules import shared_tables
 
 
 @torch.no_grad()
@@ -24,8 +25,9 @@ def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
     mask = pos >= scored_from[:, None]
     late = pos[mask] >= x.shape[1] // 2
     if supports_chunked_head(model):
-        h = hidden_states(model, x).last_hidden_state[:, :-1]
-        head = Head(model)
+        with shared_tables(model):  # the quantized table made once, for the lookup and a tied head
+            h = hidden_states(model, x).last_hidden_state[:, :-1]
+            head = Head(model)
         h, lt = h[mask], targets[mask]
         tok, correct = [], torch.zeros((), device=x.device, dtype=torch.long)
         for i in range(0, lt.numel(), chunk):

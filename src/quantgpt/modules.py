@@ -6,6 +6,8 @@ quantize their input with an activation quantizer. Weight quantizers always see 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,9 +82,14 @@ class QuantEmbedding(nn.Module):
         self.padding_idx = padding_idx
         self.embed_scale = embed_scale  # BART-style scaled word embeddings multiply the lookup
         self.num_embeddings, self.embedding_dim = weight.shape
+        self._shared: list | None = None  # inside shared_tables: [] until the table is made, then [table]
 
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.weight)
+        if self._shared is None:
+            return self.weight_quantizer(self.weight)
+        if not self._shared:
+            self._shared.append(self.weight_quantizer(self.weight))
+        return self._shared[0]
 
     def forward(self, ids):
         out = F.embedding(ids, self.quantized_weight(), self.padding_idx)
@@ -93,3 +100,20 @@ class QuantEmbedding(nn.Module):
 
 
 QUANT_MODULES = (QuantLinear, QuantEmbedding)
+
+
+@contextmanager
+def shared_tables(model: nn.Module):
+    """Inside: each quantized embedding table of ``model`` is fake-quantized once, when first asked for, and that
+    one tensor serves its lookup and a tied head. Without it, a forward and a head applied after it (lm.Head) quantize
+    the table twice, and autograd goes back through both: a vocabulary-sized matrix quantized outside the compiled
+    blocks. The weights must not change inside (one forward and its head: a training step's losses, one evaluation
+    window); the table is dropped on leaving, so the next forward sees the updated weights."""
+    tables = [m for m in model.modules() if isinstance(m, QuantEmbedding)]
+    for m in tables:
+        m._shared = []
+    try:
+        yield
+    finally:
+        for m in tables:
+            m._shared = None

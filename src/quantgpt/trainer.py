@@ -34,7 +34,7 @@ from .flips import changed, codes_of, coded_weights
 from .freeze import OscillationFreezer, threshold_at
 from .lm import Head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
-from .modules import QuantLinear
+from .modules import QuantLinear, shared_tables
 from .quantizers import LAQQuantizer
 from .schedules import cosine, progress
 from .train_config import TrainConfig
@@ -384,10 +384,11 @@ class Trainer:
                 r_t = h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
                 prepared = self.contrastive.prepare(r_t.reshape(-1, r_t.shape[-1]).detach(), x.reshape(-1), self.gen,
                                                     gather=dist.gather if dist.world() > 1 else None)
-            s_out = self._s_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
+            with shared_tables(self.student):  # the quantized table made once, for the lookup and the tied head
+                s_out = self._s_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
+                head = Head(self.student)
             h_s = s_out.last_hidden_state
             d = h_s.shape[-1]
-            head = Head(self.student)
             hs_in = head.act(h_s) if head.act is not None else h_s
             labels = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1).reshape(-1)
             w_t = self.teacher.get_output_embeddings().weight
