@@ -142,7 +142,7 @@ def kernel_table(tr, steps: int, top: int, cuda: bool) -> str:
             tr.train_step()
         if cuda:
             torch.cuda.synchronize()
-    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
     return f"{steps} steps profiled; times are totals over them\n" + prof.key_averages().table(
         sort_by=key, row_limit=top, max_name_column_width=120)
 
