@@ -22,6 +22,7 @@ compiled blocks' fused kernels hold the fake quantization's time.
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
 import json
 import os
@@ -160,6 +161,8 @@ def main():
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
+    p.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="torch._inductor.config settings for every variant (e.g. combo_kernels=True)")
     p.add_argument("--device", default="cuda", help="cuda; cpu checks the script")
     p.add_argument("--out")
     args = p.parse_args()
@@ -167,6 +170,11 @@ def main():
     from quantgpt.train_config import TrainConfig
     from quantgpt.trainer import Trainer
 
+    import torch._inductor.config as inductor_config
+
+    for kv in args.inductor:
+        key, value = kv.split("=", 1)
+        setattr(inductor_config, key, ast.literal_eval(value))
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     name = torch.cuda.get_device_name() if cuda else "cpu"
@@ -185,7 +193,7 @@ def main():
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             tr.train_step()
-        row = {"variant": variant, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda, args.gc_off),
+        row = {"variant": variant, "inductor": args.inductor, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda, args.gc_off),
                "gc_off": args.gc_off}
         row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
                    commit=commit, date=time.strftime("%Y-%m-%d"))
