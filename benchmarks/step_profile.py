@@ -131,6 +131,18 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
     return row
 
 
+def compile_with_embedding(compile_blocks):
+    """compile_blocks that also compiles every quantized embedding's weight quantizer (the +embed variants)."""
+    from quantgpt.modules import QuantEmbedding
+
+    def compile_all(model):
+        compile_blocks(model)
+        for m in model.modules():
+            if isinstance(m, QuantEmbedding):
+                m.weight_quantizer.compile()
+    return compile_all
+
+
 def kernel_table(tr, steps: int, top: int, cuda: bool) -> str:
     """The ``top`` kernels (CUDA; operators on the CPU) by their total time over ``steps`` profiled steps, in ms a
     step, as torch.profiler's table."""
@@ -157,7 +169,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
-                   help="METHOD@BITS each")
+                   help="METHOD@BITS[+embed] each (+embed: the embedding's quantizer compiled too)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -184,8 +196,14 @@ def main():
     teacher = smollm2_shaped(args.layers).to(dev)
     ids = zipf_ids(args.blocks * args.seq_len, VOCAB, torch.Generator().manual_seed(1))
     rows = []
+    from quantgpt import trainer as trainer_mod
+
+    plain_compile = trainer_mod.compile_blocks
     for variant in args.variants:
         method, bits = variant.split("@")
+        bits, *flags = bits.split("+")
+        # +embed: the embedding's quantizer compiled too (it runs outside the blocks, eagerly, on the whole table)
+        trainer_mod.compile_blocks = (compile_with_embedding(plain_compile) if "embed" in flags else plain_compile)
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                          batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
                          device=dev.type)
