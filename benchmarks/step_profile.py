@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import gc
 import json
 import os
@@ -169,7 +170,8 @@ def main():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
-                   help="METHOD@BITS[+embed] each (+embed: the embedding's quantizer compiled too)")
+                   help="METHOD@BITS[+embed][+unshared] each (+embed: the embedding's quantizer compiled too; "
+                        "+unshared: the tied table quantized for the lookup and again for the head)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -198,12 +200,14 @@ def main():
     rows = []
     from quantgpt import trainer as trainer_mod
 
-    plain_compile = trainer_mod.compile_blocks
+    plain_compile, plain_shared = trainer_mod.compile_blocks, trainer_mod.shared_tables
     for variant in args.variants:
         method, bits = variant.split("@")
         bits, *flags = bits.split("+")
         # +embed: the embedding's quantizer compiled too (it runs outside the blocks, eagerly, on the whole table)
         trainer_mod.compile_blocks = (compile_with_embedding(plain_compile) if "embed" in flags else plain_compile)
+        # +unshared: the tied table quantized twice a step (for the lookup, then for the head), as before shared_tables
+        trainer_mod.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                          batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
                          device=dev.type)

@@ -29,11 +29,17 @@
 #           Section 31 (H100, commit 714f07d, R=s26) ran the default to the budget at the fused commit, TAG=-fused:
 #           3023 steps, 24.947 (+15.40%: over the bound at this seed), and lambda on a cosine at its steps
 #           (STEPS=3023 SET=cont_schedule=cosine TAG=-cos): 24.916, a tie.
-#           Next (R=s27): kd at 3023 steps (METHOD=kd STEPS=3023), the three quantgpt runs' missing partner; then
-#           the default's third seed at the same steps (STEPS=3023 SET=seed=1 TAG=-seed1) for the 15% bound. With
-#           the time left (about 100 s): section 32's call 3 again (benchmarks/step_profile.py --steps 30 --variants
-#           kd@2-2-8 quantgpt@2-2-8 quantgpt@2-2-8): does preparing the contrastive term before the forward (commit
-#           d713291) remove quantgpt's 4-8 ms clip lag?
+#           Session 27 (R=s27) got no machine (ten starts failed, 1426 s of device time spent on them), so its
+#           plan stands for the next session (R=s28): kd at 3023 steps (METHOD=kd STEPS=3023), the three quantgpt
+#           runs' missing partner; then the default's third seed at the same steps (STEPS=3023 SET=seed=1
+#           TAG=-seed1) for the 15% bound. First, on the fresh machine and before the staging (about 250 s, no
+#           staging needed): PYTHONPATH=src QG_COMMIT=<commit> python benchmarks/step_profile.py --steps 20
+#           --variants kd@2-2-8 quantgpt@2-2-8 kd@2-2-8+embed --kernels 40 --out $OUT/step_profile.jsonl, then the
+#           same with --variants kd@2-2-8 --inductor combo_kernels=True. It answers: does the contrastive term's
+#           prepare (d713291) remove quantgpt's clip lag; which fused kernels hold fake quantization's quarter of a
+#           step (kernels_*.txt); does compiling the embedding's quantizer (+embed) or inductor's horizontal fusion
+#           of the quantizers' small kernels (combo_kernels) shorten the step. The runs then include shared_tables
+#           (421d7e2: the tied table quantized once a step, not twice).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -48,7 +54,7 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s27}  # the session's tag: its teacher and rows
+R=${R:-s28}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
