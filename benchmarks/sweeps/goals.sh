@@ -34,10 +34,11 @@
 #           runs' missing partner; then the default's third seed at the same steps (STEPS=3023 SET=seed=1
 #           TAG=-seed1) for the 15% bound. First, on the fresh machine and before the staging (about 250 s, no
 #           staging needed): PYTHONPATH=src QG_COMMIT=<commit> python benchmarks/step_profile.py --steps 20
-#           --variants kd@2-2-8 quantgpt@2-2-8 kd@2-2-8+embed --kernels 40 --out $OUT/step_profile.jsonl, then the
+#           --variants kd@2-2-8 quantgpt@2-2-8 kd@2-2-8+unshared kd@2-2-8+embed --kernels 40 --out $OUT/step_profile.jsonl, then the
 #           same with --variants kd@2-2-8 --inductor combo_kernels=True. It answers: does the contrastive term's
 #           prepare (d713291) remove quantgpt's clip lag; which fused kernels hold fake quantization's quarter of a
-#           step (kernels_*.txt); does compiling the embedding's quantizer (+embed) or inductor's horizontal fusion
+#           step (kernels_*.txt); what the table quantized once (shared_tables) saves on the GPU (+unshared: twice,
+#           as before; BENCHMARKS 33 measured 18% on the CPU); does compiling the embedding's quantizer (+embed) or inductor's horizontal fusion
 #           of the quantizers' small kernels (combo_kernels) shorten the step. The runs then include shared_tables
 #           (421d7e2: the tied table quantized once a step, not twice).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
