@@ -11,11 +11,14 @@ the 2-bit freezer on, as in a run), its parts timed with CUDA events placed arou
   gap        from the end of one step's last kernel to the next step's first: the host launching
 
 Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), and kd with a float student
-(16-16-16: no fake quantization, no freezer), the floor a quantized step sits on.
+(16-16-16: no fake quantization, no freezer), the floor a quantized step sits on. A variant's ``+embed`` also
+compiles the embedding's quantizer (it runs eagerly, outside the blocks); ``+unshared`` quantizes the tied table
+twice a step, for the lookup and again for the head, as before ``modules.shared_tables``. ``--inductor KEY=VALUE``
+sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
-(GPU time a step, with the calls that launched them) to ``kernels_<variant>.txt`` beside ``--out``: which of the
-compiled blocks' fused kernels hold the fake quantization's time.
+(their GPU time summed over the two steps; operators on the CPU) to ``kernels_<variant>.txt`` beside ``--out``:
+which of the compiled blocks' fused kernels hold the fake quantization's time.
 
     PYTHONPATH=src python benchmarks/step_profile.py [--steps 10] [--kernels 40] [--out rows.jsonl]
 """
@@ -166,6 +169,7 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant, after --warmup")
     p.add_argument("--warmup", type=int, default=3, help="steps before the timing (the first compiles)")
     p.add_argument("--layers", type=int, default=30, help="decoder layers (30: SmolLM2-135M's)")
+    p.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary (49152: SmolLM2's; smaller for a quick check)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
@@ -195,8 +199,8 @@ def main():
     commit = os.environ.get("QG_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                            text=True).stdout.strip()
     torch.manual_seed(0)
-    teacher = smollm2_shaped(args.layers).to(dev)
-    ids = zipf_ids(args.blocks * args.seq_len, VOCAB, torch.Generator().manual_seed(1))
+    teacher = smollm2_shaped(args.layers, args.vocab).to(dev)
+    ids = zipf_ids(args.blocks * args.seq_len, args.vocab, torch.Generator().manual_seed(1))
     rows = []
     from quantgpt import trainer as trainer_mod
 
