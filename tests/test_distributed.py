@@ -43,13 +43,20 @@ stop_at = int(os.environ.get("STOP_RANK1_AT", "0"))
 if stop_at and rank == "1":  # a signal reaching rank 1 alone, during its step stop_at
     stop_after(tr, stop_at)
 r = tr.run()
+
+
+def report(row):  # a file per rank: the two ranks' stdout lines can interleave
+    with open(os.path.join(cfg["out"], f"result{rank}.json"), "w") as f:
+        json.dump(row, f)
+
+
 if "interrupted" in r:
-    print(json.dumps({"rank": rank, "interrupted": r["step"]}))
+    report({"rank": rank, "interrupted": r["step"]})
     sys.exit(0)
 state = {k: v.clone() for k, v in tr.student.state_dict().items()}  # tied tensors: copies
 state.update({"bank": tr.contrastive.bank, "seen": tr.contrastive.seen.to(torch.uint8)})
 save_file(state, os.path.join(cfg["out"], f"rank{rank}.safetensors"))
-print(json.dumps({"rank": rank, "steps": r["steps"], "best": r["best"]}))
+report({"rank": rank, "steps": r["steps"], "best": r["best"]})
 '''
 
 
@@ -79,6 +86,11 @@ def _cfg(out, **kw):
                 save_every=100, eval_every=2, progress=False, device="cpu", negatives=64, compile=False)
     base.update(kw)
     return base
+
+
+def _results(out, key: str) -> list:
+    """``key`` of each rank's result file (the child's report), sorted."""
+    return sorted(json.loads((out / f"result{i}.json").read_text())[key] for i in (0, 1))
 
 
 def _losses(out):
@@ -111,9 +123,8 @@ def test_two_processes_train_as_one(tmp_path, model_dir, tokenizer):
 def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, model_dir, tokenizer):
     """Rank 1 alone is signalled after step 2; the step-3 sync shares it, so both ranks stop after step 3 (none
     waits for the other in a collective) and rank 0 saves that step's checkpoint."""
-    _, p = _child(tmp_path, tokenizer, _cfg(tmp_path / "two", model=str(model_dir), steps=6), STOP_RANK1_AT="2")
-    stops = sorted(json.loads(x)["interrupted"] for x in p.stdout.splitlines() if '"interrupted"' in x)
-    assert stops == [3, 3], p.stdout
+    _child(tmp_path, tokenizer, _cfg(tmp_path / "two", model=str(model_dir), steps=6), STOP_RANK1_AT="2")
+    assert _results(tmp_path / "two", "interrupted") == [3, 3]
     assert json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())["step"] == 3
 
 
@@ -121,10 +132,9 @@ def test_ranks_with_different_clocks_fit_one_step_count(tmp_path, model_dir, tok
     """time_budget under torchrun: rank 0's steps take 1 s, rank 1's 3 s. The fit reads their mean (2 s a step),
     so both fit 50 steps of a 100 s budget at the probe (25 + 50 / 2) and end there together; rank 0's clock alone
     would fit 100, rank 1's 33."""
-    _, p = _child(tmp_path, tokenizer, _cfg(tmp_path / "two", model=str(model_dir), steps=400, time_budget=100,
-                                            eval_every=0), STEP_SECONDS="1,3")
-    done = sorted(json.loads(x)["steps"] for x in p.stdout.splitlines() if '"steps"' in x)
-    assert done == [50, 50], p.stdout
+    _child(tmp_path, tokenizer, _cfg(tmp_path / "two", model=str(model_dir), steps=400, time_budget=100, eval_every=0),
+           STEP_SECONDS="1,3")
+    assert _results(tmp_path / "two", "steps") == [50, 50]
     ranks = [load_file(str(tmp_path / "two" / f"rank{i}.safetensors")) for i in (0, 1)]
     for k in ranks[0]:
         assert torch.equal(ranks[0][k], ranks[1][k]), k
