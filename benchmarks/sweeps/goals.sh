@@ -29,7 +29,7 @@
 #           Section 31 (H100, commit 714f07d, R=s26) ran the default to the budget at the fused commit, TAG=-fused:
 #           3023 steps, 24.947 (+15.40%: over the bound at this seed), and lambda on a cosine at its steps
 #           (STEPS=3023 SET=cont_schedule=cosine TAG=-cos): 24.916, a tie.
-#           Session 27 (R=s27) got no machine (ten starts failed, 1426 s of device time spent on them), so its
+#           Session 27 (R=s27) got no machine (eleven starts failed, 1606 s of device time spent on them), so its
 #           plan stands for the next session (R=s28): kd at 3023 steps (METHOD=kd STEPS=3023), the three quantgpt
 #           runs' missing partner; then the default's third seed at the same steps (STEPS=3023 SET=seed=1
 #           TAG=-seed1) for the 15% bound. First, on the fresh machine and before the staging (about 250 s, no
