@@ -202,16 +202,17 @@ def main():
     teacher = smollm2_shaped(args.layers, args.vocab).to(dev)
     ids = zipf_ids(args.blocks * args.seq_len, args.vocab, torch.Generator().manual_seed(1))
     rows = []
+    from quantgpt import lm
     from quantgpt import trainer as trainer_mod
 
-    plain_compile, plain_shared = trainer_mod.compile_blocks, trainer_mod.shared_tables
+    plain_compile, plain_shared = trainer_mod.compile_blocks, lm.shared_tables
     for variant in args.variants:
         method, bits = variant.split("@")
         bits, *flags = bits.split("+")
         # +embed: the embedding's quantizer compiled too (it runs outside the blocks, eagerly, on the whole table)
         trainer_mod.compile_blocks = (compile_with_embedding(plain_compile) if "embed" in flags else plain_compile)
         # +unshared: the tied table quantized twice a step (for the lookup, then for the head), as before shared_tables
-        trainer_mod.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
+        lm.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                          batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
                          device=dev.type)
@@ -230,7 +231,7 @@ def main():
                 f.write(json.dumps(row) + "\n")
         if args.kernels:
             table = kernel_table(tr, 2, args.kernels, cuda)
-            path = os.path.join(os.path.dirname(os.path.abspath(args.out or ".")) if args.out else ".",
+            path = os.path.join(os.path.dirname(os.path.abspath(args.out)) if args.out else ".",
                                 f"kernels_{variant.replace('@', '_')}.txt")
             with open(path, "a") as f:
                 f.write(f"{variant} {name} commit {commit}\n{table}\n")

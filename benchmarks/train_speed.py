@@ -55,7 +55,7 @@ def breakdown(tr, n=5):
             with torch.no_grad():
                 t_out = tr._t_base(input_ids=x, use_cache=False)
             ev[1].record()
-            s_out = tr._s_base(input_ids=x, use_cache=False)
+            s_out = tr.student.base_model(input_ids=x, use_cache=False)
             ev[2].record()
             head = Head(tr.student)
             d = s_out.last_hidden_state.shape[-1]

@@ -58,8 +58,7 @@ def test_tied_embedding_and_head_stay_tied(tiny, arch):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_shared_tables_quantize_the_table_once_with_the_same_gradients(tiny, arch):
-    from quantgpt.lm import Head, hidden_states
-    from quantgpt.modules import shared_tables
+    from quantgpt.lm import Head, hidden_states, hidden_states_and_head
 
     x = torch.randint(0, 300, (2, 12))
     grads, losses = [], []
@@ -70,9 +69,11 @@ def test_shared_tables_quantize_the_table_once_with_the_same_gradients(tiny, arc
         calls = []
         emb.weight_quantizer.register_forward_hook(lambda *a: calls.append(1))
         m.train()
-        with shared_tables(m) if share else torch.enable_grad():
-            h = hidden_states(m, x).last_hidden_state
-            head = Head(m)
+        if share:  # as the trainer and evaluate run it
+            out, head = hidden_states_and_head(m, x)
+        else:  # the lookup's table, then the head's own
+            out, head = hidden_states(m, x), Head(m)
+        h = out.last_hidden_state
         loss = torch.nn.functional.cross_entropy(head(h[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
         loss.backward()
         assert len(calls) == (1 if share else 2)

@@ -12,8 +12,7 @@ from tqdm.auto import tqdm
 
 from .device import autocast_for
 from .errors import QuantGPTError
-from .lm import Head, hidden_states, supports_chunked_head
-from .modules import shared_tables
+from .lm import hidden_states_and_head, supports_chunked_head
 
 
 @torch.no_grad()
@@ -25,9 +24,8 @@ def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
     mask = pos >= scored_from[:, None]
     late = pos[mask] >= x.shape[1] // 2
     if supports_chunked_head(model):
-        with shared_tables(model):  # the quantized table made once, for the lookup and a tied head
-            h = hidden_states(model, x).last_hidden_state[:, :-1]
-            head = Head(model)
+        out, head = hidden_states_and_head(model, x)
+        h = out.last_hidden_state[:, :-1]
         h, lt = h[mask], targets[mask]
         tok, correct = [], torch.zeros((), device=x.device, dtype=torch.long)
         for i in range(0, lt.numel(), chunk):

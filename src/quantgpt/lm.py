@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import QuantLinear
+from .modules import QuantLinear, shared_tables
 
 
 def supports_chunked_head(model: nn.Module) -> bool:
@@ -21,6 +21,13 @@ def supports_chunked_head(model: nn.Module) -> bool:
 def hidden_states(model: nn.Module, input_ids: torch.Tensor, output_hidden_states: bool = False):
     """The base model's output for ``input_ids`` (``last_hidden_state`` and, if asked, all layers)."""
     return model.base_model(input_ids=input_ids, output_hidden_states=output_hidden_states, use_cache=False)
+
+
+def hidden_states_and_head(model: nn.Module, input_ids: torch.Tensor, output_hidden_states: bool = False):
+    """``(hidden_states(...), Head(model))`` with a quantized tied table made once for both (shared_tables): the
+    lookup and the head use one fake-quantized tensor, and autograd goes back through it once."""
+    with shared_tables(model):
+        return hidden_states(model, input_ids, output_hidden_states), Head(model)
 
 
 class Head:

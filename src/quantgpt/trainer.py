@@ -32,9 +32,9 @@ from . import distributed as dist
 from .evaluate import evaluate
 from .flips import changed, codes_of, coded_weights
 from .freeze import OscillationFreezer, threshold_at
-from .lm import Head, supports_chunked_head
+from .lm import hidden_states_and_head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
-from .modules import QuantLinear, shared_tables
+from .modules import QuantLinear
 from .quantizers import LAQQuantizer
 from .schedules import cosine, progress
 from .train_config import TrainConfig
@@ -180,7 +180,7 @@ class Trainer:
             torch.compiler.reset()
             compile_blocks(self.student)
             compile_blocks(self.teacher)
-        self._s_base, self._t_base = self.student.base_model, self.teacher.base_model
+        self._t_base = self.teacher.base_model
         self._t_cache = self._teacher_states() if self._want_teacher_cache() else None
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
                             "granularity": cfg.granularity, "group_size": cfg.group_size, "grid": cfg.grid,
@@ -384,9 +384,7 @@ class Trainer:
                 r_t = h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
                 prepared = self.contrastive.prepare(r_t.reshape(-1, r_t.shape[-1]).detach(), x.reshape(-1), self.gen,
                                                     gather=dist.gather if dist.world() > 1 else None)
-            with shared_tables(self.student):  # the quantized table made once, for the lookup and the tied head
-                s_out = self._s_base(input_ids=x, output_hidden_states=need_hs, use_cache=False)
-                head = Head(self.student)
+            s_out, head = hidden_states_and_head(self.student, x, need_hs)
             h_s = s_out.last_hidden_state
             d = h_s.shape[-1]
             hs_in = head.act(h_s) if head.act is not None else h_s
