@@ -11,13 +11,14 @@ the 2-bit freezer on, as in a run), its parts timed with CUDA events placed arou
   gap        from the end of one step's last kernel to the next step's first: the host launching
 
 Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), and kd with a float student
-(16-16-16: no fake quantization, no freezer), the floor a quantized step sits on. A variant's ``+embed`` also
-compiles the embedding's quantizer (it runs eagerly, outside the blocks); ``+unshared`` quantizes the tied table
+(16-16-16: no fake quantization, no freezer), the floor a quantized step sits on. A variant's ``+eager_embed``
+leaves the embedding's quantizer eager, as before compile_blocks compiled it; ``+unshared`` quantizes the tied table
 twice a step, for the lookup and again for the head, as before ``modules.shared_tables``. ``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
-(their GPU time summed over the two steps; operators on the CPU) to ``kernels_<variant>.txt`` beside ``--out``:
+(their GPU time summed over the two steps; operators on the CPU) to ``kernels_<variant>.txt`` beside ``--out``
+(``@`` and ``+`` written ``_``: the device brings back only such names):
 which of the compiled blocks' fused kernels hold the fake quantization's time.
 
     PYTHONPATH=src python benchmarks/step_profile.py [--steps 10] [--kernels 40] [--out rows.jsonl]
@@ -135,16 +136,16 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
     return row
 
 
-def compile_with_embedding(compile_blocks):
-    """compile_blocks that also compiles every quantized embedding's weight quantizer (the +embed variants)."""
+def eager_embedding(compile_blocks):
+    """compile_blocks that leaves every quantized embedding's weight quantizer eager (the +eager_embed variants)."""
     from quantgpt.modules import QuantEmbedding
 
-    def compile_all(model):
+    def compile_but_embedding(model):
         compile_blocks(model)
         for m in model.modules():
             if isinstance(m, QuantEmbedding):
-                m.weight_quantizer.compile()
-    return compile_all
+                m.weight_quantizer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager call
+    return compile_but_embedding
 
 
 def kernel_table(tr, steps: int, top: int, cuda: bool) -> str:
@@ -174,7 +175,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
-                   help="METHOD@BITS[+embed][+unshared] each (+embed: the embedding's quantizer compiled too; "
+                   help="METHOD@BITS[+eager_embed][+unshared] each (+eager_embed: the embedding's quantizer left eager; "
                         "+unshared: the tied table quantized for the lookup and again for the head)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
@@ -209,8 +210,8 @@ def main():
     for variant in args.variants:
         method, bits = variant.split("@")
         bits, *flags = bits.split("+")
-        # +embed: the embedding's quantizer compiled too (it runs outside the blocks, eagerly, on the whole table)
-        trainer_mod.compile_blocks = (compile_with_embedding(plain_compile) if "embed" in flags else plain_compile)
+        # +eager_embed: the embedding's quantizer not compiled (it runs outside the blocks, on the whole table)
+        trainer_mod.compile_blocks = eager_embedding(plain_compile) if "eager_embed" in flags else plain_compile
         # +unshared: the tied table quantized twice a step (for the lookup, then for the head), as before shared_tables
         lm.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
@@ -232,7 +233,7 @@ def main():
         if args.kernels:
             table = kernel_table(tr, 2, args.kernels, cuda)
             path = os.path.join(os.path.dirname(os.path.abspath(args.out)) if args.out else ".",
-                                f"kernels_{variant.replace('@', '_')}.txt")
+                                f"kernels_{variant.replace('@', '_').replace('+', '_')}.txt")
             with open(path, "a") as f:
                 f.write(f"{variant} {name} commit {commit}\n{table}\n")
             print(f"kernels: {path}", flush=True)

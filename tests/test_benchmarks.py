@@ -78,8 +78,26 @@ def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["variant"] == "kd@2-2-8+unshared" and row["inductor"] == ["combo_kernels=True"]
     assert row["step_ms"] > 0 and abs(row["parts_ms"] - row["step_ms"]) < 0.2 * row["step_ms"]
-    table = (tmp_path / "kernels_kd_2-2-8+unshared.txt").read_text()
+    table = (tmp_path / "kernels_kd_2-2-8_unshared.txt").read_text()
     assert table.startswith("kd@2-2-8+unshared cpu") and "aten::" in table
+
+
+def test_step_profile_eager_embed_undoes_only_the_embeddings_compile(tiny):
+    """+eager_embed (the step before compile_blocks compiled the table's quantizer, for a side-by-side timing): the
+    blocks stay compiled, the quantized embedding's quantizer runs eagerly."""
+    sys.path.insert(0, str(SPEED.parent))
+    from step_profile import eager_embedding
+    from quantgpt.blockwise import block_lists
+    from quantgpt.config import QuantConfig
+    from quantgpt.convert import quantize_model
+    from quantgpt.modules import QuantEmbedding
+    from quantgpt.trainer import compile_blocks
+
+    model = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8"))
+    eager_embedding(compile_blocks)(model)
+    assert all(b._compiled_call_impl is not None for blocks in block_lists(model) for b in blocks)
+    tables = [m for m in model.modules() if isinstance(m, QuantEmbedding)]
+    assert tables and all(m.weight_quantizer._compiled_call_impl is None for m in tables)
 
 
 def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):

@@ -10,7 +10,8 @@ import torch
 from quantgpt import evaluate
 from quantgpt.errors import QuantGPTError
 from quantgpt.train_config import TrainConfig
-from quantgpt.convert import scale_clips, weight_quantizers
+from quantgpt.config import QuantConfig
+from quantgpt.convert import quantize_model, scale_clips, weight_quantizers
 from quantgpt.plots import read_log
 from quantgpt.trainer import Trainer, five_evals, lr_factor
 
@@ -497,12 +498,15 @@ def test_compiled_step_has_the_eager_gradients(tmp_path, tiny, tokenizer, ids, g
 
 def test_compile_blocks_compiles_every_block_list(tiny):
     """compile_blocks compiles each transformer block in place: Llama's one list, and both of BART's (encoder and
-    decoder; it once found only the encoder's). A model without block lists is compiled whole. Compilation is
-    lazy, so this checks what is wrapped, not the compiled code (the compiled-step test does that)."""
+    decoder; it once found only the encoder's), and the quantized embedding's weight quantizer, which runs outside
+    them. A model without block lists is compiled whole. Compilation is lazy, so this checks what is wrapped, not
+    the compiled code (the compiled-step test does that)."""
     from quantgpt.blockwise import block_lists
+    from quantgpt.modules import QuantEmbedding
     from quantgpt.trainer import compile_blocks
 
     llama, bart = tiny("llama"), tiny("bart", encoder_layers=2, decoder_layers=2)
+    quantize_model(llama, QuantConfig(bits="2-2-8"))
     assert [len(b) for b in block_lists(llama)] == [llama.config.num_hidden_layers]
     lists = block_lists(bart)
     assert lists == [bart.model.encoder.layers, bart.model.decoder.layers]
@@ -510,6 +514,8 @@ def test_compile_blocks_compiles_every_block_list(tiny):
         compile_blocks(model)
         assert all(b._compiled_call_impl is not None for blocks in block_lists(model) for b in blocks)
         assert model._compiled_call_impl is None
+    tables = [m for m in llama.modules() if isinstance(m, QuantEmbedding)]
+    assert tables and all(m.weight_quantizer._compiled_call_impl is not None for m in tables)
     flat = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     compile_blocks(flat)
     assert flat._compiled_call_impl is not None
