@@ -62,9 +62,12 @@ def test_flips_are_logged_at_each_log_step(tmp_path, tiny, tokenizer, ids):
     assert (tmp_path / "a" / "run" / "flips.png").is_file()  # plot_training's figure of them
 
 
-def test_no_flips_at_a_zero_learning_rate(tmp_path, tiny, tokenizer, ids):
+def test_no_flips_at_a_zero_learning_rate(tmp_path, tiny, tokenizer, ids, recwarn):
     still = _run(tmp_path, tiny, tokenizer, ids, log_every=2, lr=0.0, quant_lr=0.0)
     assert [(r["step"], r["flips_step"], r["flips_log"]) for r in still] == [(2, 0.0, 0.0), (4, 0.0, 0.0), (6, 0.0, 0.0)]
+    # the figure says nothing changed, with no empty legend (matplotlib warned "No artists with labels")
+    assert (tmp_path / "run" / "flips.png").is_file()
+    assert not [w for w in recwarn if "No artists" in str(w.message)]
 
 
 def test_a_float_student_has_no_codes(tmp_path, tiny, tokenizer, ids):

@@ -103,7 +103,10 @@ def _plot_flips(rows: list[dict], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("share of weight codes")
-    ax.legend(loc="lower left")
+    if ax.get_lines():
+        ax.legend(loc="lower left")
+    else:  # freezing on, but a short run logged nothing frozen yet: say so rather than draw an empty legend
+        ax.text(0.5, 0.5, "no weight frozen or flipped yet", transform=ax.transAxes, ha="center")
     lr = ax.twinx()
     lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="grey", lw=0.8, ls="--")
     lr.set_ylabel("learning rate (dashed)")
