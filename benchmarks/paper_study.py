@@ -12,6 +12,12 @@ row runs through ``compress`` as a user runs it, so a quantized row first adapts
 (300 float steps into RUNS_DIR/<run>/teacher when --steps is 300 or more; ``--set adapt_steps=0`` distils from the model as
 given) unless ``--model`` names a folder quantgpt adapted (``finetune@16-16-16``'s, or a run's ``teacher``), which
 is how a sweep shares one adapted teacher among its rows. The row's ``adapt`` holds that stage's steps and times.
+
+Each row's ``perplexity`` is the test text's, in ``--eval-seq-len`` windows, of the model as saved and loaded
+again. With ``--eval-data``, ``held_out_perplexity`` is the whole held-out text's in the same windows and from the
+same model. Training chose its checkpoint on that text in its own ``--seq-len`` windows over ``eval_tokens``
+tokens, so this row field separates the text from the window length when the two measures disagree
+(BENCHMARKS.md section 34).
 """
 from __future__ import annotations
 
@@ -303,8 +309,12 @@ def main():
                        config=cfg.to_dict())
         ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
         row.update(perplexity=ev["perplexity"], perplexity_halves=ev["perplexity_halves"], accuracy=ev["accuracy"],
-                   tokens_scored=ev["tokens"],
-                   wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
+                   tokens_scored=ev["tokens"])
+        if eval_ids is not None:  # the held-out text in the test's windows (the module docstring says why)
+            held = evaluate(model, eval_ids, seq_len=min(args.eval_seq_len, eval_ids.numel()), batch_size=8,
+                            dtype=dtype, progress=False)
+            row.update(held_out_perplexity=held["perplexity"], held_out_tokens=held["tokens"])
+        row.update(wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,
                    date=time.strftime("%Y-%m-%d"), shared_gpu=args.shared_gpu,

@@ -62,6 +62,9 @@ def test_study_adapts_the_teacher_then_compresses_from_it(tmp_path, model_dir):
         ("finetune@16-16-16", "finetune", "16-16-16"), ("quantgpt@2-2-8", "quantgpt", "2-2-8")]
     assert rows[1]["config"]["model"] == str(runs / "finetune_16-16-16")
     assert all(x["perplexity"] > 1 and x["tokens_trained"] == 3 * 2 * 32 for x in rows)
+    # the held-out text in the test's windows: here the same file as the test, so the same number
+    assert all(x["held_out_perplexity"] == pytest.approx(x["perplexity"], rel=1e-6) for x in rows)
+    assert all(x["held_out_tokens"] == x["tokens_scored"] for x in rows)
 
 
 def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):

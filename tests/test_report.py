@@ -71,12 +71,14 @@ def test_study_then_report(tmp_path, model_dir, capsys):
 
     # a row carrying a note (a run known to be invalid) is listed with it, and left out of the plots
     lines = out.read_text().splitlines()
-    flagged = {**json.loads(lines[-1]), "note": "invalid: trained with a known bug"}
+    flagged = {**json.loads(lines[-1]), "note": "invalid: trained with a known bug", "held_out_perplexity": 123.25}
     out.write_text("\n".join(lines[:-1] + [json.dumps(flagged)]) + "\n")
     assert main(["report", str(out), "--out", str(tmp_path / "report2"), "--json"]) == 0
     capsys.readouterr()
     md = (tmp_path / "report2" / "report.md").read_text()
     assert "| note |" in md and "invalid: trained with a known bug" in md
+    assert "| held_out_perplexity |" in md and "123.2" in md  # its column only once a row has one
+    assert "held_out_perplexity" not in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_every_study_run_is_a_valid_config():

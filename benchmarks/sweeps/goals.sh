@@ -39,7 +39,9 @@
 #           $OUT/step_profile.jsonl: the compiled embedding quantizer (now the default) against eager, alternating.
 #           Then a lower freezing threshold, the one freezing knob never moved (0.03 is the only value measured;
 #           freezing gave -2.6% at 2 bits, section 28): STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02, then the same
-#           with SET="freeze_threshold=0.02 seed=1" TAG=-f02seed1 if it tests below 24.90.
+#           with SET="freeze_threshold=0.02 seed=1" TAG=-f02seed1 if it tests below 24.90. Its rows carry
+#           held_out_perplexity (the held-out text in the test's 2048-token windows, from the reloaded model): whether
+#           the held-out/test disagreement of section 34 is the text or the window length.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel

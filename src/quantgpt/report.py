@@ -342,7 +342,8 @@ def make_report(results, out) -> dict:
 
     rows_sorted = sorted(rows, key=lambda r: (bool(r.get("ablation")), -_bits_key(r["bits"]), r["bits"], r["method"]))
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
-    cols = COLUMNS + (("note",) if any(r.get("note") for r in rows) else ())
+    cols = (COLUMNS + (("held_out_perplexity",) if any(r.get("held_out_perplexity") for r in rows) else ())
+            + (("note",) if any(r.get("note") for r in rows) else ()))
     sources = ", ".join(str(p) for p in paths)
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{sources}`.", ""]
     for title, b in tables:
