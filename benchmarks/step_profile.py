@@ -138,13 +138,12 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
 
 def eager_embedding(compile_blocks):
     """compile_blocks that leaves every quantized embedding's weight quantizer eager (the +eager_embed variants)."""
-    from quantgpt.modules import QuantEmbedding
+    from quantgpt.modules import quant_embeddings
 
     def compile_but_embedding(model):
         compile_blocks(model)
-        for m in model.modules():
-            if isinstance(m, QuantEmbedding):
-                m.weight_quantizer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager call
+        for m in quant_embeddings(model):
+            m.weight_quantizer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager call
     return compile_but_embedding
 
 

@@ -93,13 +93,13 @@ def test_step_profile_eager_embed_undoes_only_the_embeddings_compile(tiny):
     from quantgpt.blockwise import block_lists
     from quantgpt.config import QuantConfig
     from quantgpt.convert import quantize_model
-    from quantgpt.modules import QuantEmbedding
+    from quantgpt.modules import quant_embeddings
     from quantgpt.trainer import compile_blocks
 
     model = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8"))
     eager_embedding(compile_blocks)(model)
     assert all(b._compiled_call_impl is not None for blocks in block_lists(model) for b in blocks)
-    tables = [m for m in model.modules() if isinstance(m, QuantEmbedding)]
+    tables = quant_embeddings(model)
     assert tables and all(m.weight_quantizer._compiled_call_impl is None for m in tables)
 
 

@@ -502,7 +502,7 @@ def test_compile_blocks_compiles_every_block_list(tiny):
     them. A model without block lists is compiled whole. Compilation is lazy, so this checks what is wrapped, not
     the compiled code (the compiled-step test does that)."""
     from quantgpt.blockwise import block_lists
-    from quantgpt.modules import QuantEmbedding
+    from quantgpt.modules import quant_embeddings
     from quantgpt.trainer import compile_blocks
 
     llama, bart = tiny("llama"), tiny("bart", encoder_layers=2, decoder_layers=2)
@@ -514,7 +514,7 @@ def test_compile_blocks_compiles_every_block_list(tiny):
         compile_blocks(model)
         assert all(b._compiled_call_impl is not None for blocks in block_lists(model) for b in blocks)
         assert model._compiled_call_impl is None
-    tables = [m for m in llama.modules() if isinstance(m, QuantEmbedding)]
+    tables = quant_embeddings(llama)
     assert tables and all(m.weight_quantizer._compiled_call_impl is not None for m in tables)
     flat = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     compile_blocks(flat)

@@ -102,6 +102,11 @@ class QuantEmbedding(nn.Module):
 QUANT_MODULES = (QuantLinear, QuantEmbedding)
 
 
+def quant_embeddings(model: nn.Module) -> list[QuantEmbedding]:
+    """Every quantized embedding table of ``model`` (a tied head shares its table's module, so it is not one)."""
+    return [m for m in model.modules() if isinstance(m, QuantEmbedding)]
+
+
 @contextmanager
 def shared_tables(model: nn.Module):
     """Inside: each quantized embedding table of ``model`` is fake-quantized once, when first asked for, and that
@@ -109,7 +114,7 @@ def shared_tables(model: nn.Module):
     the table twice, and autograd goes back through both: a vocabulary-sized matrix quantized outside the compiled
     blocks. The weights must not change inside (one forward and its head: a training step's losses, one evaluation
     window); the table is dropped on leaving, so the next forward sees the updated weights."""
-    tables = [m for m in model.modules() if isinstance(m, QuantEmbedding)]
+    tables = quant_embeddings(model)
     for m in tables:
         m._shared = []
     try:

@@ -24,6 +24,7 @@ SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables t
               "the range here is the noise a single comparison carries.")
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
            "tokens_trained", "wall_seconds_all", "device", "commit")
+OPTIONAL_COLUMNS = ("held_out_perplexity", "note")  # listed only where a row has one
 
 
 def scales(row: dict) -> str:
@@ -342,8 +343,7 @@ def make_report(results, out) -> dict:
 
     rows_sorted = sorted(rows, key=lambda r: (bool(r.get("ablation")), -_bits_key(r["bits"]), r["bits"], r["method"]))
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
-    cols = (COLUMNS + (("held_out_perplexity",) if any(r.get("held_out_perplexity") for r in rows) else ())
-            + (("note",) if any(r.get("note") for r in rows) else ()))
+    cols = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(r.get(c) for r in rows))
     sources = ", ".join(str(p) for p in paths)
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{sources}`.", ""]
     for title, b in tables:

@@ -34,7 +34,7 @@ from .flips import changed, codes_of, coded_weights
 from .freeze import OscillationFreezer, threshold_at
 from .lm import hidden_states_and_head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
-from .modules import QuantEmbedding, QuantLinear
+from .modules import QuantLinear, quant_embeddings
 from .quantizers import LAQQuantizer
 from .schedules import cosine, progress
 from .train_config import TrainConfig
@@ -63,9 +63,8 @@ def compile_blocks(model: torch.nn.Module) -> None:
         return
     for block in (b for blocks in lists for b in blocks):
         block.compile()
-    for m in model.modules():
-        if isinstance(m, QuantEmbedding):
-            m.weight_quantizer.compile()
+    for m in quant_embeddings(model):
+        m.weight_quantizer.compile()
 
 
 _clock = time.time  # the wall clock of run_seconds_all and the time budget (a test's fake clock replaces it)
