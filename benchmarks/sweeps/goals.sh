@@ -33,15 +33,18 @@
 #           (METHOD=kd STEPS=3023: 25.015), the default's second seed (STEPS=3023 SET=seed=1 TAG=-seed1: 24.901) and
 #           kd's (METHOD=kd STEPS=3023 SET=seed=1 TAG=-seed1: 25.151), after step_profile's kernel tables. quantgpt
 #           leads kd on the test text in every pairing and trails it held out in every pairing; the 15% bound sits
-#           inside the seeds' spread (mean +15.13%). Next session (R=s29): first, on the fresh machine and before
-#           the staging (about 150 s), PYTHONPATH=src QG_COMMIT=<commit> python benchmarks/step_profile.py --steps 20
-#           --variants kd@2-2-8 kd@2-2-8+eager_embed kd@2-2-8 kd@2-2-8+eager_embed --kernels 40 --out
-#           $OUT/step_profile.jsonl: the compiled embedding quantizer (now the default) against eager, alternating.
-#           Then a lower freezing threshold, the one freezing knob never moved (0.03 is the only value measured;
-#           freezing gave -2.6% at 2 bits, section 28): STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02, then the same
-#           with SET="freeze_threshold=0.02 seed=1" TAG=-f02seed1 if it tests below 24.90. Its rows carry
-#           held_out_perplexity (the held-out text in the test's 2048-token windows, from the reloaded model): whether
-#           the held-out/test disagreement of section 34 is the text or the window length.
+#           inside the seeds' spread (mean +15.13%). Session 29 (R=s29): the steps are 133-140 ms now, so the
+#           2-2-8 run can train longer inside the 15 minutes (about 100 s of adaptation, then 4500 steps at 140 ms
+#           is 630 s, plus export and test): STEPS=4500 SET=time_budget=100000 TAG=-4500 over two calls made back
+#           to back right after the staging (the first cut at its LIMIT with a checkpoint, LIMIT=$((555 - SECONDS));
+#           the second resumes it; the machine's 30-minute hold ends only after the call in flight, and the losses
+#           of sections 16-24 were idle gaps and errors between the calls). Then, if the device time allows, a
+#           lower freezing threshold, the one freezing knob never moved (0.03 is the only value measured; freezing
+#           gave -2.6% at 2 bits, section 28): STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02. The rows carry
+#           held_out_perplexity (the held-out text in the test's 2048-token windows, from the reloaded model):
+#           whether the held-out/test disagreement of section 34 is the text or the window length. (The step
+#           profile of the compiled embedding quantizer against eager, planned in section 34, waits: 150 s for a
+#           3 ms question.)
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
