@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -136,17 +137,6 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
     return row
 
 
-def eager_embedding(compile_blocks):
-    """compile_blocks that leaves every quantized embedding's weight quantizer eager (the +eager_embed variants)."""
-    from quantgpt.modules import quant_embeddings
-
-    def compile_but_embedding(model):
-        compile_blocks(model)
-        for m in quant_embeddings(model):
-            m.weight_quantizer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager call
-    return compile_but_embedding
-
-
 def kernel_table(tr, steps: int, top: int, cuda: bool) -> str:
     """The ``top`` kernels (CUDA; operators on the CPU) by their total time over ``steps`` profiled steps, in ms a
     step, as torch.profiler's table."""
@@ -210,7 +200,8 @@ def main():
         method, bits = variant.split("@")
         bits, *flags = bits.split("+")
         # +eager_embed: the embedding's quantizer not compiled (it runs outside the blocks, on the whole table)
-        trainer_mod.compile_blocks = eager_embedding(plain_compile) if "eager_embed" in flags else plain_compile
+        trainer_mod.compile_blocks = (functools.partial(plain_compile, embeddings=False) if "eager_embed" in flags
+                                      else plain_compile)
         # +unshared: the tied table quantized twice a step (for the lookup, then for the head), as before shared_tables
         lm.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,

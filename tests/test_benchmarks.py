@@ -85,11 +85,9 @@ def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):
     assert table.startswith("kd@2-2-8+unshared cpu") and "aten::" in table
 
 
-def test_step_profile_eager_embed_undoes_only_the_embeddings_compile(tiny):
-    """+eager_embed (the step before compile_blocks compiled the table's quantizer, for a side-by-side timing): the
-    blocks stay compiled, the quantized embedding's quantizer runs eagerly."""
-    sys.path.insert(0, str(SPEED.parent))
-    from step_profile import eager_embedding
+def test_compile_blocks_can_leave_the_embeddings_eager(tiny):
+    """compile_blocks(embeddings=False) (step_profile's +eager_embed, the step before the table's quantizer was
+    compiled, for a side-by-side timing): the blocks are compiled, the quantized embedding's quantizer is not."""
     from quantgpt.blockwise import block_lists
     from quantgpt.config import QuantConfig
     from quantgpt.convert import quantize_model
@@ -97,7 +95,7 @@ def test_step_profile_eager_embed_undoes_only_the_embeddings_compile(tiny):
     from quantgpt.trainer import compile_blocks
 
     model = quantize_model(tiny("llama"), QuantConfig(bits="2-2-8"))
-    eager_embedding(compile_blocks)(model)
+    compile_blocks(model, embeddings=False)
     assert all(b._compiled_call_impl is not None for blocks in block_lists(model) for b in blocks)
     tables = quant_embeddings(model)
     assert tables and all(m.weight_quantizer._compiled_call_impl is None for m in tables)

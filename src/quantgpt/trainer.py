@@ -50,20 +50,20 @@ def quant_param_value(q) -> float:
     return float("nan")
 
 
-def compile_blocks(model: torch.nn.Module) -> None:
+def compile_blocks(model: torch.nn.Module, embeddings: bool = True) -> None:
     """torch.compile each transformer block in place. The blocks share one class and their parameters are
     graph inputs, so one compiled graph serves all of them: compiling takes seconds, not the minutes a
     whole unrolled model takes. Every block list is compiled (BART: the encoder's and the decoder's); models
     without one are compiled whole. Each quantized embedding's weight quantizer, which runs outside the blocks
     on the whole table, is compiled too: on the H100 SmolLM2's 2-bit step took 129.3 ms against 133.0 eager
-    (BENCHMARKS.md section 34)."""
+    (BENCHMARKS.md section 34). ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``)."""
     lists = block_lists(model)
     if not lists:
         model.compile()
         return
     for block in (b for blocks in lists for b in blocks):
         block.compile()
-    for m in quant_embeddings(model):
+    for m in quant_embeddings(model) if embeddings else ():
         m.weight_quantizer.compile()
 
 
