@@ -55,8 +55,8 @@ def compile_blocks(model: torch.nn.Module, embeddings: bool = True) -> None:
     graph inputs, so one compiled graph serves all of them: compiling takes seconds, not the minutes a
     whole unrolled model takes. Every block list is compiled (BART: the encoder's and the decoder's); models
     without one are compiled whole. Each quantized embedding's weight quantizer, which runs outside the blocks
-    on the whole table, is compiled too: on the H100 SmolLM2's 2-bit step took 129.3 ms against 133.0 eager
-    (BENCHMARKS.md section 34). ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``)."""
+    on the whole table, is compiled too. On the H100 that saved SmolLM2's 2-bit step 0.75 ms of 135 when timed
+    alternating with eager, inside the noise (BENCHMARKS.md section 35): a default that costs nothing, not a gain. ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``)."""
     lists = block_lists(model)
     if not lists:
         model.compile()
