@@ -534,9 +534,9 @@ class Trainer:
         """time_budget: the step count that the seconds left allow, at most the run's own and at least the steps
         done: training steps at the rate measured since ``budget_from`` with the evaluations' time taken out, and
         the evaluations still to come at the mean time of those so far. The evaluation before step 1 gives that
-        mean to the first fit, whose measurement holds no evaluation: counting them in the rate instead fitted
-        3305 steps at step 25 where 3083 fitted in the end, and each refit bent the learning rate's schedule
-        (BENCHMARKS.md section 35). The learning rate of the next step is set on the new schedule at once."""
+        mean to the first fit, whose measurement holds no evaluation (when the rate took the evaluations in as they
+        came, the first fit counted none of them). The learning rate of the next step is set on the new schedule
+        at once."""
         s0, t0, *e0 = self.budget_from  # a checkpoint from before the evaluations were timed has no e0: as then
         evals, eval_s = self.eval_log
         per_step = max(self._seconds - t0 - (eval_s - e0[0] if e0 else 0.0), 1e-6) / (self.step - s0)
