@@ -33,18 +33,19 @@
 #           (METHOD=kd STEPS=3023: 25.015), the default's second seed (STEPS=3023 SET=seed=1 TAG=-seed1: 24.901) and
 #           kd's (METHOD=kd STEPS=3023 SET=seed=1 TAG=-seed1: 25.151), after step_profile's kernel tables. quantgpt
 #           leads kd on the test text in every pairing and trails it held out in every pairing; the 15% bound sits
-#           inside the seeds' spread (mean +15.13%). Session 29 (R=s29): the steps are 133-140 ms now, so the
-#           2-2-8 run can train longer inside the 15 minutes (about 100 s of adaptation, then 4500 steps at 140 ms
-#           is 630 s, plus export and test): STEPS=4500 SET=time_budget=100000 TAG=-4500 over two calls made back
-#           to back right after the staging (the first cut at its LIMIT with a checkpoint, LIMIT=$((555 - SECONDS));
-#           the second resumes it; the machine's 30-minute hold ends only after the call in flight, and the losses
-#           of sections 16-24 were idle gaps and errors between the calls). Then, if the device time allows, a
-#           lower freezing threshold, the one freezing knob never moved (0.03 is the only value measured; freezing
-#           gave -2.6% at 2 bits, section 28): STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02. The rows carry
-#           held_out_perplexity (the held-out text in the test's 2048-token windows, from the reloaded model):
-#           whether the held-out/test disagreement of section 34 is the text or the window length. (The step
-#           profile of the compiled embedding quantizer against eager, planned in section 34, waits: 150 s for a
-#           3 ms question.)
+#           inside the seeds' spread (mean +15.13%). Session 29 (R=s29) lost 811 s of its device time to five failed
+#           starts; section 35 (H100, commit a842146) ran the default to the budget with no step cap (TAG=-tb:
+#           3083 steps, 25.058, +15.9%; four runs now average +15.33%) and step_profile's compiled embedding
+#           quantizer against eager (0.75 ms, noise). Next session (R=s30), with the whole device time: the
+#           2-2-8 run longer inside the 15 minutes (about 100 s of adaptation, then 4500 steps at 141 ms is 635 s,
+#           plus export and test): STEPS=4500 SET=time_budget=100000 TAG=-4500 over two calls made back to back
+#           right after the staging (the first cut at its LIMIT with a checkpoint, LIMIT=$((555 - SECONDS)); the
+#           second resumes it; a machine's 30-minute hold ends only after the call in flight, and the losses of
+#           sections 16-24 were idle gaps and errors between the calls). About 1100 s with the staging: with less
+#           device time than 1300 s at the start, run instead a lower freezing threshold, the one freezing knob
+#           never moved (0.03 is the only value measured; freezing gave -2.6% at 2 bits, section 28):
+#           STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02. Or kd at STEPS=3023 (METHOD=kd): its row would carry
+#           held_out_perplexity, which section 34's held-out/test disagreement needs from kd's side.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -59,7 +60,7 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s29}  # the session's tag: its teacher and rows
+R=${R:-s30}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
