@@ -55,7 +55,6 @@ def save_state(tr) -> Path:
     sched = {k: v for k, v in tr.scheduler.state_dict().items() if k != "lr_lambdas"}
     meta.update(step=tr.step, total_steps=tr.total_steps, best=tr.best, elapsed=tr.elapsed,
                 run_seconds_all=tr.run_seconds_all(), budget_from=tr.budget_from, eval_every=tr.eval_every,
-                eval_log=tr.eval_log,
                 fingerprint=tr.fingerprint, scheduler=sched, files=files)
     (tmp / "state.json").write_text(json.dumps(meta))
     for kind, name in files.items():
@@ -111,7 +110,6 @@ def load_state(tr) -> None:
         tr.freezer.load_state_dict({k[len("freeze."):]: v for k, v in tensors.items() if k.startswith("freeze.")})
     tr.step, tr.best, tr.elapsed = meta["step"], meta["best"], meta.get("elapsed", 0.0)
     tr.earlier_run_seconds = meta.get("run_seconds_all", 0.0)  # the segments before this process
-    tr.eval_log = meta.get("eval_log", [0, 0.0])
     if tr.cfg.time_budget is not None and meta.get("budget_from") is not None:  # the fitted schedule goes on
         tr.total_steps, tr.budget_from, tr.eval_every = meta["total_steps"], meta["budget_from"], meta["eval_every"]
     if tr.step > tr.total_steps:

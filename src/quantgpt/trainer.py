@@ -133,8 +133,7 @@ class Trainer:
             raise QuantGPTError(f"the evaluation data has {self.eval_ids.numel()} tokens, fewer than one window of {cfg.seq_len}")
         self.max_steps = cfg.run_steps(self.train.shape[0])
         self.total_steps = self.max_steps  # time_budget may fit fewer (fit_to_budget)
-        self.budget_from = None  # time_budget: [step, seconds, evaluation seconds] where the rate's measurement began
-        self.eval_log = [0, 0.0]  # the evaluations made so far (the one before step 1 included): count, seconds
+        self.budget_from = None  # time_budget: [step, seconds] where the rate's measurement began
         self.eval_every = self.eval_interval()  # refitted with the step count once
 
         self.student = self._build_student(teacher)
@@ -518,7 +517,7 @@ class Trainer:
         if self._seconds >= cfg.time_budget:
             self.total_steps = self.step  # the schedule is cut, not annealed: the rate fell after the last fit
         elif self.step == BUDGET_PROBE[0] and self.budget_from is None:
-            self.budget_from = [self.step, self._seconds, self.eval_log[1]]
+            self.budget_from = [self.step, self._seconds]
         elif self.budget_from is not None and self.step < self.total_steps and (
                 self.step == BUDGET_PROBE[1] or self._refit):
             self.fit_to_budget()
@@ -531,33 +530,15 @@ class Trainer:
         return self.cfg.eval_every or five_evals(self.total_steps)
 
     def fit_to_budget(self) -> None:
-        """time_budget: the step count that the seconds left allow, at most the run's own and at least the steps
-        done: training steps at the rate measured since ``budget_from`` with the evaluations' time taken out, and
-        the evaluations still to come at the mean time of those so far. The evaluation before step 1 gives that
-        mean to the first fit, whose measurement holds no evaluation (when the rate took the evaluations in as they
-        came, the first fit counted none of them). The learning rate of the next step is set on the new schedule
-        at once."""
-        s0, t0, *e0 = self.budget_from  # a checkpoint from before the evaluations were timed has no e0: as then
-        evals, eval_s = self.eval_log
-        per_step = max(self._seconds - t0 - (eval_s - e0[0] if e0 else 0.0), 1e-6) / (self.step - s0)
-        per_eval = eval_s / evals if e0 and evals else 0.0
-        left = self.cfg.time_budget - self._seconds
-        fit = min(self.max_steps, self.step + int(left / per_step))
-        while fit > self.step and (fit - self.step) * per_step + per_eval * self._evals_after(fit) > left:
-            fit -= 1
-        self.total_steps = max(self.step, fit)
+        """time_budget: the step count that the seconds left allow at the rate measured since ``budget_from``
+        (steps, evaluations, checkpoints), at most the run's own and at least the steps done; the learning rate
+        of the next step is set on the new schedule at once."""
+        s0, t0 = self.budget_from
+        per_step = max(self._seconds - t0, 1e-6) / (self.step - s0)
+        fit = self.step + int((self.cfg.time_budget - self._seconds) / per_step)
+        self.total_steps = max(self.step, min(self.max_steps, fit))
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(self.cfg, self.step, self.total_steps)
-
-    def _evals_after(self, total: int) -> int:
-        """The evaluations a run of ``total`` steps makes after this step: at each multiple of its interval (the
-        first fit sets the interval from its own count) and at its last step."""
-        every = self.cfg.eval_every or (five_evals(total) if self.step == BUDGET_PROBE[1] else self.eval_every)
-        return total // every - self.step // every + (total % every != 0)
-
-    def _timed_eval(self, t0: float) -> None:
-        """Count an evaluation that began at ``t0`` (its row, the model scored, the best checkpoint kept)."""
-        self.eval_log = [self.eval_log[0] + 1, self.eval_log[1] + _clock() - t0]
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -565,7 +546,6 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.step == 0:
-            t_eval = _clock()
             row = {"step": 0, "tokens": 0, "quant_params": self.quant_params(), **self.homogeneity()}
             if self.flips:
                 self._codes_logged = codes_of(self.flips)
@@ -577,7 +557,6 @@ class Trainer:
                 self.best = {"step": 0, "eval_ppl": row["eval_ppl"]}
                 self._save_best()
             self.log(row)
-            self._timed_eval(t_eval)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune float" if cfg.float_student else f"compress {cfg.method} {cfg.bits}", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         t_window, tok_window = time.time(), 0
@@ -610,7 +589,6 @@ class Trainer:
                                     {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
                 bar.update(1)
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
-                    t_eval = _clock()
                     erow = {"step": self.step, "tokens": self.step * tokens_per_step, **self.homogeneity()}
                     if self.eval_ids is not None:
                         erow.update(self.evaluate())
@@ -618,7 +596,6 @@ class Trainer:
                             self.best = {"step": self.step, "eval_ppl": erow["eval_ppl"]}
                             self._save_best()
                     self.log(erow)
-                    self._timed_eval(t_eval)
                     self._refit = cfg.time_budget is not None  # at the next step: the rate with this evaluation in it
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save_state()
