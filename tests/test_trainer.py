@@ -761,6 +761,22 @@ def test_time_budget_stops_a_run_whose_steps_slow_down(tmp_path, tiny, tokenizer
     assert r["steps"] == 48 and (tr.out / "quantgpt.json").is_file()
 
 
+def test_evaluation_rows_carry_their_seconds(tmp_path, tiny, tokenizer, ids, clock):
+    """Each evaluation row (the one before step 1 included) records the wall seconds it took, which a time budget
+    pays: here 5 s on the fake clock, for the representation statistics every evaluation row computes."""
+    tr = _budgeted(tmp_path, tiny, tokenizer, ids, clock, lambda s: 1.0, steps=30, time_budget=None, eval_every=10)
+    homogeneity = tr.homogeneity
+
+    def slow():
+        clock[0] += 5.0
+        return homogeneity()
+    tr.homogeneity = slow
+    tr.run()
+    rows = [r for r in read_log(tr.out / "train_log.jsonl") if "eval_seconds" in r]
+    assert [(r["step"], r["eval_seconds"]) for r in rows] == [(0, 5.0), (10, 5.0), (20, 5.0), (30, 5.0)]
+    assert all("cos_teacher" in r for r in rows)
+
+
 def test_time_budgeted_run_resumes_on_its_fitted_schedule(tmp_path, tiny, tokenizer, ids, clock):
     teacher = tiny("llama")
     whole = _budgeted(tmp_path / "a", tiny, tokenizer, ids, clock, lambda s: 1.0, teacher=teacher)

@@ -546,6 +546,7 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.step == 0:
+            t_eval = _clock()
             row = {"step": 0, "tokens": 0, "quant_params": self.quant_params(), **self.homogeneity()}
             if self.flips:
                 self._codes_logged = codes_of(self.flips)
@@ -556,7 +557,7 @@ class Trainer:
                 # the starting point competes too: at 8 bits it can be better than any trained step
                 self.best = {"step": 0, "eval_ppl": row["eval_ppl"]}
                 self._save_best()
-            self.log(row)
+            self.log({**row, "eval_seconds": round(_clock() - t_eval, 2)})
         bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune float" if cfg.float_student else f"compress {cfg.method} {cfg.bits}", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         t_window, tok_window = time.time(), 0
@@ -589,13 +590,14 @@ class Trainer:
                                     {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
                 bar.update(1)
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    t_eval = _clock()  # eval_seconds: what an evaluation costs the time budget (the first compiles)
                     erow = {"step": self.step, "tokens": self.step * tokens_per_step, **self.homogeneity()}
                     if self.eval_ids is not None:
                         erow.update(self.evaluate())
                         if self.best is None or erow["eval_ppl"] < self.best["eval_ppl"]:
                             self.best = {"step": self.step, "eval_ppl": erow["eval_ppl"]}
                             self._save_best()
-                    self.log(erow)
+                    self.log({**erow, "eval_seconds": round(_clock() - t_eval, 2)})
                     self._refit = cfg.time_budget is not None  # at the next step: the rate with this evaluation in it
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save_state()
