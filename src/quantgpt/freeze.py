@@ -102,6 +102,20 @@ class OscillationFreezer:
                     "frozen": torch.zeros_like(code, dtype=torch.bool),
                     "value": torch.zeros_like(w),  # where the frozen weights are held
                 })
+        if compile:
+            self._compile_now()
+
+    @torch.no_grad()
+    def _compile_now(self) -> None:
+        """Run both kinds of step once on the state as just built, where both change nothing (each code is its
+        own last one, and no frequency passes an infinite threshold): compiled, their graphs are made here, before
+        a run's first step, and not at the first freezing check a quarter into the run. There the compile stalled
+        a step for about 9 s on an H100 (BENCHMARKS.md section 35), inside the rate a time budget fits its steps to.
+        The threshold tensor made here is the one later checks fill."""
+        if not self.state:
+            return
+        self._thr = torch.full((), float("inf"), device=self.state[0]["freq"].device)
+        self._all(True)
 
     @torch.no_grad()
     def step(self, step: int, threshold: float | None) -> None:
