@@ -167,6 +167,20 @@ def test_the_compiled_updates_are_the_eager_ones_with_one_graph_per_kind_of_matr
     assert counters["stats"]["unique_graphs"] == 2 * len(shapes)  # _track and _freeze, one graph per shape each
 
 
+def test_a_compiling_trainer_builds_its_freezer_compiled(tmp_path, tiny, tokenizer, ids):
+    """The trainer resets the compiler before it builds the freezer, not after: the graphs the freezer made as it
+    was built are the ones its steps use, so a check compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    cfg = TrainConfig(model="tiny", bits="2-2-8", steps=4, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
+                      progress=False, device="cpu", negatives=64, compile=True, freeze_threshold=0.03)
+    tr = Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    built = counters["stats"]["unique_graphs"]
+    assert built > 0
+    tr.freezer.step(CHECK_EVERY, 0.05)  # tracking and a check, as a quarter into a run
+    assert counters["stats"]["unique_graphs"] == built
+
+
 def _noisy_steps(freezers, steps=35):
     """The same optimizer-like nudges of every weight, then a step of each freezer (a threshold from step 10)."""
     g = torch.Generator().manual_seed(0)

@@ -167,6 +167,12 @@ class Trainer:
         self._codes_before = self._codes_logged = None
         # freeze_threshold: every rank freezes the same weights (their codes are the same after the same step)
         compiles = self._compiles()
+        if compiles:
+            # each run compiles from an empty cache, as in a fresh process: the blocks' compiled code is shared by
+            # their class, so an earlier run's graphs in this process (compress's adaptation stage, a notebook's
+            # last run) would count against torch.compile's recompile limit, and what did not fit would run eagerly.
+            # Before the freezer, which compiles its updates as it is built
+            torch.compiler.reset()
         self.freezer = (OscillationFreezer(self.student, compile=compiles,
                                            graph=compiles and self.device.type == "cuda")
                         if cfg.freeze_threshold and not cfg.float_student else None)
@@ -178,11 +184,7 @@ class Trainer:
         self._stop_now = False
         self._seconds = 0.0  # time_budget: run_seconds_all at the last step's sync, averaged over the ranks
         self._refit = False  # time_budget: fit again after the next step (an evaluation came between)
-        if self._compiles():
-            # each run compiles from an empty cache, as in a fresh process: the blocks' compiled code is shared by
-            # their class, so an earlier run's graphs in this process (compress's adaptation stage, a notebook's
-            # last run) would count against torch.compile's recompile limit, and what did not fit would run eagerly
-            torch.compiler.reset()
+        if compiles:
             compile_blocks(self.student)
             compile_blocks(self.teacher)
         self._t_base = self.teacher.base_model
