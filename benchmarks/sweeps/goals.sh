@@ -45,7 +45,9 @@
 #           device time than 1300 s at the start, run instead a lower freezing threshold, the one freezing knob
 #           never moved (0.03 is the only value measured; freezing gave -2.6% at 2 bits, section 28):
 #           STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02. Or kd at STEPS=3023 (METHOD=kd): its row would carry
-#           held_out_perplexity, which section 34's held-out/test disagreement needs from kd's side.
+#           held_out_perplexity, which section 34's held-out/test disagreement needs from kd's side. In any run's
+#           log, check two things: the evaluations' new eval_seconds, and whether the 9 s pause at the first
+#           freezing check is gone (the freezer now compiles when it is built).
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
