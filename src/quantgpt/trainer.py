@@ -56,7 +56,8 @@ def compile_blocks(model: torch.nn.Module, embeddings: bool = True) -> None:
     whole unrolled model takes. Every block list is compiled (BART: the encoder's and the decoder's); models
     without one are compiled whole. Each quantized embedding's weight quantizer, which runs outside the blocks
     on the whole table, is compiled too. On the H100 that saved SmolLM2's 2-bit step 0.75 ms of 135 when timed
-    alternating with eager, inside the noise (BENCHMARKS.md section 35): a default that costs nothing, not a gain. ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``)."""
+    alternating with eager, inside the noise (BENCHMARKS.md section 35): a default that costs nothing, not a
+    gain. ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``)."""
     lists = block_lists(model)
     if not lists:
         model.compile()
