@@ -89,7 +89,6 @@ class OscillationFreezer:
         self.graph = graph
         self._graphs: dict = {}  # check -> the replay of its captured step
         self._warm: set[bool] = set()
-        self._thr = None
         with torch.no_grad():
             for m, q in self.pairs:
                 w = latent_weight(m)
@@ -102,6 +101,8 @@ class OscillationFreezer:
                     "frozen": torch.zeros_like(code, dtype=torch.bool),
                     "value": torch.zeros_like(w),  # where the frozen weights are held
                 })
+        # the check's threshold, a tensor each check fills, so that its fall along the cosine compiles nothing again
+        self._thr = torch.full((), float("inf"), device=self.state[0]["freq"].device) if self.state else None
         if compile:
             self._compile_now()
 
@@ -111,11 +112,9 @@ class OscillationFreezer:
         own last one, and no frequency passes an infinite threshold): compiled, their graphs are made here, before
         a run's first step, and not at the first freezing check a quarter into the run. There the compile stalled
         a step for about 9 s on an H100 (BENCHMARKS.md section 35), inside the rate a time budget fits its steps to.
-        The threshold tensor made here is the one later checks fill."""
-        if not self.state:
-            return
-        self._thr = torch.full((), float("inf"), device=self.state[0]["freq"].device)
-        self._all(True)
+        The threshold is still the infinite one it was built with."""
+        if self.state:
+            self._all(True)
 
     @torch.no_grad()
     def step(self, step: int, threshold: float | None) -> None:
@@ -123,8 +122,6 @@ class OscillationFreezer:
         codes, and every CHECK_EVERY steps freeze the weights past ``threshold`` (None: none)."""
         check = threshold is not None and step % CHECK_EVERY == 0 and bool(self.state)
         if check:
-            if self._thr is None:
-                self._thr = torch.zeros((), device=self.state[0]["freq"].device)
             self._thr.fill_(threshold)
         if not self.graph:
             return self._all(check)
