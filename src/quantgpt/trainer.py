@@ -555,12 +555,8 @@ class Trainer:
                 self._codes_logged = codes_of(self.flips)
             if self.block_init:
                 row["blockwise"] = self.block_init
-            if self.eval_ids is not None:
-                row.update(self.evaluate())
-                # the starting point competes too: at 8 bits it can be better than any trained step
-                self.best = {"step": 0, "eval_ppl": row["eval_ppl"]}
-                self._save_best()
-            self.log({**row, "eval_seconds": round(_clock() - t_eval, 2)})
+            # the starting point competes too: at 8 bits it can be better than any trained step
+            self._log_evaluation(row, t_eval)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune float" if cfg.float_student else f"compress {cfg.method} {cfg.bits}", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         t_window, tok_window = time.time(), 0
@@ -593,14 +589,9 @@ class Trainer:
                                     {"tok/s": f"{row['tok_per_s']:.0f}", "lr": f"{row['lr']:.1e}"})
                 bar.update(1)
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
-                    t_eval = _clock()  # eval_seconds: what an evaluation costs the time budget (the first compiles)
-                    erow = {"step": self.step, "tokens": self.step * tokens_per_step, **self.homogeneity()}
-                    if self.eval_ids is not None:
-                        erow.update(self.evaluate())
-                        if self.best is None or erow["eval_ppl"] < self.best["eval_ppl"]:
-                            self.best = {"step": self.step, "eval_ppl": erow["eval_ppl"]}
-                            self._save_best()
-                    self.log({**erow, "eval_seconds": round(_clock() - t_eval, 2)})
+                    t_eval = _clock()
+                    self._log_evaluation({"step": self.step, "tokens": self.step * tokens_per_step,
+                                          **self.homogeneity()}, t_eval)
                     self._refit = cfg.time_budget is not None  # at the next step: the rate with this evaluation in it
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save_state()
@@ -620,6 +611,17 @@ class Trainer:
         if self._stop_signal:
             result["stop_signal"] = self._stop_signal
         return result
+
+    def _log_evaluation(self, row: dict, t0: float) -> None:
+        """An evaluation's row (begun at ``t0`` with its representation statistics): the held-out text scored, the
+        best checkpoint kept when it is the best so far, and ``eval_seconds``, what the evaluation cost a time
+        budget (the first also compiles)."""
+        if self.eval_ids is not None:
+            row.update(self.evaluate())
+            if self.best is None or row["eval_ppl"] < self.best["eval_ppl"]:
+                self.best = {"step": self.step, "eval_ppl": row["eval_ppl"]}
+                self._save_best()
+        self.log({**row, "eval_seconds": round(_clock() - t0, 2)})
 
     def logs_at(self, step: int) -> bool:
         """Whether the run writes a training row after ``step``: every log_every steps, and at its last step."""
