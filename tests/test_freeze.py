@@ -172,9 +172,7 @@ def test_a_compiling_trainer_builds_its_freezer_compiled(tmp_path, tiny, tokeniz
     was built are the ones its steps use, so a check compiles nothing more."""
     from torch._dynamo.utils import counters
 
-    cfg = TrainConfig(model="tiny", bits="2-2-8", steps=4, seq_len=32, batch_size=4, out=str(tmp_path / "run"),
-                      progress=False, device="cpu", negatives=64, compile=True, freeze_threshold=0.03)
-    tr = Trainer(cfg, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    tr = Trainer(_cfg(tmp_path, compile=True), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
     built = counters["stats"]["unique_graphs"]
     assert built > 0
     tr.freezer.step(CHECK_EVERY, 0.05)  # tracking and a check, as a quarter into a run
