@@ -127,3 +127,29 @@ def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
     study.write_text("".join(json.dumps({**r, "device": d}) + "\n" for r, d in zip(rows, ["H100", "NVIDIA H200"])))
     with pytest.raises(SystemExit, match="keep each device's rows apart"):
         keep(study, tmp_path / "root", "s9", results=results)
+
+
+def test_budget_probe_windows_and_a_run_on_the_cpu(tmp_path):
+    """budget_probe.py: the ms a step of each stretch between training rows, from train_seconds alone (an
+    evaluation row between them changes nothing), the pause near the first freezing check found; and a whole
+    time-budgeted run on the CPU records its fits, the first at the probe's end, and every evaluation's cost."""
+    sys.path.insert(0, str(SPEED.parent))
+    from budget_probe import summary, windows
+
+    log = [{"step": 0, "eval_seconds": 2.0}, {"step": 10, "train_seconds": 1.0}, {"step": 20, "train_seconds": 2.5},
+           {"step": 20, "eval_seconds": 0.5}, {"step": 30, "train_seconds": 12.5}, {"step": 40, "train_seconds": 14.0}]
+    assert windows(log) == [(20, 150.0), (30, 1000.0), (40, 150.0)]
+    s = summary(log, [{"step": 25, "total_steps": 44, "ms_per_step": 140.0}], freeze_begin=22)
+    assert s["steps"] == 40 and s["first_fit_over"] == 0.1 and s["slowest"][0] == [30, 1000.0]
+    assert s["slowest_at_first_check"] == [30, 1000.0] and s["eval_seconds"] == [[0, 2.0], [20, 0.5]]
+
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, str(SPEED.parent / "budget_probe.py"), "--device", "cpu", "--layers", "1",
+                        "--vocab", "256", "--batch-size", "1", "--seq-len", "16", "--blocks", "4", "--eval-tokens", "64",
+                        "--budget", "6", "--out", str(out)], capture_output=True, text=True, cwd=SPEED.parent,
+                       env={**os.environ, "PYTHONPATH": str(SPEED.parents[1] / "src"), "TRANSFORMERS_VERBOSITY": "error"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["fits"][0]["step"] == 25 and row["steps"] >= 25
+    assert row["fits"][-1]["total_steps"] == row["steps"] or row["run_seconds"] >= 6
+    assert row["eval_seconds"][0][0] == 0 and row["eval_seconds"][-1][0] == row["steps"]
