@@ -36,18 +36,25 @@
 #           inside the seeds' spread (mean +15.13%). Session 29 (R=s29) lost 811 s of its device time to five failed
 #           starts; section 35 (H100, commit a842146) ran the default to the budget with no step cap (TAG=-tb:
 #           3083 steps, 25.058, +15.9%; four runs now average +15.33%) and step_profile's compiled embedding
-#           quantizer against eager (0.75 ms, noise). Next session (R=s30), with the whole device time: the
-#           2-2-8 run longer inside the 15 minutes (about 100 s of adaptation, then 4500 steps at 141 ms is 635 s,
-#           plus export and test): STEPS=4500 SET=time_budget=100000 TAG=-4500 over two calls made back to back
-#           right after the staging (the first cut at its LIMIT with a checkpoint, LIMIT=$((555 - SECONDS)); the
-#           second resumes it; a machine's 30-minute hold ends only after the call in flight, and the losses of
-#           sections 16-24 were idle gaps and errors between the calls). About 1100 s with the staging: with less
-#           device time than 1300 s at the start, run instead a lower freezing threshold, the one freezing knob
-#           never moved (0.03 is the only value measured; freezing gave -2.6% at 2 bits, section 28):
-#           STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02. Or kd at STEPS=3023 (METHOD=kd): its row would carry
-#           held_out_perplexity, which section 34's held-out/test disagreement needs from kd's side. In any run's
-#           log, check two things: the evaluations' new eval_seconds, and whether the 9 s pause at the first
-#           freezing check is gone (the freezer now compiles when it is built).
+#           quantizer against eager (0.75 ms, noise). Session 30 had no machine for the study: failed starts cost 1262 s
+#           of its device time, and the 538 s left ran budget_probe.py instead (section 36: the freezer's pause gone,
+#           the first fit within 0.5% on a random model, an evaluation about 1 s). Next session (R=s30 still: no s30
+#           study rows exist), with at least 1100 s of device time at the start: the 2-2-8 run as a user runs it and
+#           longer inside the 15 minutes, compress's own 300-step adaptation and then 4500 quantized steps (about 60 s,
+#           then 4500 x 146 ms = 657 s, plus compiling, evaluations, export and test: about 13.5 min), PART=3 over two
+#           calls made back to back after only p3's and p1's staging calls (no teacher call): the first, which also
+#           copies p2 and sources assemble.sh, LIMIT=$((555 - SECONDS)) R=s30 STEPS=4500 SET=time_budget=100000
+#           TAG=-4500 PART=3, cut at its LIMIT with a checkpoint; the second, the same with LIMIT=$((580 - SECONDS)),
+#           resumes it and ends after about 360 s. About 950 s of device time in all; a machine's 30-minute hold ends
+#           only after the call in flight, and the losses of sections 16-24 were idle gaps and errors between the calls.
+#           With less device time: the teacher (PART=1 BASELINES=0) and then a lower freezing threshold, the one
+#           freezing knob never moved (0.03 is the only value measured; freezing gave -2.6% at 2 bits, section 28):
+#           STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02 PART=2, about 750 s with the staging. Or kd at STEPS=3023
+#           (METHOD=kd): its row would carry held_out_perplexity, which section 34's held-out/test disagreement needs
+#           from kd's side. In any run's log, check whether the real run's steps still slow after the budget's probe
+#           (section 35: 136.5 ms in it, 146.0 after; section 36's random model ran faster after it), now that the
+#           freezer's pause is gone, and what its evaluations cost (eval_seconds). TAG is appended after goals.sh's own
+#           -tb (PART=2) or -tb-own (PART=3): TAG=-tb gave section 35's `-tb-tb`.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
