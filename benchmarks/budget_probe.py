@@ -66,6 +66,7 @@ def main():
     p.add_argument("--device", default="cuda", help="cuda; cpu checks the script")
     p.add_argument("--out")
     args = p.parse_args()
+    from quantgpt.plots import read_log
     from quantgpt.train_config import TrainConfig
     from quantgpt.trainer import Trainer
 
@@ -93,7 +94,7 @@ def main():
 
     tr.fit_to_budget = recorded_fit
     result = tr.run()
-    log = [json.loads(x) for x in (tr.out / "train_log.jsonl").read_text().splitlines()]
+    log = read_log(tr.out / "train_log.jsonl")
     begin = int(tc.freeze_start * tr.total_steps) if tr.freezer is not None else None
     row = {"method": args.method, "bits": args.bits, "budget": args.budget, **summary(log, fits, begin),
            "train_seconds": result.get("train_seconds"), "run_seconds": result.get("run_seconds"),
