@@ -1,6 +1,6 @@
 """How a time-budgeted run spends its budget, on the GPU, with no staging: compress's own Trainer.run to a
 ``--budget`` of seconds on a randomly initialised model of SmolLM2-135M's shapes (random Zipf-like tokens for
-training and for the held-out text), every fit of the step count recorded. Three questions of BENCHMARKS.md
+training and for the held-out text), every fit of the step count read from its train log. Three questions of BENCHMARKS.md
 section 35, whose real run's first fit gave 3305 steps and its refits 3083:
 
   drift      the steps' time in each window of the log against the probe's rate (steps 5-25), which the first
@@ -34,8 +34,11 @@ def windows(log: list[dict]) -> list[tuple[int, float]]:
             for a, b in zip(rows, rows[1:]) if b["step"] > a["step"]]
 
 
-def summary(log: list[dict], fits: list[dict], freeze_begin: int | None) -> dict:
-    """The row's findings from the run's train log and its recorded fits."""
+def summary(log: list[dict]) -> dict:
+    """The row's findings from the run's train log, its fits of the step count included (the trainer logs each)."""
+    fits = [{"step": r["step"], "seconds": r["budget_seconds"], "total_steps": r["budget_fit"],
+             "ms_per_step": r["ms_per_step"]} for r in log if "budget_fit" in r]
+    freeze_begin = next((r["freeze_begin"] for r in reversed(log) if "freeze_begin" in r), None)  # the last fit's
     w = windows(log)
     later = [ms for step, ms in w if step > 100]
     median = statistics.median(later or [ms for _, ms in w])
@@ -84,26 +87,16 @@ def main():
                      seq_len=args.seq_len, batch_size=args.batch_size, eval_tokens=args.eval_tokens, save_every=10**9,
                      out=out, progress=False, device=args.device)
     tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=held)
-    fits, plain_fit = [], tr.fit_to_budget
-
-    def recorded_fit():  # each fit: where it came, what rate it used, the step count it gave
-        s0, t0 = tr.budget_from
-        plain_fit()
-        fits.append({"step": tr.step, "seconds": round(tr._seconds, 2), "total_steps": tr.total_steps,
-                     "ms_per_step": round(1000 * (tr._seconds - t0) / (tr.step - s0), 1)})
-
-    tr.fit_to_budget = recorded_fit
     result = tr.run()
     log = read_log(tr.out / "train_log.jsonl")
-    begin = int(tc.freeze_start * tr.total_steps) if tr.freezer is not None else None
-    row = {"method": args.method, "bits": args.bits, "budget": args.budget, **summary(log, fits, begin),
+    row = {"method": args.method, "bits": args.bits, "budget": args.budget, **summary(log),
            "train_seconds": result.get("train_seconds"), "run_seconds": result.get("run_seconds"),
            "device": name, "commit": commit, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
-    print(f"steps {row['steps']} (first fit {fits[0]['total_steps'] if fits else '-'}, over by {row['first_fit_over']}); "
+    print(f"steps {row['steps']} (first fit {row['fits'][0]['total_steps'] if row['fits'] else '-'}, over by {row['first_fit_over']}); "
           f"probe {row['probe_ms']} ms, median after step 100 {row['median_ms_after_100']} ms; slowest {row['slowest']}; "
           f"slowest at the first check {row['slowest_at_first_check']}; evals {row['eval_seconds']}")
 

@@ -21,9 +21,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def trimmed(rows: list[dict], every: int) -> list[dict]:
-    """The rows at every ``every``-th step, with an evaluation, or at the last step."""
+    """The rows at every ``every``-th step, with an evaluation, with a time budget's fit, or at the last step."""
     last = max((r["step"] for r in rows), default=0)
-    return [r for r in rows if r["step"] % every == 0 or "eval_ppl" in r or r["step"] == last]
+    return [r for r in rows if r["step"] % every == 0 or "eval_ppl" in r or "budget_fit" in r or r["step"] == last]
 
 
 def gpu_name(device: str) -> str:

@@ -102,15 +102,16 @@ def test_compile_blocks_can_leave_the_embeddings_eager(tiny):
 
 
 def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
-    """keep_results.py: a run's log keeps every 100th step, its evaluations and its last step, gzipped under
-    logs/TAG, and its row points there, in study_<gpu>_TAG.jsonl; rows of two GPU kinds are refused."""
+    """keep_results.py: a run's log keeps every 100th step, its evaluations, its time budget's fits and its last
+    step, gzipped under logs/TAG, and its row points there, in study_<gpu>_TAG.jsonl; rows of two GPU kinds are refused."""
     sys.path.insert(0, str(SPEED.parent))
     from keep_results import keep
     from quantgpt.plots import read_log
 
     run = tmp_path / "root" / "runs" / "study" / "quantgpt_2-2-8-x"
     run.mkdir(parents=True)
-    log = [{"step": s, "kd": 1.0 / (s + 1)} for s in range(250)] + [{"step": 125, "eval_ppl": 30.0}]
+    log = [{"step": s, "kd": 1.0 / (s + 1)} for s in range(250)] + [{"step": 125, "eval_ppl": 30.0},
+                                                                     {"step": 126, "budget_fit": 250}]
     (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     rows = [{"name": "q", "device": "NVIDIA H100 80GB HBM3", "train_log": "runs/study/quantgpt_2-2-8-x/train_log.jsonl"},
             {"name": "ptq", "device": "NVIDIA H100 80GB HBM3"}]
@@ -123,7 +124,7 @@ def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
     assert kept[0]["train_log"] == "benchmarks/results/logs/s9/quantgpt_2-2-8-x.train_log.jsonl.gz"
     assert "train_log" not in kept[1]
     steps = [r["step"] for r in read_log(tmp_path / "repo" / kept[0]["train_log"])]
-    assert steps == [0, 100, 200, 249, 125]
+    assert steps == [0, 100, 200, 249, 125, 126]
     study.write_text("".join(json.dumps({**r, "device": d}) + "\n" for r, d in zip(rows, ["H100", "NVIDIA H200"])))
     with pytest.raises(SystemExit, match="keep each device's rows apart"):
         keep(study, tmp_path / "root", "s9", results=results)
@@ -132,14 +133,20 @@ def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
 def test_budget_probe_windows_and_a_run_on_the_cpu(tmp_path):
     """budget_probe.py: the ms a step of each stretch between training rows, from train_seconds alone (an
     evaluation row between them changes nothing), the pause near the first freezing check found; and a whole
-    time-budgeted run on the CPU records its fits, the first at the probe's end, and every evaluation's cost."""
+    time-budgeted run on the CPU records its fits (read from its log), the first at the probe's end, and every
+    evaluation's cost."""
     sys.path.insert(0, str(SPEED.parent))
     from budget_probe import summary, windows
 
     log = [{"step": 0, "eval_seconds": 2.0}, {"step": 10, "train_seconds": 1.0}, {"step": 20, "train_seconds": 2.5},
-           {"step": 20, "eval_seconds": 0.5}, {"step": 30, "train_seconds": 12.5}, {"step": 40, "train_seconds": 14.0}]
+           {"step": 20, "eval_seconds": 0.5}, {"step": 25, "budget_seconds": 3.2, "ms_per_step": 140.0, "budget_fit": 44,
+           "freeze_begin": 11}, {"step": 30, "train_seconds": 12.5}, {"step": 40, "train_seconds": 14.0}]
     assert windows(log) == [(20, 150.0), (30, 1000.0), (40, 150.0)]
-    s = summary(log, [{"step": 25, "total_steps": 44, "ms_per_step": 140.0}], freeze_begin=22)
+    log.insert(5, {"step": 31, "budget_seconds": 13.0, "ms_per_step": 400.0, "budget_fit": 44, "freeze_begin": 22})
+    s = summary(log)
+    assert s["fits"] == [{"step": 25, "seconds": 3.2, "total_steps": 44, "ms_per_step": 140.0},
+                         {"step": 31, "seconds": 13.0, "total_steps": 44, "ms_per_step": 400.0}]
+    assert s["probe_ms"] == 140.0 and s["freeze_begin"] == 22  # the last fit's
     assert s["steps"] == 40 and s["first_fit_over"] == 0.1 and s["slowest"][0] == [30, 1000.0]
     assert s["slowest_at_first_check"] == [30, 1000.0] and s["eval_seconds"] == [[0, 2.0], [20, 0.5]]
 

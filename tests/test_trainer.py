@@ -751,13 +751,15 @@ def test_time_budget_fits_the_steps_and_anneals_on_their_schedule(tmp_path, tiny
 def test_time_budget_stops_a_run_whose_steps_slow_down(tmp_path, tiny, tokenizer, ids, clock):
     """Steps of 1 s fit 100 at the probe; from step 31 they take 4 s. The refit in the step after the evaluation
     at step 40 (74 s spent at step 41, 69 s over the 36 steps since the probe began) allows 54, and the budget,
-    spent at step 48 (102 s), ends the run there; it still writes its model."""
+    spent at step 48 (102 s), ends the run there; it still writes its model. Each fit is a row of the train log:
+    the seconds spent, the rate (1 s a step over steps 5-25; 69 s over 36 steps), the step count it gave and where
+    freezing begins on it."""
     tr = _budgeted(tmp_path, tiny, tokenizer, ids, clock, lambda s: 1.0 if s <= 30 else 4.0)
-    seen = []
-    fit = tr.fit_to_budget
-    tr.fit_to_budget = lambda: (fit(), seen.append((tr.step, tr.total_steps)))
     r = tr.run()
-    assert seen == [(25, 100), (41, 54)]
+    fits = [r for r in read_log(tr.out / "train_log.jsonl") if "budget_fit" in r]
+    assert [(f["step"], f["budget_seconds"], f["ms_per_step"], f["budget_fit"]) for f in fits] == [
+        (25, 25.0, 1000.0, 100), (41, 74.0, round(69000 / 36, 1), 54)]
+    assert [f["freeze_begin"] for f in fits] == [25, 13]  # a quarter of each fit: 2-bit mds freezes by default
     assert r["steps"] == 48 and (tr.out / "quantgpt.json").is_file()
 
 

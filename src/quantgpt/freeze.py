@@ -30,10 +30,15 @@ CHECK_EVERY = 10  # steps between freezing decisions (the averages move every st
 START_THRESHOLD = 0.1  # their starting threshold: a flip back every 10 steps
 
 
+def freeze_begin(total: int, start: float = 0.25) -> int:
+    """The step from which a run of ``total`` steps freezes: ``start`` of its steps."""
+    return int(start * total)
+
+
 def threshold_at(step: int, total: int, final: float, start: float = 0.25) -> float | None:
     """The freezing threshold after ``step`` of ``total`` steps: None (nothing frozen) before ``start`` of the
     steps, then a cosine from max(START_THRESHOLD, final) down to ``final`` at the last step."""
-    begin = int(start * total)
+    begin = freeze_begin(total, start)
     if step < begin:
         return None
     high = max(START_THRESHOLD, final)

@@ -31,7 +31,7 @@ from .device import autocast_for, free_memory
 from . import distributed as dist
 from .evaluate import evaluate
 from .flips import changed, codes_of, coded_weights
-from .freeze import OscillationFreezer, threshold_at
+from .freeze import OscillationFreezer, freeze_begin, threshold_at
 from .lm import hidden_states_and_head, supports_chunked_head
 from .losses import TokenContrastive, fused_kd_loss, mean_pairwise_cosine
 from .modules import QuantLinear, quant_embeddings
@@ -535,13 +535,19 @@ class Trainer:
     def fit_to_budget(self) -> None:
         """time_budget: the step count that the seconds left allow at the rate measured since ``budget_from``
         (steps, evaluations, checkpoints), at most the run's own and at least the steps done; the learning rate
-        of the next step is set on the new schedule at once."""
+        of the next step is set on the new schedule at once. Each fit is a row of the train log: the seconds spent,
+        the rate it used, the step count it gave and, with the freezer, the step where freezing begins on it."""
         s0, t0 = self.budget_from
         per_step = max(self._seconds - t0, 1e-6) / (self.step - s0)
         fit = self.step + int((self.cfg.time_budget - self._seconds) / per_step)
         self.total_steps = max(self.step, min(self.max_steps, fit))
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(self.cfg, self.step, self.total_steps)
+        row = {"step": self.step, "budget_seconds": self._seconds, "ms_per_step": round(1000 * per_step, 1),
+               "budget_fit": self.total_steps}
+        if self.freezer is not None:
+            row["freeze_begin"] = freeze_begin(self.total_steps, self.cfg.freeze_start)
+        self.log(row)
 
     def run(self) -> dict:
         cfg = self.cfg
