@@ -1,7 +1,8 @@
 """Keep a device session's study rows and train logs in benchmarks/results: each run's train_log.jsonl trimmed to
-every ``--every``-th step, its evaluations and its last step, gzipped into ``logs/TAG/<run>.train_log.jsonl.gz``, and
-the rows, their ``train_log`` pointing there, in ``study_<gpu>_TAG.jsonl`` (gpu: h100 or h200, from the rows'
-device). Run it here on the files a device call brought back:
+every ``--every``-th step, its evaluations, its time budget's fits and its last step, gzipped into
+``logs/TAG/<run>.train_log.jsonl.gz``; the calls' GPU samples (``runs/logs/gpu_*.csv``) beside them; and the rows,
+their ``train_log`` pointing there, in ``study_<gpu>_TAG.jsonl`` (gpu: h100 or h200, from the rows' device). Run it
+here on the files a device call brought back:
 
     tar xzf <files_at>/logs.tgz -C /tmp/sNN
     python benchmarks/keep_results.py <files_at>/study.jsonl --root /tmp/sNN --tag sNN
@@ -50,6 +51,8 @@ def keep(study: Path, root: Path, tag: str, every: int = 100, results: Path = RE
         text = "".join(json.dumps(x) + "\n" for x in trimmed(log, every))
         dest.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
         r["train_log"] = str(dest.relative_to(results.parent.parent))
+    for csv in sorted((root / "runs" / "logs").glob("gpu_*.csv")):  # common.sh's GPU samples (gpu_clocks.py)
+        (logs / csv.name).write_bytes(csv.read_bytes())
     out = results / f"study_{gpus.pop()}_{tag}.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {out} ({len(rows)} rows) and {logs}")

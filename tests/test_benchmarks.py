@@ -112,6 +112,8 @@ def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
     run.mkdir(parents=True)
     log = [{"step": s, "kd": 1.0 / (s + 1)} for s in range(250)] + [{"step": 125, "eval_ppl": 30.0},
                                                                      {"step": 126, "budget_fit": 250}]
+    (tmp_path / "root" / "runs" / "logs").mkdir(parents=True)
+    (tmp_path / "root" / "runs" / "logs" / "gpu_17.csv").write_text("17.0,1980, 650.50, 55\n")
     (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     rows = [{"name": "q", "device": "NVIDIA H100 80GB HBM3", "train_log": "runs/study/quantgpt_2-2-8-x/train_log.jsonl"},
             {"name": "ptq", "device": "NVIDIA H100 80GB HBM3"}]
@@ -125,6 +127,7 @@ def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
     assert "train_log" not in kept[1]
     steps = [r["step"] for r in read_log(tmp_path / "repo" / kept[0]["train_log"])]
     assert steps == [0, 100, 200, 249, 125, 126]
+    assert (results / "logs" / "s9" / "gpu_17.csv").read_text() == "17.0,1980, 650.50, 55\n"
     study.write_text("".join(json.dumps({**r, "device": d}) + "\n" for r, d in zip(rows, ["H100", "NVIDIA H200"])))
     with pytest.raises(SystemExit, match="keep each device's rows apart"):
         keep(study, tmp_path / "root", "s9", results=results)
@@ -160,3 +163,59 @@ def test_budget_probe_windows_and_a_run_on_the_cpu(tmp_path):
     assert row["fits"][0]["step"] == 25 and row["steps"] >= 25
     assert row["fits"][-1]["total_steps"] == row["steps"] or row["run_seconds"] >= 6
     assert row["eval_seconds"][0][0] == 0 and row["eval_seconds"][-1][0] == row["steps"]
+
+
+def test_gpu_clocks_lines_up_step_times_with_gpu_samples(tmp_path):
+    """gpu_clocks.py: the training rows cut into stretches of about equal rows, each with its ms a step (from
+    train_seconds) and the median clock and power, highest power and temperature of the samples between its first
+    and last row's `time` (a sample on a boundary counts in both; an unreadable line is skipped)."""
+    sys.path.insert(0, str(SPEED.parent))
+    from gpu_clocks import read_samples, stretches
+
+    log = [{"step": 0, "eval_seconds": 9.0}, {"step": 10, "train_seconds": 1.0, "time": 100.0},
+           {"step": 20, "train_seconds": 2.0, "time": 101.0}, {"step": 30, "train_seconds": 4.0, "time": 103.5},
+           {"step": 40, "train_seconds": 6.0, "time": 106.0}, {"step": 40, "eval_ppl": 3.0}]
+    csv = tmp_path / "gpu_1.csv"
+    csv.write_text("105.0,1800, 700.00, 62\n100.5,1980, 600.00, 50\n101.0,\n103.5,1900, 700.00, 60\n"
+                   "102.0,1960, 640.00, 55\n110.0,1000, 100.00, 40\n")
+    samples = read_samples([csv])
+    assert [s[0] for s in samples] == [100.5, 102.0, 103.5, 105.0, 110.0]
+    a, b = stretches(log, samples, parts=2)
+    assert a == {"steps": [10, 30], "ms_per_step": 150.0, "samples": 3, "sm_mhz": 1960.0, "watts": 640.0,
+                 "watts_max": 700.0, "temp_max": 60.0}
+    assert b == {"steps": [30, 40], "ms_per_step": 200.0, "samples": 2, "sm_mhz": 1850.0, "watts": 700.0,
+                 "watts_max": 700.0, "temp_max": 62.0}
+    with pytest.raises(SystemExit, match="fewer than two training rows"):
+        stretches([{"step": 1, "train_seconds": 1.0}], samples)
+
+
+def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
+    """common.sh, sourced with an nvidia-smi on the PATH (a stand-in here), samples it every 2 s into
+    runs/logs/gpu_<start>.csv, each line led by the epoch second; finish stops the sampler (the call returns and
+    the file grows no more) and logs.tgz carries the samples."""
+    import tarfile
+    import time
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '1980, 650.50, 55'\n")
+    fake.chmod(0o755)
+    common = SPEED.parent / "sweeps" / "common.sh"
+    t0 = time.time()
+    r = subprocess.run(["timeout", "60", "bash", "-c", f"source {common}; sleep 2.5; finish"], cwd=tmp_path,
+                       capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "QG_DATA": str(tmp_path),
+                            "OUT": str(tmp_path / "out")})
+    assert r.returncode == 0, r.stderr
+    (csv,) = (tmp_path / "runs" / "logs").glob("gpu_*.csv")
+    lines = csv.read_text().splitlines()
+    assert len(lines) >= 2
+    for line in lines:
+        t, rest = line.split(",", 1)
+        assert t0 - 1 <= float(t) <= time.time() and rest == "1980, 650.50, 55"
+    time.sleep(2.5)
+    assert csv.read_text().splitlines() == lines  # the sampler was stopped
+    with tarfile.open(tmp_path / "out" / "logs.tgz") as tar:
+        assert f"runs/logs/{csv.name}" in tar.getnames()

@@ -760,6 +760,8 @@ def test_time_budget_stops_a_run_whose_steps_slow_down(tmp_path, tiny, tokenizer
     assert [(f["step"], f["budget_seconds"], f["ms_per_step"], f["budget_fit"]) for f in fits] == [
         (25, 25.0, 1000.0, 100), (41, 74.0, round(69000 / 36, 1), 54)]
     assert [f["freeze_begin"] for f in fits] == [25, 13]  # a quarter of each fit: 2-bit mds freezes by default
+    times = {r["step"]: r["time"] for r in read_log(tr.out / "train_log.jsonl") if "loss" in r}
+    assert (times[10], times[35]) == (1010.0, 1050.0)  # each training row's wall clock (the fake one's 1000 + steps)
     assert r["steps"] == 48 and (tr.out / "quantgpt.json").is_file()
 
 

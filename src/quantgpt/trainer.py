@@ -577,7 +577,7 @@ class Trainer:
                     self._budget_step()
                     bar.total = self.total_steps
                 row.update(step=self.step, tokens=self.step * tokens_per_step, lr=self.optimizer.param_groups[0]["lr"],
-                           train_seconds=round(self.elapsed, 2))
+                           train_seconds=round(self.elapsed, 2), time=round(_clock(), 2))  # time: to line up with GPU samples
                 logging = self.logs_at(self.step)
                 if self.flips:
                     self._flip_shares(row, logging)
