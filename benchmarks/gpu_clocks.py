@@ -1,11 +1,12 @@
 """Whether a run's steps slow when the GPU's clock falls: a train log's step times lined up with the GPU samples
-that benchmarks/sweeps/common.sh takes every 2 s (``runs/logs/gpu_<start>.csv``: epoch second, SM MHz, W, C).
+that benchmarks/sweeps/common.sh takes every 2 s (``runs/logs/gpu_<start>.csv``: epoch second, SM MHz, W, the
+power limit in W, C).
 
-The run is cut into ``--parts`` stretches of equal steps; for each, the ms a step (from the log's train_seconds)
-and the median SM clock, median and highest power and highest temperature of the samples taken between its first
-and last training row (the log's ``time``). Section 35's real run took 7% longer a step after the time budget's
-probe than in it, which a random model did not (section 36); a clock lower by about as much in the later parts
-would say the GPU, not the trainer, made the difference.
+The run is cut into ``--parts`` stretches of about equal training rows; for each, the ms a step (from the log's
+train_seconds) and the median SM clock, median and highest power, the power limit and the highest temperature of
+the samples taken between its first and last training row (the log's ``time``). Section 35's real run took 7%
+longer a step after the time budget's probe than in it, which a random model did not (section 36); a clock lower
+by about as much in the later parts would say the GPU, not the trainer, made the difference.
 
     python benchmarks/gpu_clocks.py runs/study/<run>/train_log.jsonl runs/logs/gpu_*.csv [--parts 6] [--json]
 """
@@ -19,18 +20,18 @@ from pathlib import Path
 from quantgpt.plots import read_log
 
 
-def read_samples(paths) -> list[tuple[float, float, float, float]]:
-    """(epoch second, SM MHz, W, C) of every readable line of the sampler's files, in time order (a line whose
+def read_samples(paths) -> list[tuple[float, float, float, float, float]]:
+    """(epoch second, SM MHz, W, W limit, C) of every readable line of the sampler's files, in time order (a line whose
     nvidia-smi call failed has fewer fields and is skipped)."""
     out = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
             parts = [x.strip() for x in line.split(",")]
             try:
-                t, mhz, watts, temp = (float(x) for x in parts)
+                t, mhz, watts, limit, temp = (float(x) for x in parts)
             except ValueError:
                 continue
-            out.append((t, mhz, watts, temp))
+            out.append((t, mhz, watts, limit, temp))
     return sorted(out)
 
 
@@ -51,7 +52,8 @@ def stretches(log: list[dict], samples, parts: int = 6) -> list[dict]:
                 "samples": len(inside)}
         if inside:
             part.update(sm_mhz=statistics.median(s[1] for s in inside), watts=round(statistics.median(s[2] for s in inside), 1),
-                        watts_max=max(s[2] for s in inside), temp_max=max(s[3] for s in inside))
+                        watts_max=max(s[2] for s in inside), watts_limit=min(s[3] for s in inside),
+                        temp_max=max(s[4] for s in inside))
         out.append(part)
     return out
 
@@ -67,10 +69,11 @@ def main() -> None:
     if a.json:
         print(json.dumps(parts))
         return
-    print(f"{'steps':>13} {'ms/step':>8} {'SM MHz':>7} {'W med':>6} {'W max':>6} {'C max':>5} {'n':>4}")
+    print(f"{'steps':>13} {'ms/step':>8} {'SM MHz':>7} {'W med':>6} {'W max':>6} {'W cap':>6} {'C max':>5} {'n':>4}")
     for x in parts:
         print(f"{x['steps'][0]:>6}-{x['steps'][1]:<6} {x['ms_per_step']:>8} {x.get('sm_mhz', '-'):>7} "
-              f"{x.get('watts', '-'):>6} {x.get('watts_max', '-'):>6} {x.get('temp_max', '-'):>5} {x['samples']:>4}")
+              f"{x.get('watts', '-'):>6} {x.get('watts_max', '-'):>6} {x.get('watts_limit', '-'):>6} {x.get('temp_max', '-'):>5} "
+              f"{x['samples']:>4}")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def test_budget_probe_windows_and_a_run_on_the_cpu(tmp_path):
 
 def test_gpu_clocks_lines_up_step_times_with_gpu_samples(tmp_path):
     """gpu_clocks.py: the training rows cut into stretches of about equal rows, each with its ms a step (from
-    train_seconds) and the median clock and power, highest power and temperature of the samples between its first
+    train_seconds) and the median clock and power, highest power, power limit and temperature of the samples between its first
     and last row's `time` (a sample on a boundary counts in both; an unreadable line is skipped)."""
     sys.path.insert(0, str(SPEED.parent))
     from gpu_clocks import read_samples, stretches
@@ -176,15 +176,15 @@ def test_gpu_clocks_lines_up_step_times_with_gpu_samples(tmp_path):
            {"step": 20, "train_seconds": 2.0, "time": 101.0}, {"step": 30, "train_seconds": 4.0, "time": 103.5},
            {"step": 40, "train_seconds": 6.0, "time": 106.0}, {"step": 40, "eval_ppl": 3.0}]
     csv = tmp_path / "gpu_1.csv"
-    csv.write_text("105.0,1800, 700.00, 62\n100.5,1980, 600.00, 50\n101.0,\n103.5,1900, 700.00, 60\n"
-                   "102.0,1960, 640.00, 55\n110.0,1000, 100.00, 40\n")
+    csv.write_text("105.0,1800, 700.00, 700.00, 62\n100.5,1980, 600.00, 700.00, 50\n101.0,\n"
+                   "103.5,1900, 700.00, 700.00, 60\n102.0,1960, 640.00, 650.00, 55\n110.0,1000, 100.00, 700.00, 40\n")
     samples = read_samples([csv])
     assert [s[0] for s in samples] == [100.5, 102.0, 103.5, 105.0, 110.0]
     a, b = stretches(log, samples, parts=2)
     assert a == {"steps": [10, 30], "ms_per_step": 150.0, "samples": 3, "sm_mhz": 1960.0, "watts": 640.0,
-                 "watts_max": 700.0, "temp_max": 60.0}
+                 "watts_max": 700.0, "watts_limit": 650.0, "temp_max": 60.0}
     assert b == {"steps": [30, 40], "ms_per_step": 200.0, "samples": 2, "sm_mhz": 1850.0, "watts": 700.0,
-                 "watts_max": 700.0, "temp_max": 62.0}
+                 "watts_max": 700.0, "watts_limit": 700.0, "temp_max": 62.0}
     with pytest.raises(SystemExit, match="fewer than two training rows"):
         stretches([{"step": 1, "train_seconds": 1.0}], samples)
 
@@ -200,7 +200,7 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho '1980, 650.50, 55'\n")
+    fake.write_text("#!/bin/sh\necho '1980, 650.50, 700.00, 55'\n")
     fake.chmod(0o755)
     common = SPEED.parent / "sweeps" / "common.sh"
     t0 = time.time()
@@ -214,7 +214,7 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
     assert len(lines) >= 2
     for line in lines:
         t, rest = line.split(",", 1)
-        assert t0 - 1 <= float(t) <= time.time() and rest == "1980, 650.50, 55"
+        assert t0 - 1 <= float(t) <= time.time() and rest == "1980, 650.50, 700.00, 55"
     time.sleep(2.5)
     assert csv.read_text().splitlines() == lines  # the sampler was stopped
     with tarfile.open(tmp_path / "out" / "logs.tgz") as tar:

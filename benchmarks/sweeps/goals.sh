@@ -38,7 +38,9 @@
 #           3083 steps, 25.058, +15.9%; four runs now average +15.33%) and step_profile's compiled embedding
 #           quantizer against eager (0.75 ms, noise). Session 30 had no machine for the study: failed starts cost 1262 s
 #           of its device time, and the 538 s left ran budget_probe.py instead (section 36: the freezer's pause gone,
-#           the first fit within 0.5% on a random model, an evaluation about 1 s). Next session (R=s30 still: no s30
+#           the first fit within 0.5% on a random model, an evaluation about 1 s). Session 31 got no machine at all:
+#           nine requests from 05:31 to 07:01 UTC failed, 1531 s of its 1800 (section 37); it made the trainer log its
+#           budget fits and the calls sample the GPU's clock (gpu_clocks.py). Next session (R=s30 still: no s30
 #           study rows exist), with at least 1100 s of device time at the start: the 2-2-8 run as a user runs it and
 #           longer inside the 15 minutes, compress's own 300-step adaptation and then 4500 quantized steps (about 60 s,
 #           then 4500 x 146 ms = 657 s, plus compiling, evaluations, export and test: about 13.5 min), PART=3 over two
@@ -53,7 +55,9 @@
 #           (METHOD=kd): its row would carry held_out_perplexity, which section 34's held-out/test disagreement needs
 #           from kd's side. In any run's log, check whether the real run's steps still slow after the budget's probe
 #           (section 35: 136.5 ms in it, 146.0 after; section 36's random model ran faster after it), now that the
-#           freezer's pause is gone, and what its evaluations cost (eval_seconds). TAG is appended after goals.sh's own
+#           freezer's pause is gone, and what its evaluations cost (eval_seconds): the log's budget_fit rows give each
+#           fit's rate, and `python benchmarks/gpu_clocks.py <run>/train_log.jsonl runs/logs/gpu_*.csv` (common.sh
+#           samples the GPU in every call) whether the slower steps come with a lower SM clock or power at its cap. TAG is appended after goals.sh's own
 #           -tb (PART=2) or -tb-own (PART=3): TAG=-tb gave section 35's `-tb-tb`.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
