@@ -1,6 +1,6 @@
 """Whether a run's steps slow when the GPU's clock falls: a train log's step times lined up with the GPU samples
-that benchmarks/sweeps/common.sh takes every 2 s (``runs/logs/gpu_<start>.csv``: epoch second, SM MHz, W, the
-power limit in W, C).
+that benchmarks/sweeps/common.sh takes every 2 s (``runs/logs/gpu_<start>.csv``: epoch second, GPU index, SM MHz,
+W, the power limit in W, C; files from before the index, one GPU's, have no index and count as GPU 0).
 
 The run is cut into ``--parts`` stretches of about equal training rows; for each, the ms a step (from the log's
 train_seconds) and the median SM clock, median and highest power, the power limit and the highest temperature of
@@ -8,7 +8,7 @@ the samples taken between its first and last training row (the log's ``time``). 
 longer a step after the time budget's probe than in it, which a random model did not (section 36); a clock lower
 by about as much in the later parts would say the GPU, not the trainer, made the difference.
 
-    python benchmarks/gpu_clocks.py runs/study/<run>/train_log.jsonl runs/logs/gpu_*.csv [--parts 6] [--json]
+    python benchmarks/gpu_clocks.py runs/study/<run>/train_log.jsonl runs/logs/gpu_*.csv [--gpu 0] [--parts 6] [--json]
 """
 from __future__ import annotations
 
@@ -20,17 +20,22 @@ from pathlib import Path
 from quantgpt.plots import read_log
 
 
-def read_samples(paths) -> list[tuple[float, float, float, float, float]]:
-    """(epoch second, SM MHz, W, W limit, C) of every readable line of the sampler's files, in time order (a line whose
-    nvidia-smi call failed has fewer fields and is skipped)."""
+def read_samples(paths, gpu: int = 0) -> list[tuple[float, float, float, float, float]]:
+    """(epoch second, SM MHz, W, W limit, C) of GPU ``gpu`` from every readable line of the sampler's files, in time
+    order (a line whose nvidia-smi call failed has too few fields and is skipped; a line of five fields, from before
+    the sampler wrote the index, is GPU 0's)."""
     out = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
-            parts = [x.strip() for x in line.split(",")]
             try:
-                t, mhz, watts, limit, temp = (float(x) for x in parts)
+                values = [float(x) for x in line.split(",")]
             except ValueError:
                 continue
+            if len(values) == 5:
+                values.insert(1, 0.0)
+            if len(values) != 6 or values[1] != gpu:
+                continue
+            t, _, mhz, watts, limit, temp = values
             out.append((t, mhz, watts, limit, temp))
     return sorted(out)
 
@@ -62,10 +67,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("log", help="a train_log.jsonl (or its .gz copy)")
     p.add_argument("samples", nargs="+", help="the sampler's gpu_*.csv files of the calls the run spanned")
+    p.add_argument("--gpu", type=int, default=0, help="the GPU's index, where the samples have several (PART=4)")
     p.add_argument("--parts", type=int, default=6)
     p.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     a = p.parse_args()
-    parts = stretches(read_log(a.log), read_samples(a.samples), a.parts)
+    parts = stretches(read_log(a.log), read_samples(a.samples, a.gpu), a.parts)
     if a.json:
         print(json.dumps(parts))
         return

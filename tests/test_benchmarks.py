@@ -168,7 +168,8 @@ def test_budget_probe_windows_and_a_run_on_the_cpu(tmp_path):
 def test_gpu_clocks_lines_up_step_times_with_gpu_samples(tmp_path):
     """gpu_clocks.py: the training rows cut into stretches of about equal rows, each with its ms a step (from
     train_seconds) and the median clock and power, highest power, power limit and temperature of the samples between its first
-    and last row's `time` (a sample on a boundary counts in both; an unreadable line is skipped)."""
+    and last row's `time` (a sample on a boundary counts in both; an unreadable line is skipped), of one GPU (the
+    sampler writes each GPU's index; a line without one is GPU 0's)."""
     sys.path.insert(0, str(SPEED.parent))
     from gpu_clocks import read_samples, stretches
 
@@ -176,10 +177,13 @@ def test_gpu_clocks_lines_up_step_times_with_gpu_samples(tmp_path):
            {"step": 20, "train_seconds": 2.0, "time": 101.0}, {"step": 30, "train_seconds": 4.0, "time": 103.5},
            {"step": 40, "train_seconds": 6.0, "time": 106.0}, {"step": 40, "eval_ppl": 3.0}]
     csv = tmp_path / "gpu_1.csv"
-    csv.write_text("105.0,1800, 700.00, 700.00, 62\n100.5,1980, 600.00, 700.00, 50\n101.0,\n"
-                   "103.5,1900, 700.00, 700.00, 60\n102.0,1960, 640.00, 650.00, 55\n110.0,1000, 100.00, 700.00, 40\n")
-    samples = read_samples([csv])
+    csv.write_text("105.0,0, 1800, 700.00, 700.00, 62\n100.5,0, 1980, 600.00, 700.00, 50\n101.0,\n101.5,0\n"
+                   "103.5,0, 1900, 700.00, 700.00, 60\n103.5,1, 1200, 300.00, 700.00, 45\n")
+    old = tmp_path / "gpu_0.csv"  # a file from before the index: GPU 0's
+    old.write_text("102.0,1960, 640.00, 650.00, 55\n110.0,1000, 100.00, 700.00, 40\n")
+    samples = read_samples([csv, old])
     assert [s[0] for s in samples] == [100.5, 102.0, 103.5, 105.0, 110.0]
+    assert read_samples([csv, old], gpu=1) == [(103.5, 1200.0, 300.0, 700.0, 45.0)]
     a, b = stretches(log, samples, parts=2)
     assert a == {"steps": [10, 30], "ms_per_step": 150.0, "samples": 3, "sm_mhz": 1960.0, "watts": 640.0,
                  "watts_max": 700.0, "watts_limit": 650.0, "temp_max": 60.0}
@@ -200,7 +204,7 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho '1980, 650.50, 700.00, 55'\n")
+    fake.write_text("#!/bin/sh\necho '0, 1980, 650.50, 700.00, 55'\necho '1, 1400, 300.00, 700.00, 41'\n")
     fake.chmod(0o755)
     common = SPEED.parent / "sweeps" / "common.sh"
     t0 = time.time()
@@ -211,10 +215,12 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
     assert r.returncode == 0, r.stderr
     (csv,) = (tmp_path / "runs" / "logs").glob("gpu_*.csv")
     lines = csv.read_text().splitlines()
-    assert len(lines) >= 2
-    for line in lines:
+    assert len(lines) >= 4 and len(lines) % 2 == 0
+    for i, line in enumerate(lines):  # every GPU at each sample, each line led by the sample's time
         t, rest = line.split(",", 1)
-        assert t0 - 1 <= float(t) <= time.time() and rest == "1980, 650.50, 700.00, 55"
+        assert t0 - 1 <= float(t) <= time.time()
+        assert rest == ("0, 1980, 650.50, 700.00, 55" if i % 2 == 0 else "1, 1400, 300.00, 700.00, 41")
+        assert i % 2 == 0 or t == lines[i - 1].split(",", 1)[0]
     time.sleep(2.5)
     assert csv.read_text().splitlines() == lines  # the sampler was stopped
     with tarfile.open(tmp_path / "out" / "logs.tgz") as tar:

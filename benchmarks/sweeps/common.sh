@@ -24,14 +24,15 @@ MIX=("$QG_DATA/corpora" "$WIKI" "$WIKI")
 STYLE=("${MIX[@]}" runs/valid_train.txt runs/valid_train.txt)
 S="python benchmarks/paper_study.py --train-data ${STYLE[*]} --eval-data runs/valid_held_nounk.txt --set eval_tokens=65536
    --test-data $QG_DATA/wikitext2/test.raw.txt --runs-dir runs/study --out runs/study.jsonl --skip-done --resume"
-# The GPU's SM clock (MHz), power and its limit (W) and temperature (C) every 2 s while this call runs, each line
-# led by the epoch second, which the train logs' `time` shares: benchmarks/gpu_clocks.py lines them up with the steps
-# (whether a run's later steps are slower because the clock fell). In runs/logs, so logs.tgz carries it; finish
-# stops it.
+# The GPU's SM clock (MHz), power and its limit (W) and temperature (C) every 2 s while this call runs, a line for
+# each GPU (PART=4 runs on several), led by the epoch second, which the train logs' `time` shares, and the GPU's
+# index: benchmarks/gpu_clocks.py lines them up with the steps (whether a run's later steps are slower because the
+# clock fell). In runs/logs, so logs.tgz carries it; finish stops it.
 SAMPLER=
 if command -v nvidia-smi >/dev/null 2>&1; then
-  ( while :; do echo "$(date +%s.%N | cut -c1-14),$(nvidia-smi --query-gpu=clocks.sm,power.draw,power.limit,temperature.gpu \
-      --format=csv,noheader,nounits 2>/dev/null | head -n 1)"; sleep 2; done ) > "runs/logs/gpu_$(date +%s).csv" &
+  ( while :; do t=$(date +%s.%N | cut -c1-14)
+      nvidia-smi --query-gpu=index,clocks.sm,power.draw,power.limit,temperature.gpu --format=csv,noheader,nounits \
+        2>/dev/null | sed "s/^/$t,/"; sleep 2; done ) > "runs/logs/gpu_$(date +%s).csv" &
   SAMPLER=$!
 fi
 bg() {  # bg LOGNAME ARGS...: one study process in the background, stopped at LIMIT seconds (read at each call)
