@@ -40,25 +40,18 @@
 #           of its device time, and the 538 s left ran budget_probe.py instead (section 36: the freezer's pause gone,
 #           the first fit within 0.5% on a random model, an evaluation about 1 s). Session 31 got no machine at all:
 #           nine requests from 05:31 to 07:01 UTC failed, 1531 s of its 1800 (section 37); it made the trainer log its
-#           budget fits and the calls sample the GPU's clock (gpu_clocks.py). Next session (R=s30 still: no s30
-#           study rows exist), with at least 1100 s of device time at the start: the 2-2-8 run as a user runs it and
-#           longer inside the 15 minutes, compress's own 300-step adaptation and then 4500 quantized steps (about 60 s,
-#           then 4500 x 146 ms = 657 s, plus compiling, evaluations, export and test: about 13.5 min), PART=3 over two
-#           calls made back to back after only p3's and p1's staging calls (no teacher call): the first, which also
-#           copies p2 and sources assemble.sh, LIMIT=$((555 - SECONDS)) R=s30 STEPS=4500 SET=time_budget=100000
-#           TAG=-4500 PART=3, cut at its LIMIT with a checkpoint; the second, the same with LIMIT=$((580 - SECONDS)),
-#           resumes it and ends after about 360 s. About 950 s of device time in all; a machine's 30-minute hold ends
-#           only after the call in flight, and the losses of sections 16-24 were idle gaps and errors between the calls.
-#           With less device time: the teacher (PART=1 BASELINES=0) and then a lower freezing threshold, the one
-#           freezing knob never moved (0.03 is the only value measured; freezing gave -2.6% at 2 bits, section 28):
-#           STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02 PART=2, about 750 s with the staging. Or kd at STEPS=3023
-#           (METHOD=kd): its row would carry held_out_perplexity, which section 34's held-out/test disagreement needs
-#           from kd's side. In any run's log, check whether the real run's steps still slow after the budget's probe
-#           (section 35: 136.5 ms in it, 146.0 after; section 36's random model ran faster after it), now that the
-#           freezer's pause is gone, and what its evaluations cost (eval_seconds): the log's budget_fit rows give each
-#           fit's rate, and `python benchmarks/gpu_clocks.py <run>/train_log.jsonl runs/logs/gpu_*.csv` (common.sh
-#           samples the GPU in every call) whether the slower steps come with a lower SM clock or power at its cap. TAG is appended after goals.sh's own
-#           -tb (PART=2) or -tb-own (PART=3): TAG=-tb gave section 35's `-tb-tb`.
+#           budget fits and the calls sample the GPU's clock (gpu_clocks.py). Section 38 (H200, commit 751a1d0, R=s30,
+#           session 32, after 466 s of failed requests) ran the 4500-step plan over two calls (PART=3 STEPS=4500
+#           SET=time_budget=100000 TAG=-4500; the second call must first link .devcache/p3 again): 24.925, no better
+#           than the 3000-step runs on the test text (held out a little better), 13.3 min end to end; the GPU's clock
+#           stayed flat while steps varied 127-149 ms, and the resumed process ran 7% faster. Longer runs are done.
+#           Next session (R=s32): the one freezing knob never moved, one whole call after p3's and p1's staging:
+#           STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02 PART=3 with LIMIT=$((580 - SECONDS)) (compress's own
+#           adaptation inside the budget; about 2700 steps fit on an H100), then with what is left kd the same way
+#           (METHOD=kd STEPS=3023 PART=3 on the same machine: runs/ keeps nothing it needs), whose row carries
+#           held_out_perplexity, which section 34's held-out/test disagreement needs from kd's side. In each log,
+#           gpu_clocks.py and the 200-step rates say whether the first process's slower stretches recur. TAG is
+#           appended after goals.sh's own -tb (PART=2) or -tb-own (PART=3): TAG=-tb gave section 35's `-tb-tb`.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -73,7 +66,7 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s30}  # the session's tag: its teacher and rows
+R=${R:-s32}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
