@@ -30,9 +30,12 @@ S="python benchmarks/paper_study.py --train-data ${STYLE[*]} --eval-data runs/va
 # clock fell). In runs/logs, so logs.tgz carries it; finish stops it.
 SAMPLER=
 if command -v nvidia-smi >/dev/null 2>&1; then
+  # (the lines are written by the loop's own shell, not by a pipe's child, so that once finish kills it nothing
+  # more is written)
   ( while :; do t=$(date +%s.%N | cut -c1-14)
-      nvidia-smi --query-gpu=index,clocks.sm,power.draw,power.limit,temperature.gpu --format=csv,noheader,nounits \
-        2>/dev/null | sed "s/^/$t,/"; sleep 2; done ) > "runs/logs/gpu_$(date +%s).csv" &
+      while IFS= read -r line; do [ -n "$line" ] && echo "$t,$line"; done <<< "$(nvidia-smi \
+        --query-gpu=index,clocks.sm,power.draw,power.limit,temperature.gpu --format=csv,noheader,nounits 2>/dev/null)"
+      sleep 2; done ) > "runs/logs/gpu_$(date +%s).csv" &
   SAMPLER=$!
 fi
 bg() {  # bg LOGNAME ARGS...: one study process in the background, stopped at LIMIT seconds (read at each call)
