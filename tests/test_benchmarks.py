@@ -225,3 +225,29 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
     assert csv.read_text().splitlines() == lines  # the sampler was stopped
     with tarfile.open(tmp_path / "out" / "logs.tgz") as tar:
         assert f"runs/logs/{csv.name}" in tar.getnames()
+
+
+@pytest.mark.parametrize("part, reserve, budget", [("2", None, 240), ("3", None, 180), ("4", None, 180),
+                                                    ("3", "30", 270)])
+def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, reserve, budget):
+    """goals.sh's long runs train to time_budget = LIMIT - RESERVE: 60 s by default for PART=2 (an adapted folder
+    loaded), 120 s for PART=3 and 4 (the GGUF and the mix loaded before compress's own adaptation; section 39's
+    60 s left its export and test outside the call). A stand-in python (and torchrun) records the study's arguments."""
+    (tmp_path / "runs" / "study" / "finetune_16-16-16-t").mkdir(parents=True)
+    (tmp_path / "runs" / "study" / "finetune_16-16-16-t" / "finetune.json").write_text("{}")
+    (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" > {tmp_path}/args\n')
+    stub.chmod(0o755)
+    (stub.parent / "torchrun").symlink_to(stub)  # PART=4's launcher
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "QG_DATA": str(tmp_path),
+           "OUT": str(tmp_path / "out"), "PART": part, "LIMIT": "300", "R": "t"}
+    if reserve is not None:
+        env["RESERVE"] = reserve
+    r = subprocess.run(["timeout", "60", "bash", str(SPEED.parent / "sweeps" / "goals.sh")], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert "benchmarks/paper_study.py" in args and "--only" in args
+    assert f"time_budget={budget}" in args
