@@ -612,6 +612,37 @@ def test_save_float_writes_a_model_that_transformers_loaded_from_gguf(tmp_path, 
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # still tied
 
 
+def test_load_float_hands_the_config_it_read_to_the_model_loading(tmp_path, monkeypatch, tiny, tokenizer):
+    """transformers' GGUF reader parses the whole file (its vocabulary too) for every config read: the model's
+    from_pretrained gets the config load_float read, so it reads none itself (SmolLM2's GGUF: 4 parses down to 3,
+    about 5 s of a 25 s load on the CPU)."""
+    from transformers import AutoModelForCausalLM, PretrainedConfig
+
+    from quantgpt.models import load_float, save_float
+
+    save_float(tiny("llama"), tokenizer, tmp_path / "f")
+    inside, reads = [], []
+    get = PretrainedConfig.get_config_dict.__func__
+    load = AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy_get(cls, *a, **kw):
+        reads.append(bool(inside))
+        return get(cls, *a, **kw)
+
+    def spy_load(cls, *a, **kw):
+        inside.append(1)
+        try:
+            return load(cls, *a, **kw)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", classmethod(spy_get))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy_load))
+    model, _ = load_float(str(tmp_path / "f"))
+    assert reads and not any(reads)  # the config was read, never inside the model's loading
+    assert model.config.num_hidden_layers == tiny("llama").config.num_hidden_layers
+
+
 def test_a_gguf_model_is_read_once_then_loaded_from_its_float_copy_in_the_cache(tmp_path, monkeypatch, tiny, tokenizer):
     """The first load of a GGUF file reads it (transformers' reader, faked here: the tests have no GGUF file) and
     keeps the float model as a plain folder in the cache; the next load reads that folder, bit for bit the same,

@@ -65,7 +65,7 @@ def _from_pretrained(loc, dtype: torch.dtype, **kwargs):
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(loc, **kwargs)
-    model = _auto_class(config).from_pretrained(loc, dtype=dtype, **kwargs)
+    model = _auto_class(config).from_pretrained(loc, config=config, dtype=dtype, **kwargs)  # the config read once
     return model, AutoTokenizer.from_pretrained(loc, **kwargs)
 
 
