@@ -423,13 +423,21 @@ class Trainer:
         """Whether this run compiles (--compile, on by default with CUDA): the blocks and the freezer's updates."""
         return bool(self.cfg.compile or (self.cfg.compile is None and self.device.type == "cuda"))
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A step's host tensor (its blocks, their numbers) on the device without waiting for the GPU: from pinned
+        memory, copied asynchronously. Indexing the teacher cache with host indices, or copying from pageable
+        memory, would synchronize the stream and drain the last step's queued update before the next is queued."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def train_step(self) -> dict:
         cfg = self.cfg
         sums = {}
         for micro in range(cfg.grad_accum):
-            idx = dist.share(self.batch_indices(self.step, micro))  # all of it in one process
-            x = self.train[idx].to(self.device, non_blocking=True)
-            parts = self.losses(x, None if self._t_cache is None else self._t_cache[idx])
+            idx = torch.tensor(dist.share(self.batch_indices(self.step, micro)))  # all of it in one process
+            x = self._to_device(self.train[idx])
+            parts = self.losses(x, None if self._t_cache is None else self._t_cache[self._to_device(idx)])
             (parts["loss"] / cfg.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
