@@ -13,7 +13,9 @@ the 2-bit freezer on, as in a run), its parts timed with CUDA events placed arou
 Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), and kd with a float student
 (16-16-16: no fake quantization, no freezer), the floor a quantized step sits on. A variant's ``+eager_embed``
 leaves the embedding's quantizer eager, as before compile_blocks compiled it; ``+unshared`` quantizes the tied table
-twice a step, for the lookup and again for the head, as before ``modules.shared_tables``. ``--inductor KEY=VALUE``
+twice a step, for the lookup and again for the head, as before ``modules.shared_tables``; ``+synced`` copies the
+step's blocks and their numbers to the GPU with blocking copies, which synchronize the stream before the forward,
+as indexing the teacher cache with a Python list did before ``Trainer._to_device``. ``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
@@ -164,8 +166,9 @@ def main():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--blocks", type=int, default=256, help="blocks of random training text")
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
-                   help="METHOD@BITS[+eager_embed][+unshared] each (+eager_embed: the embedding's quantizer left eager; "
-                        "+unshared: the tied table quantized for the lookup and again for the head)")
+                   help="METHOD@BITS[+eager_embed][+unshared][+synced] each (+eager_embed: the embedding's quantizer left "
+                        "eager; +unshared: the tied table quantized for the lookup and again for the head; +synced: the "
+                        "step's data copied to the GPU with blocking copies, a stream sync before the forward)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -196,6 +199,7 @@ def main():
     from quantgpt import trainer as trainer_mod
 
     plain_compile, plain_shared = trainer_mod.compile_blocks, lm.shared_tables
+    plain_to_device = Trainer._to_device
     for variant in args.variants:
         method, bits = variant.split("@")
         bits, *flags = bits.split("+")
@@ -204,6 +208,8 @@ def main():
                                       else plain_compile)
         # +unshared: the tied table quantized twice a step (for the lookup, then for the head), as before shared_tables
         lm.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
+        # +synced: blocking host-to-device copies of the step's data (a stream sync each), as before _to_device
+        Trainer._to_device = (lambda self, t: t.to(self.device)) if "synced" in flags else plain_to_device
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                          batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
                          device=dev.type)

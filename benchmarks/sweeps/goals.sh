@@ -58,7 +58,10 @@
 #           (METHOD=kd STEPS=2518 PART=3), whose row carries held_out_perplexity. Each call: LIMIT=$((580 - SECONDS)),
 #           QG_COMMIT=<sent commit>, and the link to p3 first (the working tree's copy drops it). A run whose call
 #           ends after its last step and before its row (finished_then_stopped in the log) is finished by the same
-#           command again on the same machine: it resumes, exports and tests.
+#           command again on the same machine: it resumes, exports and tests. (3) With 250 s or more left, no staging
+#           needed: `PYTHONPATH=src python benchmarks/step_profile.py --variants kd@2-2-8+synced kd@2-2-8
+#           quantgpt@2-2-8+synced quantgpt@2-2-8 --out $OUT/step_profile.jsonl`: what the step's former stream sync
+#           (the teacher cache indexed with a Python list, before Trainer._to_device) cost, side by side.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
