@@ -53,7 +53,7 @@
 #           test it (the same command, 51.6 s). PART=3 and 4 now keep RESERVE=120. kd's run did not fit.
 #           Next session (R=s33), after p3's and p1's staging, one whole PART=3 call each, back to back:
 #           (1) the threshold's second seed: STEPS=2518 SET="freeze_threshold=0.02 seed=1" TAG=-f02-seed1 (with the
-#           larger reserve the budget fits about 2300 steps on an H100; the row's steps say how many ran); 0.02
+#           larger reserve the budget fits about 2100 steps on an H100; the row's steps say how many ran); 0.02
 #           becomes the default only if both seeds stay under the default's mean (24.930); (2) kd at the same cap
 #           (METHOD=kd STEPS=2518 PART=3), whose row carries held_out_perplexity. Each call: LIMIT=$((580 - SECONDS)),
 #           QG_COMMIT=<sent commit>, and the link to p3 first (the working tree's copy drops it). A run whose call
