@@ -48,18 +48,23 @@
 #           Section 39 (H100, commit ad1ef1b, R=s32, session 33, after 811 s of failed requests) ran the freezing
 #           knob never moved (STEPS=3023 SET=freeze_threshold=0.02 TAG=-f02 PART=3, LIMIT=$((580 - SECONDS))): the budget
 #           fitted 2518 steps, which tested 24.819 (+14.81%: level with the best of the default's five runs, 24.818,
-#           in the fewest steps; one seed). The call's 60 s RESERVE was spent before the run (loading the GGUF and the mix), so SIGINT
-#           came after the last step and before the export: a second call resumed the finished run to export and
-#           test it (the same command, 51.6 s). PART=3 and 4 now keep RESERVE=120. kd's run did not fit.
-#           Next session (R=s33), after p3's and p1's staging, one whole PART=3 call each, back to back:
-#           (1) the threshold's second seed: STEPS=2518 SET="freeze_threshold=0.02 seed=1" TAG=-f02-seed1 (with the
-#           larger reserve the budget fits about 2100 steps on an H100; the row's steps say how many ran); 0.02
-#           becomes the default only if both seeds stay under the default's mean (24.930); (2) kd at the same cap
-#           (METHOD=kd STEPS=2518 PART=3), whose row carries held_out_perplexity. Each call: LIMIT=$((580 - SECONDS)),
-#           QG_COMMIT=<sent commit>, and the link to p3 first (the working tree's copy drops it). A run whose call
-#           ends after its last step and before its row (finished_then_stopped in the log) is finished by the same
-#           command again on the same machine: it resumes, exports and tests. (3) With 250 s or more left, no staging
-#           needed: `PYTHONPATH=src python benchmarks/step_profile.py --variants kd@2-2-8+synced kd@2-2-8
+#           in the fewest steps; one seed). The call's 60 s RESERVE was spent before the run (loading the GGUF and
+#           the mix), so SIGINT came after the last step and before the export: a second call resumed the finished
+#           run to export and test it (the same command, 51.6 s). PART=3 and 4 now keep RESERVE=120. kd's run did
+#           not fit.
+#           Next session (R=s33): section 34's protocol, so that the runs pair with its rows at 3023 steps (PART=2
+#           fits them in about 480 s a call; PART=3 with the 120 s reserve would fit about 2100). Staging p3 and p1,
+#           then p2 with the teacher: `cp .devcache/p2/* /root/m/ && <link p3> && source .devcache/p3/assemble.sh &&
+#           LIMIT=250 BASELINES=0 R=s33 QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh` (about 110 s). Then, each
+#           call `<link p3> && source .devcache/p3/assemble.sh && LIMIT=$((580 - SECONDS)) R=s33 QG_COMMIT=<c> ... PART=2`:
+#           (1) STEPS=3023 SET="freeze_threshold=0.02 seed=1" TAG=-f02-seed1, paired with section 34's default at
+#           seed 1 (24.901); 0.02 becomes the default only if it beats that and its mean over both seeds stays under
+#           the default's (24.930); (2) METHOD=kd STEPS=3023, whose row carries held_out_perplexity (section 34's kd
+#           at seed 0: 25.015). <link p3>: `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3
+#           .devcache/p3` (the working tree's copy drops the link). A run whose call ends after its last step and
+#           before its row (finished_then_stopped in the log) is finished by the same command again on the same
+#           machine: it resumes, exports and tests. (3) With 250 s or more left, no staging needed:
+#           `PYTHONPATH=src python benchmarks/step_profile.py --variants kd@2-2-8+synced kd@2-2-8
 #           quantgpt@2-2-8+synced quantgpt@2-2-8 --out $OUT/step_profile.jsonl`: what the step's former stream sync
 #           (the teacher cache indexed with a Python list, before Trainer._to_device) cost, side by side.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
