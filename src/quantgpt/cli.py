@@ -178,7 +178,8 @@ def _compress_parser(sub):
     c.add_argument("--epochs", type=float)
     c.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="finish training within this wall time (both stages, with setup and evaluations; not the "
-                   "export): the quantized stage runs as many of its --steps as fit, its schedule fitted to them")
+                   "model's loading and tokenizing before them, nor the export): the quantized stage runs as many of "
+                   "its --steps as fit, its schedule fitted to them")
     c.add_argument("--seq-len", type=int)
     c.add_argument("--batch-size", type=int)
     c.add_argument("--grad-accum", type=int)
