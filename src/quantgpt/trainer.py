@@ -427,7 +427,7 @@ class Trainer:
         """A step's host tensor (its blocks, their numbers) on the device without waiting for the GPU: from pinned
         memory, copied asynchronously. Indexing the teacher cache with host indices, or copying from pageable
         memory, would synchronize the stream and drain the last step's queued update before the next is queued."""
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or t.device.type != "cpu":  # (training ids given on the GPU stay there)
             return t.to(self.device)
         return t.pin_memory().to(self.device, non_blocking=True)
 
