@@ -66,7 +66,8 @@
 #           machine: it resumes, exports and tests. (3) With 250 s or more left, no staging needed:
 #           `PYTHONPATH=src python benchmarks/step_profile.py --variants kd@2-2-8+synced kd@2-2-8
 #           quantgpt@2-2-8+synced quantgpt@2-2-8 --out $OUT/step_profile.jsonl`: what the step's former stream sync
-#           (the teacher cache indexed with a Python list, before Trainer._to_device) cost, side by side.
+#           (the teacher cache indexed with a Python list, before Trainer._to_device) cost, side by side. Low value:
+#           step_profile's rows already bound it, their `gap` between steps (which held that sync) 0.12-0.55 ms.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
