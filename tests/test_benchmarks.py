@@ -227,12 +227,10 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
         assert f"runs/logs/{csv.name}" in tar.getnames()
 
 
-@pytest.mark.parametrize("part, reserve, budget", [("2", None, 240), ("3", None, 180), ("4", None, 180),
-                                                    ("3", "30", 270)])
-def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, reserve, budget):
-    """goals.sh's long runs train to time_budget = LIMIT - RESERVE: 60 s by default for PART=2 (an adapted folder
-    loaded), 120 s for PART=3 and 4 (the GGUF and the mix loaded before compress's own adaptation; section 39's
-    60 s left its export and test outside the call). A stand-in python (and torchrun) records the study's arguments."""
+def _goals(tmp_path, **env) -> subprocess.CompletedProcess:
+    """goals.sh run with stand-ins on the PATH: a python (and torchrun) that records the study's arguments in
+    ``args``, and an nvidia-smi, so that common.sh's GPU sampler runs as on the device; an adapted teacher's folder
+    is in place for PART=2."""
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t").mkdir(parents=True)
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t" / "finetune.json").write_text("{}")
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
@@ -241,13 +239,32 @@ def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, r
     stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" > {tmp_path}/args\n')
     stub.chmod(0o755)
     (stub.parent / "torchrun").symlink_to(stub)  # PART=4's launcher
+    smi = stub.parent / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, 1980, 650.50, 700.00, 55'\n")
+    smi.chmod(0o755)
     env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "QG_DATA": str(tmp_path),
-           "OUT": str(tmp_path / "out"), "PART": part, "LIMIT": "300", "R": "t"}
-    if reserve is not None:
-        env["RESERVE"] = reserve
-    r = subprocess.run(["timeout", "60", "bash", str(SPEED.parent / "sweeps" / "goals.sh")], cwd=tmp_path,
-                       capture_output=True, text=True, env=env)
+           "OUT": str(tmp_path / "out"), "LIMIT": "300", "R": "t", **env}
+    return subprocess.run(["timeout", "30", "bash", str(SPEED.parent / "sweeps" / "goals.sh")], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("part, reserve, budget", [("2", None, 240), ("3", None, 180), ("4", None, 180),
+                                                    ("3", "30", 270)])
+def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, reserve, budget):
+    """goals.sh's long runs train to time_budget = LIMIT - RESERVE: 60 s by default for PART=2 (an adapted folder
+    loaded), 120 s for PART=3 and 4 (the GGUF and the mix loaded before compress's own adaptation; section 39's
+    60 s left its export and test outside the call)."""
+    r = _goals(tmp_path, PART=part, **({} if reserve is None else {"RESERVE": reserve}))
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert "benchmarks/paper_study.py" in args and "--only" in args
     assert f"time_budget={budget}" in args
+
+
+def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_runs(tmp_path):
+    """PART=1 waits for its teacher's run before it starts the baselines; a bare `wait` also waited for common.sh's
+    GPU sampler, which only finish stops, and session 34's call hung until its 300 s limit (timeout's 124 here)."""
+    r = _goals(tmp_path, PART="1", BASELINES="0")
+    assert r.returncode == 0, r.stderr
+    assert "finetune@16-16-16" in (tmp_path / "args").read_text().split()
+    assert (tmp_path / "out" / "logs.tgz").is_file()

@@ -43,12 +43,15 @@ bg() {  # bg LOGNAME ARGS...: one study process in the background, stopped at LI
   timeout -s INT "${LIMIT:-530}" $S "$@" > "runs/logs/$log.log" 2>&1 &
   echo $! >> runs/bg_pids
 }
-finish() {  # wait for this call's runs (from any shell), then copy rows and logs to $OUT and print a short table
-  local pid
-  [ -s runs/bg_pids ] || echo "finish: no runs were started in this call" >&2
+wait_runs() {  # wait for this call's runs (from any shell). Not a bare `wait`: that waits for the GPU sampler too,
+  local pid   # which never ends (session 34's PART=1 call hung so until its 300 s limit, its teacher done at 88 s)
   for pid in $(cat runs/bg_pids); do
     while kill -0 "$pid" 2>/dev/null; do sleep 2; done
   done
+}
+finish() {  # wait for this call's runs, then copy rows and logs to $OUT and print a short table
+  [ -s runs/bg_pids ] || echo "finish: no runs were started in this call" >&2
+  wait_runs
   [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
   wait
   cp runs/study.jsonl "$OUTDIR/" 2>/dev/null

@@ -87,7 +87,7 @@ TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
      LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-$R
-     wait
+     wait_runs
      LIMIT=$((END - SECONDS))
      if [ "${BASELINES:-1}" = 0 ]; then :  # the teacher alone, for PART=2 on this machine
      elif [ -f $TF/finetune.json ]; then
