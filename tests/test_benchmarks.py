@@ -229,14 +229,14 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
 
 def _goals(tmp_path, **env) -> subprocess.CompletedProcess:
     """goals.sh run with stand-ins on the PATH: a python (and torchrun) that records the study's arguments in
-    ``args``, and an nvidia-smi, so that common.sh's GPU sampler runs as on the device; an adapted teacher's folder
+    ``args`` (a line a call), and an nvidia-smi, so that common.sh's GPU sampler runs as on the device; an adapted teacher's folder
     is in place for PART=2."""
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t").mkdir(parents=True)
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t" / "finetune.json").write_text("{}")
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
-    stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" > {tmp_path}/args\n')
+    stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" >> {tmp_path}/args\n')
     stub.chmod(0o755)
     (stub.parent / "torchrun").symlink_to(stub)  # PART=4's launcher
     smi = stub.parent / "nvidia-smi"
@@ -266,5 +266,12 @@ def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_run
     GPU sampler, which only finish stops, and session 34's call hung until its 300 s limit (timeout's 124 here)."""
     r = _goals(tmp_path, PART="1", BASELINES="0")
     assert r.returncode == 0, r.stderr
-    assert "finetune@16-16-16" in (tmp_path / "args").read_text().split()
+    teacher, warm = [line.split() for line in (tmp_path / "args").read_text().splitlines()]
+    assert "finetune@16-16-16" in teacher
+    # then the short run that warms the compile cache, from the teacher, its row kept out of the study's
+    assert warm[warm.index("--only") + 1] == "quantgpt@2-2-8" and warm[warm.index("--steps") + 1] == "10"
+    assert warm[warm.index("--model") + 1] == "runs/study/finetune_16-16-16-t"
+    assert warm[len(warm) - 1 - warm[::-1].index("--out") + 1] == "runs/warm.jsonl"  # the last --out wins
     assert (tmp_path / "out" / "logs.tgz").is_file()
+    assert _goals(tmp_path / "cold", PART="1", BASELINES="0", WARM="0").returncode == 0
+    assert len((tmp_path / "cold" / "args").read_text().splitlines()) == 1

@@ -88,6 +88,16 @@ case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
      LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-$R
      wait_runs
+     # WARM=1 (default): a 10-step quantgpt run from the teacher fills the machine's compile cache (inductor's, on
+     # its disk), so that every later run here compiles warm. Session 34's first 2-bit run on a fresh machine spent
+     # about 47 s in its step-0 evaluation and first step, the second 12 s: the first run's budget lost some 230
+     # steps to compiling, whichever method it was (on the CPU too: 40 s cold, 9 s warm, either method first;
+     # BENCHMARKS 40)
+     if [ "${WARM:-1}" = 1 ] && [ -f $TF/finetune.json ]; then
+       LIMIT=$((END - SECONDS)) QG_SHARED_GPU=1 bg warm --steps 10 --only quantgpt@2-2-8 --model $TF --tag=-warm-$R \
+         --out runs/warm.jsonl
+       wait_runs
+     fi
      LIMIT=$((END - SECONDS))
      if [ "${BASELINES:-1}" = 0 ]; then :  # the teacher alone, for PART=2 on this machine
      elif [ -f $TF/finetune.json ]; then
