@@ -133,6 +133,22 @@ def test_keep_results_trims_and_gzips_a_sessions_logs(tmp_path):
         keep(study, tmp_path / "root", "s9", results=results)
 
 
+def test_compile_cold_runs_each_method_in_its_own_process_on_one_cache(tmp_path):
+    """compile_cold.py (eager here, to check the script quickly): a row a run, in the order given, the first on the
+    empty cache and the rest on the cache it filled, each with its start's parts timed."""
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, str(SPEED.parent / "compile_cold.py"), "--eager", "--device", "cpu", "--runs",
+                        "kd", "quantgpt", "--layers", "1", "--vocab", "256", "--batch-size", "2", "--seq-len", "16",
+                        "--steps", "3", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(SPEED.parents[1] / "src")})
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["method"], x["order"], x["cache"]) for x in rows] == [("kd", 0, "empty"), ("quantgpt", 1, "filled")]
+    for x in rows:
+        assert x["device"] == "cpu" and x["graphs"] == 0  # eager: nothing compiled
+        assert x["setup_s"] > 0 and x["eval0_s"] >= 0 and x["first_step_s"] > 0 and x["later_step_ms"] > 0
+
+
 def test_budget_probe_windows_and_a_run_on_the_cpu(tmp_path):
     """budget_probe.py: the ms a step of each stretch between training rows, from train_seconds alone (an
     evaluation row between them changes nothing), the pause near the first freezing check found; and a whole
