@@ -90,9 +90,8 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      wait_runs
      # WARM=1 (default): a 10-step quantgpt run from the teacher fills the machine's compile cache (inductor's, on
      # its disk), so that every later run here compiles warm. Session 34's first 2-bit run on a fresh machine spent
-     # about 47 s in its step-0 evaluation and first step, the second 12 s: the first run's budget lost some 230
-     # steps to compiling, whichever method it was (on the CPU too: 40 s cold, 9 s warm, either method first;
-     # BENCHMARKS 40)
+     # about 47 s in its step-0 evaluation and first step (the run after it 12 s) and about 25 s more in its setup:
+     # some 390 steps of its budget, whichever method runs first (benchmarks/compile_cold.py; BENCHMARKS 40)
      if [ "${WARM:-1}" = 1 ] && [ -f $TF/finetune.json ]; then
        LIMIT=$((END - SECONDS)) QG_SHARED_GPU=1 bg warm --steps 10 --only quantgpt@2-2-8 --model $TF --tag=-warm-$R \
          --out runs/warm.jsonl
