@@ -283,7 +283,7 @@ def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_run
     r = _goals(tmp_path, PART="1", BASELINES="0")
     assert r.returncode == 0, r.stderr
     teacher, warm = [line.split() for line in (tmp_path / "args").read_text().splitlines()]
-    assert "finetune@16-16-16" in teacher
+    assert "finetune@16-16-16" in teacher and teacher[teacher.index("--steps") + 1] == "300"
     # then the short run that warms the compile cache, from the teacher, its row kept out of the study's
     assert warm[warm.index("--only") + 1] == "quantgpt@2-2-8" and warm[warm.index("--steps") + 1] == "10"
     assert warm[warm.index("--model") + 1] == "runs/study/finetune_16-16-16-t"
@@ -291,3 +291,6 @@ def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_run
     assert (tmp_path / "out" / "logs.tgz").is_file()
     assert _goals(tmp_path / "cold", PART="1", BASELINES="0", WARM="0").returncode == 0
     assert len((tmp_path / "cold" / "args").read_text().splitlines()) == 1
+    assert _goals(tmp_path / "long", PART="1", BASELINES="0", WARM="0", FT_STEPS="600").returncode == 0
+    teacher = (tmp_path / "long" / "args").read_text().split()
+    assert teacher[teacher.index("--steps") + 1] == "600"

@@ -52,22 +52,29 @@
 #           the mix), so SIGINT came after the last step and before the export: a second call resumed the finished
 #           run to export and test it (the same command, 51.6 s). PART=3 and 4 now keep RESERVE=120. kd's run did
 #           not fit.
-#           Next session (R=s33): section 34's protocol, so that the runs pair with its rows at 3023 steps (PART=2
-#           fits them in about 480 s a call; PART=3 with the 120 s reserve would fit about 2100). Staging p3 and p1,
-#           then p2 with the teacher: `cp .devcache/p2/* /root/m/ && <link p3> && source .devcache/p3/assemble.sh &&
-#           LIMIT=250 BASELINES=0 R=s33 QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh` (about 110 s). Then, each
-#           call `<link p3> && source .devcache/p3/assemble.sh && LIMIT=$((580 - SECONDS)) R=s33 QG_COMMIT=<c> ... PART=2`:
-#           (1) STEPS=3023 SET="freeze_threshold=0.02 seed=1" TAG=-f02-seed1, paired with section 34's default at
-#           seed 1 (24.901); 0.02 becomes the default only if it beats that and its mean over both seeds stays under
-#           the default's (24.930); (2) METHOD=kd STEPS=3023, whose row carries held_out_perplexity (section 34's kd
-#           at seed 0: 25.015). <link p3>: `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3
-#           .devcache/p3` (the working tree's copy drops the link). A run whose call ends after its last step and
-#           before its row (finished_then_stopped in the log) is finished by the same command again on the same
-#           machine: it resumes, exports and tests. (3) With 250 s or more left, no staging needed:
-#           `PYTHONPATH=src python benchmarks/step_profile.py --variants kd@2-2-8+synced kd@2-2-8
-#           quantgpt@2-2-8+synced quantgpt@2-2-8 --out $OUT/step_profile.jsonl`: what the step's former stream sync
-#           (the teacher cache indexed with a Python list, before Trainer._to_device) cost, side by side. Low value:
-#           step_profile's rows already bound it, their `gap` between steps (which held that sync) 0.12-0.55 ms.
+#           Section 40 (H100, commit 16f3898, R=s33, session 34, after 271 s of failed requests) ran that plan's
+#           two runs: threshold 0.02 at seed 1 (2722 steps fitted, not 3023: slower steps and a cold compile; 25.057,
+#           so 0.02 is not the default) and kd (METHOD=kd STEPS=3023: 3001 steps, 25.052, held out 26.00, ahead of
+#           every quantgpt row held out). Its teacher's call hung after the teacher (a bare `wait` waited for the GPU
+#           sampler; now wait_runs), and its steps ran 5-9% slower than section 34's with the clock flat.
+#           Next session (R=s34). (0) On the fresh machine, before the staging (about 150 s with its start), whether
+#           Trainer._to_device (the step's blocks from pinned memory without a sync, first run in section 40) is
+#           what slowed the steps, alternating in one process: `PYTHONPATH=src QG_COMMIT=<c> timeout 220 python
+#           benchmarks/step_profile.py --steps 20 --variants quantgpt@2-2-8+synced quantgpt@2-2-8
+#           quantgpt@2-2-8+synced quantgpt@2-2-8 kd@2-2-8+synced kd@2-2-8 --out $OUT/step_profile.jsonl`. If +synced
+#           is faster by more than the repeats' spread, revert _to_device. Then staging p3 and p1, then p2 with the
+#           teacher: `cp .devcache/p2/* /root/m/ && <link p3> && source .devcache/p3/assemble.sh && LIMIT=300
+#           BASELINES=0 R=s34 QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh` (about 90 s for the teacher and
+#           about 40 s for WARM's run). Then, each call `<link p3> && source .devcache/p3/assemble.sh &&
+#           LIMIT=$((580 - SECONDS)) R=s34 QG_COMMIT=<c> ... PART=2`: (1) STEPS=3023 SET=temperature=2 TAG=-T2: the
+#           KD targets softened (T=1 so far, never moved), against the default's five runs (24.818-25.058, mean
+#           24.930); it becomes the default only if a second seed agrees. (2) A teacher adapted longer, in its own
+#           call: `<link p3> && source .devcache/p3/assemble.sh && LIMIT=320 BASELINES=0 WARM=0 FT_STEPS=600 R=s34a
+#           QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh`, then from it `... R=s34a STEPS=3023 TAG=-ft600
+#           PART=2`: the adaptation's 300 steps are the one length ever measured (method.md). <link p3>: `mkdir -p
+#           .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3` (the working tree's copy drops the
+#           link). A run whose call ends after its last step and before its row (finished_then_stopped in the log)
+#           is finished by the same command again on the same machine: it resumes, exports and tests.
 #   PART=3: the same on a bare machine (PART=1's teacher lost with its machine): compress's own adaptation first,
 #           inside the same budget.
 #   PART=4: on a machine of GPUS (default 2) GPUs (kind nvidia-h200-x2, when it is lent): PART=3 data parallel
@@ -82,11 +89,12 @@
 # `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3`.
 # Usage (after device-stage and split-stage.sh): source .devcache/p3/assemble.sh && QG_COMMIT=<sent commit> PART=1 bash benchmarks/sweeps/goals.sh
 source "$(dirname "$0")/common.sh"
-R=${R:-s33}  # the session's tag: its teacher and rows
+R=${R:-s34}  # the session's tag: its teacher and rows
 TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
-     LIMIT=170 QG_SHARED_GPU=1 bg ft --steps 300 --only finetune@16-16-16 --tag=-$R
+     FT=${FT_STEPS:-300}  # the teacher's adaptation steps: 300 took 88 s with loading and test (section 40), 150 ms each
+     LIMIT=$((170 + (FT - 300) / 4)) QG_SHARED_GPU=1 bg ft --steps "$FT" --only finetune@16-16-16 --tag=-$R
      wait_runs
      # WARM=1 (default): a 10-step quantgpt run from the teacher fills the machine's compile cache (inductor's, on
      # its disk), so that every later run here compiles warm. Session 34's first 2-bit run on a fresh machine spent
