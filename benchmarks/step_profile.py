@@ -15,7 +15,10 @@ Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), 
 leaves the embedding's quantizer eager, as before compile_blocks compiled it; ``+unshared`` quantizes the tied table
 twice a step, for the lookup and again for the head, as before ``modules.shared_tables``; ``+synced`` copies the
 step's blocks and their numbers to the GPU with blocking copies, which synchronize the stream before the forward,
-as indexing the teacher cache with a Python list did before ``Trainer._to_device``. ``--inductor KEY=VALUE``
+as indexing the teacher cache with a Python list did before ``Trainer._to_device``; ``+evals`` runs the trainer's
+step-0 evaluation (the representation statistics at batch 1, the held-out text at batch 4) before the steps, as a
+real run does: the blocks then see three batch sizes before the training step's, and torch.compile gives the
+training graph a symbolic batch size (the other variants' graphs are static: BENCHMARKS.md section 40). ``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
@@ -168,7 +171,8 @@ def main():
     p.add_argument("--variants", nargs="+", default=["quantgpt@2-2-8", "kd@2-2-8", "kd@16-16-16"],
                    help="METHOD@BITS[+eager_embed][+unshared][+synced] each (+eager_embed: the embedding's quantizer left "
                         "eager; +unshared: the tied table quantized for the lookup and again for the head; +synced: the "
-                        "step's data copied to the GPU with blocking copies, a stream sync before the forward)")
+                        "step's data copied to the GPU with blocking copies, a stream sync before the forward; +evals: the step-0 "
+                        "evaluation first, as run() does, so that the training graph compiles after its batch sizes)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -213,12 +217,19 @@ def main():
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                          batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
                          device=dev.type)
-        tr = Trainer(tc, teacher=teacher, train_ids=ids)
+        evals = "evals" in flags
+        tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=ids[: 4 * args.seq_len] if evals else None)
+        t_evals = time.perf_counter()
+        if evals:  # +evals: run()'s step-0 evaluation first, its batches of 1 and 4 compiled before the training step's
+            tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
+            tr.evaluate()
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             tr.train_step()
         row = {"variant": variant, "inductor": args.inductor, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda, args.gc_off),
                "gc_off": args.gc_off}
+        if evals:
+            row["evals_s"] = round(t0 - t_evals, 2)
         row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
                    commit=commit, date=time.strftime("%Y-%m-%d"))
         print(json.dumps(row), flush=True)
