@@ -41,7 +41,7 @@ def summary(log: list[dict]) -> dict:
     freeze_begin = next((r["freeze_begin"] for r in reversed(log) if "freeze_begin" in r), None)  # the last fit's
     w = windows(log)
     later = [ms for step, ms in w if step > 100]
-    median = statistics.median(later or [ms for _, ms in w])
+    median = statistics.median(later or [ms for _, ms in w]) if w else None  # None: fewer than two training rows
     slow = sorted(w, key=lambda x: -x[1])[:3]
     # the first check comes at the first multiple of CHECK_EVERY from freeze_begin, and the check's graph is
     # captured at the second: the slowest window of the 30 steps from it
@@ -49,7 +49,7 @@ def summary(log: list[dict]) -> dict:
     at_freeze = max(near, key=lambda x: x[1]) if near else None
     steps = max((r["step"] for r in log), default=0)
     return {"steps": steps, "fits": fits, "first_fit_over": round(fits[0]["total_steps"] / steps - 1, 4) if fits and steps else None,
-            "probe_ms": fits[0]["ms_per_step"] if fits else None, "median_ms_after_100": round(median, 1),
+            "probe_ms": fits[0]["ms_per_step"] if fits else None, "median_ms_after_100": None if median is None else round(median, 1),
             "windows_ms": [[s, round(ms, 1)] for s, ms in w], "slowest": [[s, round(ms, 1)] for s, ms in slow],
             "freeze_begin": freeze_begin, "slowest_at_first_check": [at_freeze[0], round(at_freeze[1], 1)] if at_freeze else None,
             "eval_seconds": [[r["step"], r["eval_seconds"]] for r in log if "eval_seconds" in r]}

@@ -2,7 +2,9 @@
 own Trainer.run, each run in its own process as on the device, all of them sharing one inductor cache folder that
 starts empty (TORCHINDUCTOR_CACHE_DIR), on a randomly initialised model of SmolLM2-135M's widths (random Zipf-like
 tokens). Each row: the Trainer's setup (the compile of the teacher cache's graphs in it), the step-0 evaluation and
-the first step (where the student's graphs compile), the median of the later steps, and the graphs compiled.
+the first step (where the student's graphs compile), the median of the later steps, the graphs compiled, and the
+sizes that torch.compile made symbolic (a graph compiled after another batch size of the same blocks takes the
+batch as a symbol: ``L['args'][0].size()[0]`` is the blocks' hidden states' batch).
 BENCHMARKS.md section 40: the first 2-bit run on a fresh H100 spent about 47 s in its step-0 evaluation and first
 step, the run after it 12 s.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -34,6 +37,15 @@ def one_run(a) -> dict:
     from quantgpt.trainer import Trainer
     from smollm2_shaped import smollm2_shaped
 
+    symbols = []  # torch.compile's symbolic sizes as it makes them (the graphs it made dynamic)
+
+    class Symbols(logging.Handler):
+        def emit(self, record):
+            if "create_symbol" in record.getMessage():
+                symbols.append(record.getMessage().split(" for ")[1].split(" [")[0])
+    torch._logging.set_logs(dynamic=logging.INFO)
+    log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    log.handlers, log.propagate = [Symbols()], False
     torch.manual_seed(0)
     teacher = smollm2_shaped(layers=a.layers, vocab=a.vocab)
     ids = zipf_ids(a.seq_len * a.batch_size * 4, a.vocab, torch.Generator().manual_seed(0))
@@ -59,7 +71,7 @@ def one_run(a) -> dict:
     eval0 = next(r["eval_seconds"] for r in read_log(f"{out}/train_log.jsonl") if "eval_seconds" in r)
     return {"method": a.method, "setup_s": round(setup, 2), "eval0_s": eval0, "first_step_s": round(times[0], 2),
             "later_step_ms": round(1000 * statistics.median(times[1:]), 1),
-            "graphs": counters["stats"].get("unique_graphs", 0), "device": str(tr.device)}
+            "graphs": counters["stats"].get("unique_graphs", 0), "symbolic": symbols, "device": str(tr.device)}
 
 
 def main(argv=None):
