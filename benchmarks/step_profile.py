@@ -18,7 +18,9 @@ step's blocks and their numbers to the GPU with blocking copies, which synchroni
 as indexing the teacher cache with a Python list did before ``Trainer._to_device``; ``+evals`` runs the trainer's
 step-0 evaluation (the representation statistics at batch 1, the held-out text at batch 4) before the steps, as a
 real run does: the blocks then see three batch sizes before the training step's, and torch.compile gives the
-training graph a symbolic batch size (the other variants' graphs are static: BENCHMARKS.md section 40). ``--inductor KEY=VALUE``
+training graph a symbolic batch size (the other variants' graphs are static: BENCHMARKS.md section 40); ``+static``
+runs each training step with torch.compile's automatic dynamic shapes off, so that with ``+evals`` the training
+graph is compiled for its own batch again (the fix, should the symbol cost). ``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
@@ -172,7 +174,8 @@ def main():
                    help="METHOD@BITS[+eager_embed][+unshared][+synced] each (+eager_embed: the embedding's quantizer left "
                         "eager; +unshared: the tied table quantized for the lookup and again for the head; +synced: the "
                         "step's data copied to the GPU with blocking copies, a stream sync before the forward; +evals: the step-0 "
-                        "evaluation first, as run() does, so that the training graph compiles after its batch sizes)")
+                        "evaluation first, as run() does, so that the training graph compiles after its batch sizes; +static: the "
+                        "training step compiled with automatic dynamic shapes off)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -223,6 +226,13 @@ def main():
         if evals:  # +evals: run()'s step-0 evaluation first, its batches of 1 and 4 compiled before the training step's
             tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
             tr.evaluate()
+        if "static" in flags:  # +static: the training step compiled for its own shapes, whatever batch sizes came before
+            step = tr.train_step
+
+            def static_step(step=step):
+                with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+                    return step()
+            tr.train_step = static_step
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             tr.train_step()

@@ -57,14 +57,16 @@
 #           so 0.02 is not the default) and kd (METHOD=kd STEPS=3023: 3001 steps, 25.052, held out 26.00, ahead of
 #           every quantgpt row held out). Its teacher's call hung after the teacher (a bare `wait` waited for the GPU
 #           sampler; now wait_runs), and its steps ran 5-9% slower than section 34's with the clock flat.
-#           Next session (R=s34). (0) On the fresh machine, before the staging (about 200 s with its start), whether
+#           Next session (R=s34). (0) On the fresh machine, before the staging (about 250 s with its start), whether
 #           Trainer._to_device (the step's blocks from pinned memory without a sync, first run in section 40) is
 #           what slowed the steps, and whether the real run's order (the step-0 evaluation first, so that the
 #           training graph compiles with a symbolic batch size) costs, alternating in one process:
-#           `PYTHONPATH=src QG_COMMIT=<c> timeout 280 python benchmarks/step_profile.py --steps 20 --variants
-#           quantgpt@2-2-8+synced quantgpt@2-2-8 quantgpt@2-2-8+evals quantgpt@2-2-8+synced quantgpt@2-2-8
-#           quantgpt@2-2-8+evals --out $OUT/step_profile.jsonl`. If +synced is faster by more than the repeats'
-#           spread, revert _to_device; if +evals is slower, compile the training step with static shapes.
+#           `PYTHONPATH=src QG_COMMIT=<c> timeout 300 python benchmarks/step_profile.py --steps 20 --variants
+#           quantgpt@2-2-8+synced quantgpt@2-2-8 quantgpt@2-2-8+evals quantgpt@2-2-8+evals+static
+#           quantgpt@2-2-8+synced quantgpt@2-2-8 quantgpt@2-2-8+evals quantgpt@2-2-8+evals+static
+#           --out $OUT/step_profile.jsonl`. If +synced is faster by more than the repeats' spread, revert _to_device;
+#           if +evals is slower and +evals+static is not, the trainer runs its steps with automatic dynamic shapes
+#           off (as +static does).
 #           Then staging p3 and p1, then p2 with the
 #           teacher: `cp .devcache/p2/* /root/m/ && <link p3> && source .devcache/p3/assemble.sh && LIMIT=300
 #           BASELINES=0 R=s34 QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh` (about 90 s for the teacher and
