@@ -66,10 +66,16 @@ def one_run(a) -> dict:
         times.append(time.time() - s)
         return row
 
+    if a.static:  # step_profile's +static: the training steps compiled with automatic dynamic shapes off
+        plain = timed
+
+        def timed():
+            with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+                return plain()
     tr.train_step = timed
     tr.run()
     eval0 = next(r["eval_seconds"] for r in read_log(f"{out}/train_log.jsonl") if "eval_seconds" in r)
-    return {"method": a.method, "setup_s": round(setup, 2), "eval0_s": eval0, "first_step_s": round(times[0], 2),
+    return {"method": a.method, "static": a.static, "setup_s": round(setup, 2), "eval0_s": eval0, "first_step_s": round(times[0], 2),
             "later_step_ms": round(1000 * statistics.median(times[1:]), 1),
             "graphs": counters["stats"].get("unique_graphs", 0), "symbolic": symbols, "device": str(tr.device)}
 
@@ -84,6 +90,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--eager", action="store_true", help="no compilation (checks the script quickly)")
+    p.add_argument("--static", action="store_true", help="training steps with automatic dynamic shapes off")
     p.add_argument("--out")
     p.add_argument("--method", help=argparse.SUPPRESS)  # the child's
     a = p.parse_args(argv)
@@ -98,7 +105,7 @@ def main(argv=None):
     for i, method in enumerate(a.runs):
         args = [sys.executable, __file__, "--method", method, "--layers", str(a.layers), "--vocab", str(a.vocab),
                 "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--steps", str(a.steps),
-                "--device", a.device] + (["--eager"] if a.eager else [])
+                "--device", a.device] + (["--eager"] if a.eager else []) + (["--static"] if a.static else [])
         r = subprocess.run(args, capture_output=True, text=True, env=env)
         if r.returncode:
             raise SystemExit(f"the {method} run failed:\n{r.stderr[-3000:]}")

@@ -140,13 +140,14 @@ def test_compile_cold_runs_each_method_in_its_own_process_on_one_cache(tmp_path)
     out = tmp_path / "rows.jsonl"
     r = subprocess.run([sys.executable, str(SPEED.parent / "compile_cold.py"), "--eager", "--device", "cpu", "--runs",
                         "kd", "quantgpt", "--layers", "1", "--vocab", "256", "--batch-size", "2", "--seq-len", "16",
-                        "--steps", "3", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                        "--steps", "3", "--static", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(SPEED.parents[1] / "src")})
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["method"], x["order"], x["cache"]) for x in rows] == [("kd", 0, "empty"), ("quantgpt", 1, "filled")]
     for x in rows:
         assert x["device"] == "cpu" and x["graphs"] == 0 and x["symbolic"] == []  # eager: nothing compiled
+        assert x["static"] is True
         assert x["setup_s"] > 0 and x["eval0_s"] >= 0 and x["first_step_s"] > 0 and x["later_step_ms"] > 0
 
 
