@@ -36,6 +36,7 @@ def one_run(a) -> dict:
     from quantgpt.train_config import TrainConfig
     from quantgpt.trainer import Trainer
     from smollm2_shaped import smollm2_shaped
+    from step_profile import static_shapes
 
     symbols = []  # torch.compile's symbolic sizes as it makes them (the graphs it made dynamic)
 
@@ -66,13 +67,7 @@ def one_run(a) -> dict:
         times.append(time.time() - s)
         return row
 
-    if a.static:  # step_profile's +static: the training steps compiled with automatic dynamic shapes off
-        plain = timed
-
-        def timed():
-            with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-                return plain()
-    tr.train_step = timed
+    tr.train_step = static_shapes(timed) if a.static else timed  # --static: as step_profile's +static
     tr.run()
     eval0 = next(r["eval_seconds"] for r in read_log(f"{out}/train_log.jsonl") if "eval_seconds" in r)
     return {"method": a.method, "static": a.static, "setup_s": round(setup, 2), "eval0_s": eval0, "first_step_s": round(times[0], 2),

@@ -102,6 +102,15 @@ def instrument(tr, marks: Marks) -> None:
         tr.freezer.step = timed_freezer
 
 
+def static_shapes(step):
+    """``step`` run with torch.compile's automatic dynamic shapes off (``+static``): a graph compiled inside it is for
+    its call's own shapes, whatever batch sizes the same code saw before."""
+    def static_step():
+        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            return step()
+    return static_step
+
+
 def clip_marker(marks: Marks):
     clip = torch.nn.utils.clip_grad_norm_
 
@@ -227,12 +236,7 @@ def main():
             tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
             tr.evaluate()
         if "static" in flags:  # +static: the training step compiled for its own shapes, whatever batch sizes came before
-            step = tr.train_step
-
-            def static_step(step=step):
-                with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-                    return step()
-            tr.train_step = static_step
+            tr.train_step = static_shapes(tr.train_step)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             tr.train_step()
