@@ -10,6 +10,13 @@ the 2-bit freezer on, as in a run), its parts timed with CUDA events placed arou
   freezer    the oscillation freezer's update (2 bits: one CUDA graph replay)
   gap        from the end of one step's last kernel to the next step's first: the host launching
 
+and two more, of the forward: ``prepare``, the GPU's span from the forward's start to the end of the contrastive
+term's teacher side (TokenContrastive.prepare, whose ``unique`` waits for the GPU; absent for kd), and on the
+host's clock ``host_forward`` (the host's ms inside the forward) and ``host_prepare`` (its ms inside prepare,
+the wait for the GPU included). After prepare's sync the GPU's queue is empty, so where the host's time after it
+(host_forward - host_prepare) comes near the GPU's (forward - prepare), the forward runs at the host's pace, not
+the GPU's: a slower host CPU makes a slower step with the GPU's clock unchanged (sections 38-41's flat clocks).
+
 Variants, side by side in one process: quantgpt and kd at 2-2-8 (the defaults), and kd with a float student
 (16-16-16: no fake quantization, no freezer), the floor a quantized step sits on. A variant's ``+eager_embed``
 leaves the embedding's quantizer eager, as before compile_blocks compiled it; ``+unshared`` quantizes the tied table
@@ -55,6 +62,7 @@ class Marks:
 
     def __init__(self, cuda: bool):
         self.cuda, self.points = cuda, []
+        self.host = {"host_forward": 0.0}  # seconds on the host's clock, summed over the steps (host_prepare too)
 
     def mark(self, name: str) -> None:
         if self.cuda:
@@ -81,9 +89,23 @@ def instrument(tr, marks: Marks) -> None:
 
     def timed_losses(*a, **k):
         marks.mark("forward")  # the span before, from the last step's end: the gap
+        t0 = time.perf_counter()
         out = losses(*a, **k)
+        marks.host["host_forward"] += time.perf_counter() - t0
         marks.mark("backward")
         return out
+
+    if tr.contrastive is not None:
+        prepare = tr.contrastive.prepare
+        marks.host["host_prepare"] = 0.0
+
+        def timed_prepare(*a, **k):
+            t0 = time.perf_counter()
+            out = prepare(*a, **k)
+            marks.host["host_prepare"] += time.perf_counter() - t0
+            marks.mark("student")  # the rest of the forward: the student's forward and the losses
+            return out
+        tr.contrastive.prepare = timed_prepare
 
     def timed_opt_step(*a, **k):
         marks.mark("optimizer")
@@ -144,10 +166,17 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
         torch.nn.utils.clip_grad_norm_ = plain
         gc.enable()
     sums = dict.fromkeys(PARTS, 0.0)
+    prepare = 0.0
     for name, ms in marks.spans():
-        if name in sums:
+        if name == "student":  # the forward's second span (after prepare); its first is the prepare
+            sums["forward"] += ms
+        elif name in sums:
             sums[name] += ms
+            prepare += ms if name == "forward" else 0.0
     row = {k: round(v / steps, 2) for k, v in sums.items()}
+    if tr.contrastive is not None:
+        row["prepare"] = round(prepare / steps, 2)
+    row.update({k: round(1000 * v / steps, 2) for k, v in marks.host.items()})
     row["step_ms"] = round(1000 * wall / steps, 1)
     row["parts_ms"] = round(sum(row[k] for k in PARTS), 1)
     return row
@@ -260,9 +289,10 @@ def main():
             print(f"kernels: {path}", flush=True)
         tr = None
         free_memory()  # the wrapped calls hold the trainer in a cycle: free it before the next variant's
-    print(f"{'variant':16s} " + " ".join(f"{k:>9s}" for k in (*PARTS, "parts_ms", "step_ms")))
+    cols = (*PARTS, "parts_ms", "step_ms", "prepare", "host_forward", "host_prepare")
+    print(f"{'variant':16s} " + " ".join(f"{k:>12s}" for k in cols))
     for r in rows:
-        print(f"{r['variant']:16s} " + " ".join(f"{r[k]:9.1f}" for k in (*PARTS, "parts_ms", "step_ms")))
+        print(f"{r['variant']:16s} " + " ".join(f"{r[k]:12.1f}" if k in r else f"{'-':>12s}" for k in cols))
 
 
 if __name__ == "__main__":

@@ -74,14 +74,17 @@ def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):
     out = tmp_path / "rows.jsonl"
     r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--layers", "1", "--vocab", "512", "--batch-size", "1",
                         "--seq-len", "16", "--blocks", "4", "--steps", "1", "--warmup", "1", "--variants",
-                        "kd@2-2-8+unshared+synced+evals+static", "--inductor", "combo_kernels=True", "--kernels", "5", "--out", str(out)],
+                        "kd@2-2-8+unshared+synced+evals+static", "quantgpt@2-2-8", "--inductor", "combo_kernels=True", "--kernels", "5", "--out", str(out)],
                        capture_output=True, text=True, cwd=script.parent,
                        env={**os.environ, "PYTHONPATH": str(script.parents[1] / "src")})
     assert r.returncode == 0, r.stderr[-2000:]
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    row, qrow = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["variant"] == "kd@2-2-8+unshared+synced+evals+static" and row["inductor"] == ["combo_kernels=True"]
     assert row["step_ms"] > 0 and abs(row["parts_ms"] - row["step_ms"]) < 0.2 * row["step_ms"]
     assert row["evals_s"] > 0  # the evaluation ran before the timed steps
+    # on the CPU the marks are the host's clock, so the host's forward is the forward's span; kd has no prepare
+    assert row["host_forward"] == pytest.approx(row["forward"], rel=0.05) and "prepare" not in row
+    assert 0 < qrow["host_prepare"] <= qrow["prepare"] < qrow["forward"] == pytest.approx(qrow["host_forward"], rel=0.05)
     table = (tmp_path / "kernels_kd_2-2-8_unshared_synced_evals_static.txt").read_text()
     assert table.startswith("kd@2-2-8+unshared+synced+evals+static cpu") and "aten::" in table
 
