@@ -299,6 +299,37 @@ def test_seed_groups_match_runs_that_differ_only_by_seed():
     assert cells[0] == ["q0, q1", "2-2-8", "100", "0, 1", "69.4, 68.4", "68.9", "1"]
 
 
+def test_repeat_groups_pool_a_setting_over_lengths_seeds_and_sessions(tmp_path):
+    """Runs of one setting at lengths within 25% (steps, time budget), seeds and sessions' teachers of one recipe
+    (finetune_16-16-16-s28 and -s29) form one group, with each run's steps, the mean and range and the held-out mean;
+    another temperature, a noted run, or another teacher does not join; a group that is only seeds at one length is
+    left to the seeds table. The report lists the group."""
+    from quantgpt.report import repeat_cells, repeat_groups
+
+    base = TrainConfig(bits="2-2-8", batch_size=2, seq_len=8).to_dict()
+
+    def row(name, ppl, steps, held=None, note=None, teacher="runs/finetune_16-16-16-s28", **cfg):
+        r = {"name": name, "method": "quantgpt", "bits": "2-2-8", "perplexity": ppl, "tokens_trained": 16 * steps,
+             "config": {**base, "model": teacher, "train_data": ["corpora"], "steps": steps, **cfg}}
+        return {**r, **({"held_out_perplexity": held} if held else {}), **({"note": note} if note else {})}
+
+    rows = [row("a", 25.0, 3023, held=26.2, time_budget=518.0), row("b", 24.8, 2755, teacher="/x/finetune_16-16-16-s29"),
+            row("c", 25.2, 3083, held=26.0, seed=1, time_budget=600.0), row("t2", 24.7, 2970, temperature=2.0),
+            row("short", 25.3, 1812, note="in the time left"), row("other", 26.0, 3023, teacher="runs/other"),
+            row("long", 24.9, 4500), row("long2", 24.95, 4600, seed=2), row("shorter", 25.5, 2000),
+            row("s0", 30.0, 600, tau=0.2), row("s1", 31.0, 600, tau=0.2, seed=1)]
+    groups = repeat_groups(rows)
+    # 2000 steps is more than 25% short of 2755, and 4500 more than 25% past it: each length its own group
+    assert [[r["name"] for r in g] for g in groups] == [["a", "b", "c"], ["long", "long2"]]
+    head, cells = repeat_cells(groups)
+    assert head[3:] == ["steps", "seeds", "perplexity", "mean", "range", "held out, mean (runs)"]
+    assert cells[0][3:] == ["3023, 2755, 3083", "0, 0, 1", "25, 24.8, 25.2", "25", "0.4", "26.1 (2)"]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = (make_report(results, tmp_path / "out") and (tmp_path / "out" / "report.md")).read_text()
+    assert "## Repeats of one setting" in md and "| a, b, c | quantgpt | 2-2-8 | 3023, 2755, 3083 |" in md
+
+
 def test_report_bad_input(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text("{not json\n")

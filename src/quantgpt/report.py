@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from itertools import groupby
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -22,6 +23,11 @@ from .train_config import TrainConfig  # noqa: E402
 
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
               "the range here is the noise a single comparison carries.")
+REPEATS_NOTE = ("Runs of one setting that may differ in seed, session and somewhat in length: the longest of a "
+                "group has at most 25% more steps than the shortest (runs fitted to a time budget end at different "
+                "steps), and teachers adapted by one recipe in different sessions count as one (a folder's trailing "
+                "-sNN session tag is dropped). The setting's mean over its runs is the number a default is judged by.")
+REPEAT_SPAN = 1.25  # the most steps a group's longest run may have, as a multiple of its shortest's
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
            "tokens_trained", "wall_seconds_all", "device", "commit")
 OPTIONAL_COLUMNS = ("held_out_perplexity", "note")  # listed only where a row has one
@@ -231,21 +237,79 @@ SEED_FREE = {"seed", "out", "resume", "progress", "device", "dtype", "compile", 
              "eval_data"}
 
 
-def seed_groups(rows: list[dict]) -> list[list[dict]]:
-    """Runs that differ only by their seed (same method, bits, ablation, training tokens and text, every other setting):
-    each group of two or more seeds, in the order first seen. A key missing from an older row's config takes
-    TrainConfig's default, which is the behaviour from before the key existed."""
+# and, for repeats of one setting at any length, the keys of a run's length and the model folder (its teacher is
+# matched by train_text with the session tag dropped)
+LENGTH_FREE = SEED_FREE | {"steps", "epochs", "time_budget", "save_every", "eval_every", "log_every", "model"}
+
+
+def _session_free(text: str) -> str:
+    """``text`` with each folder name's trailing session tag (``finetune_16-16-16-s28`` -> ``finetune_16-16-16``)
+    dropped: teachers adapted by one recipe in different sessions."""
+    return re.sub(r"-s\d+\b", "", text)
+
+
+def _groups(rows: list[dict], free: set, lengths: bool) -> dict[tuple, list[dict]]:
+    """Rows grouped by method, bits, ablation, training text and every config key not in ``free`` (and the tokens
+    trained unless ``lengths``), in the order first seen; rows without a config or perplexity, or with a note, left
+    out. A key missing from an older row's config takes TrainConfig's default, the behaviour from before it existed."""
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         c = r.get("config")
         if not c or r.get("note") or not r.get("perplexity"):
             continue
-        same = {k: v for k, v in {**defaults, **c}.items() if k not in SEED_FREE}
-        key = (r["method"], r["bits"], r.get("ablation"), r.get("tokens_trained"), train_text(r),
+        same = {k: v for k, v in {**defaults, **c}.items() if k not in free}
+        text = _session_free(train_text(r)) if lengths else train_text(r)
+        key = (r["method"], r["bits"], r.get("ablation"), None if lengths else r.get("tokens_trained"), text,
                json.dumps(same, sort_keys=True, default=str))
+        if lengths:
+            key += (_session_free(Path(str(c.get("model") or "")).name),)
         groups.setdefault(key, []).append(r)
-    return [g for g in groups.values() if len({r["config"].get("seed", 0) for r in g}) >= 2]
+    return groups
+
+
+def seed_groups(rows: list[dict]) -> list[list[dict]]:
+    """Runs that differ only by their seed (same method, bits, ablation, training tokens and text, every other setting):
+    each group of two or more seeds, in the order first seen."""
+    return [g for g in _groups(rows, SEED_FREE, False).values() if len({r["config"].get("seed", 0) for r in g}) >= 2]
+
+
+def _steps(r: dict) -> int:
+    c = r["config"]
+    return (r.get("tokens_trained") or 0) // max(1, c.get("batch_size", 1) * c.get("seq_len", 1) * c.get("grad_accum", 1))
+
+
+def repeat_groups(rows: list[dict]) -> list[list[dict]]:
+    """Runs of one setting at any seed and at lengths within REPEAT_SPAN of each other, from teachers of one recipe
+    (REPEATS_NOTE): each group of two or more runs, in the order first seen, that is not already one group of seeds
+    at one length. A setting's runs are split where the steps grow past REPEAT_SPAN times the shortest so far."""
+    seeds = [{id(r) for r in g} for g in seed_groups(rows)]
+    out = []
+    for g in _groups(rows, LENGTH_FREE, True).values():
+        spans: list[list[dict]] = []
+        for r in sorted(g, key=_steps):
+            if spans and _steps(r) <= REPEAT_SPAN * _steps(spans[-1][0]):
+                spans[-1].append(r)
+            else:
+                spans.append([r])
+        order = {id(r): i for i, r in enumerate(g)}
+        out += [sorted(x, key=lambda r: order[id(r)]) for x in spans if len(x) >= 2 and {id(r) for r in x} not in seeds]
+    return out
+
+
+def repeat_cells(groups: list[list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per setting, with each run's steps, seed and perplexity, their mean and range, and
+    the held-out perplexity's mean over the runs that have one."""
+    rows = []
+    for g in groups:
+        ppl = [r["perplexity"] for r in g]
+        held = [r["held_out_perplexity"] for r in g if r.get("held_out_perplexity")]
+        steps = [_steps(r) for r in g]
+        rows.append([", ".join(r["name"] for r in g), g[0]["method"], g[0]["bits"], ", ".join(map(str, steps)),
+                     ", ".join(str(r["config"].get("seed", 0)) for r in g), ", ".join(_fmt(x) for x in ppl),
+                     _fmt(sum(ppl) / len(ppl)), _fmt(max(ppl) - min(ppl)),
+                     f"{_fmt(sum(held) / len(held))} ({len(held)})" if held else ""])
+    return ["runs", "method", "bits", "steps", "seeds", "perplexity", "mean", "range", "held out, mean (runs)"], rows
 
 
 def seed_cells(groups: list[list[dict]]) -> tuple[list[str], list[list[str]]]:
@@ -351,6 +415,9 @@ def make_report(results, out) -> dict:
     seeds = seed_groups(rows)
     if seeds:
         md += ["## Repeated seeds", "", SEEDS_NOTE, "", *md_table(*seed_cells(seeds)), ""]
+    repeats = repeat_groups(rows)
+    if repeats:
+        md += ["## Repeats of one setting", "", REPEATS_NOTE, "", *md_table(*repeat_cells(repeats)), ""]
     for r in rows:
         r.setdefault("scales", scales(r))
         r.setdefault("weight_bits", weight_bits(r))
@@ -367,6 +434,8 @@ def make_report(results, out) -> dict:
             f"<p>{len(rows)} runs from <code>{html.escape(sources)}</code>.</p>"
             + "".join(f"<h2>{html.escape(t)}</h2>" + html_table(*best_cells(b)) for t, b in tables)
             + (f"<h2>Repeated seeds</h2><p>{html.escape(SEEDS_NOTE)}</p>" + html_table(*seed_cells(seeds)) if seeds else "")
+            + (f"<h2>Repeats of one setting</h2><p>{html.escape(REPEATS_NOTE)}</p>" + html_table(*repeat_cells(repeats))
+               if repeats else "")
             + "<h2>Every run</h2>" + html_table(*every)
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
