@@ -295,6 +295,7 @@ def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_run
     assert warm[warm.index("--only") + 1] == "quantgpt@2-2-8" and warm[warm.index("--steps") + 1] == "10"
     assert warm[warm.index("--model") + 1] == "runs/study/finetune_16-16-16-t"
     assert [v for k, v in zip(warm, warm[1:]) if k == "--out"][-1] == "runs/warm.jsonl"  # the last --out wins
+    assert "eval_every=10" in warm  # evaluated at its end only
     assert (tmp_path / "out" / "logs.tgz").is_file()
     assert _goals(tmp_path / "cold", PART="1", BASELINES="0", WARM="0").returncode == 0
     assert len((tmp_path / "cold" / "args").read_text().splitlines()) == 1

@@ -109,8 +109,10 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      # about 47 s in its step-0 evaluation and first step (the run after it 12 s) and about 25 s more in its setup:
      # some 390 steps of its budget, whichever method runs first (benchmarks/compile_cold.py; BENCHMARKS 40)
      if [ "${WARM:-1}" = 1 ] && [ -f $TF/finetune.json ]; then
+       # (evaluated at its end only: by default its 10 steps evaluate every 2, each a held-out pass and a best-model
+       # save, some 10 of its 81 s in section 41; the step-0 evaluation already compiles the evaluation's graphs)
        LIMIT=$((END - SECONDS)) QG_SHARED_GPU=1 bg warm --steps 10 --only quantgpt@2-2-8 --model $TF --tag=-warm-$R \
-         --out runs/warm.jsonl
+         --set eval_every=10 --out runs/warm.jsonl
        wait_runs
      fi
      LIMIT=$((END - SECONDS))
