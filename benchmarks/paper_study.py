@@ -307,19 +307,22 @@ def main():
                        run_seconds_all=r["run_seconds_all"], best_eval=r.get("best"), adapt=r.get("adapt"),
                        settings={k: getattr(cfg, k) for k in settings},
                        config=cfg.to_dict())
-        ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False)
+        # each window's mean NLL too: report.py compares two settings window by window (a paired difference)
+        ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False,
+                      per_window=True)
         row.update(perplexity=ev["perplexity"], perplexity_halves=ev["perplexity_halves"], accuracy=ev["accuracy"],
-                   tokens_scored=ev["tokens"])
+                   tokens_scored=ev["tokens"], window_nll=ev["window_nll"])
         if eval_ids is not None:  # the held-out text in the test's windows (the module docstring says why)
             held = evaluate(model, eval_ids, seq_len=min(args.eval_seq_len, eval_ids.numel()), batch_size=8,
-                            dtype=dtype, progress=False)
-            row.update(held_out_perplexity=held["perplexity"], held_out_tokens=held["tokens"])
+                            dtype=dtype, progress=False, per_window=True)
+            row.update(held_out_perplexity=held["perplexity"], held_out_tokens=held["tokens"],
+                       held_out_window_nll=held["window_nll"])
         row.update(wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,
                    date=time.strftime("%Y-%m-%d"), shared_gpu=args.shared_gpu,
                    processes=distributed.world() if row["tokens_trained"] else 1)  # training's ranks (torchrun)
-        print(json.dumps({k: v for k, v in row.items() if "hist" not in k}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if "hist" not in k and "window_nll" not in k}), flush=True)
         append_row(args.out, row)
         if model is not teacher:
             del model

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts whose GPU runs cannot be repeated here: each variant must at least run."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,6 +66,10 @@ def test_study_adapts_the_teacher_then_compresses_from_it(tmp_path, model_dir):
     # the held-out text in the test's windows: here the same file as the test, so the same number
     assert all(x["held_out_perplexity"] == pytest.approx(x["perplexity"], rel=1e-6) for x in rows)
     assert all(x["held_out_tokens"] == x["tokens_scored"] for x in rows)
+    # each test window's mean NLL, for the report's paired comparison: they average to the row's perplexity
+    for x in rows:
+        assert len(x["window_nll"]) == len(x["held_out_window_nll"]) >= 1
+        assert math.exp(sum(x["window_nll"]) / len(x["window_nll"])) == pytest.approx(x["perplexity"], rel=1e-4)
 
 
 def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):

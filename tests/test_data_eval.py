@@ -134,6 +134,26 @@ def test_sliding_window_scores_each_token_once(tiny):
     assert r["nll"] == pytest.approx(nll / r["tokens"], rel=1e-5)
 
 
+@pytest.mark.parametrize("stride", [None, 16])
+def test_per_window_nll_is_each_windows_mean(tiny, stride):
+    """per_window: each window's mean NLL over the tokens it scores, in order (batches of 3 over 5 or 9 windows, so
+    a short last batch); their mean weighted by the scored counts is the whole text's NLL, and each matches the
+    window scored by hand."""
+    m = tiny("llama")
+    ids = torch.randint(0, 300, (320,))
+    r = evaluate(m, ids, seq_len=64, stride=stride, batch_size=3, progress=False, per_window=True)
+    starts = list(range(0, 320 - 64 + 1, stride or 64))
+    counts = [63] + [(stride or 63)] * (len(starts) - 1)
+    assert len(r["window_nll"]) == r["windows"] == len(starts) and sum(counts) == r["tokens"]
+    assert sum(w * c for w, c in zip(r["window_nll"], counts)) / r["tokens"] == pytest.approx(r["nll"], rel=1e-5)
+    with torch.no_grad():
+        for i in (0, len(starts) - 1):
+            x = ids[starts[i]:starts[i] + 64][None]
+            lp = F.cross_entropy(m(x).logits[0, :-1], x[0, 1:], reduction="none")[-counts[i]:]
+            assert r["window_nll"][i] == pytest.approx(lp.mean().item(), rel=1e-4)
+    assert "window_nll" not in evaluate(m, ids, seq_len=64, progress=False)  # opt-in
+
+
 def test_bart_is_scored_on_reconstruction(tiny):
     m = tiny("bart")
     r = evaluate(m, torch.randint(3, 300, (130,)), seq_len=64, progress=False)

@@ -1,6 +1,7 @@
 """The study runner on a tiny model, and the report it feeds."""
 import gzip
 import json
+import math
 import os
 import subprocess
 import sys
@@ -328,6 +329,38 @@ def test_repeat_groups_pool_a_setting_over_lengths_seeds_and_sessions(tmp_path):
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     md = (make_report(results, tmp_path / "out") and (tmp_path / "out" / "report.md")).read_text()
     assert "## Repeats of one setting" in md and "| a, b, c | quantgpt | 2-2-8 | 3023, 2755, 3083 |" in md
+
+
+def test_paired_cells_compare_settings_window_by_window(tmp_path):
+    """Two repeats of quantgpt (their windows averaged) against one kd run: exp(mean difference) - 1 and twice its
+    standard error over the windows, on the test and the held-out windows; a row at other bits, one without
+    windows and one with another number of windows pair with nothing. The report shows the table."""
+    from quantgpt.report import paired_cells
+
+    base = TrainConfig(bits="2-2-8", batch_size=2, seq_len=8).to_dict()
+
+    def row(name, method, windows, steps=3000, bits="2-2-8", held=None, **cfg):
+        r = {"name": name, "method": method, "bits": bits, "perplexity": 25.0, "tokens_trained": 16 * steps,
+             "config": {**base, "model": "runs/finetune_16-16-16-s1", "train_data": ["c"], "steps": steps, **cfg}}
+        return {**r, **({"window_nll": windows} if windows else {}), **({"held_out_window_nll": held} if held else {})}
+
+    rows = [row("q0", "quantgpt", [1.0, 2.0, 3.0, 4.0], held=[1.0, 1.0]),
+            row("q1", "quantgpt", [1.2, 2.2, 3.2, 4.2], steps=2800, seed=1, held=[1.2, 1.4]),
+            row("kd", "kd", [1.0, 2.1, 3.0, 4.1], held=[1.0, 1.0]),
+            row("q4", "quantgpt", [1.0, 2.0, 3.0, 4.0], bits="4-4-8"), row("none", "pact", None),
+            row("short", "lsq", [1.0, 2.0])]
+    head, cells = paired_cells(rows)
+    assert head == ["A", "B", "bits", "runs", "test windows", "test: A against B", "held out: A against B"]
+    # test: differences 0.1, 0, 0.1, 0 (mean 0.05, sample sd 0.0577); held out: 0.1 and 0.2
+    se = 2 * (0.01 / 3 / 4) ** 0.5
+    assert cells == [["q0 and 1 more", "kd", "2-2-8", "2 / 1", "4",
+                      f"+{100 * (math.exp(0.05) - 1):.2f}% (2 SE {100 * se:.2f}%)",
+                      f"+{100 * (math.exp(0.15) - 1):.2f}% (2 SE {200 * (0.005 / 2) ** 0.5:.2f}%)"]]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    make_report(results, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Paired comparisons on the same windows" in md and "| q0 and 1 more | kd | 2-2-8 |" in md
 
 
 def test_report_bad_input(tmp_path):

@@ -2,7 +2,9 @@
 ``seq_len`` (remainder dropped), mean token NLL over every predicted position; or sliding windows with
 ``stride`` where each window scores only the tokens the previous one did not. The perplexity of each half
 of the window (targets at positions below ``seq_len // 2`` and from there on) is reported beside the whole's:
-a model trained on shorter blocks than the evaluation's windows shows it in the second half."""
+a model trained on shorter blocks than the evaluation's windows shows it in the second half. ``per_window``
+adds each window's mean NLL: two models scored on the same text can then be compared window by window (report.py's
+paired comparison), which tells a real difference from the noise of one text."""
 from __future__ import annotations
 
 import math
@@ -18,11 +20,13 @@ from .lm import hidden_states_and_head, supports_chunked_head
 @torch.no_grad()
 def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
     """Sums over positions t >= scored_from[b] of each row: NLL of each half of the window (targets at
-    positions 1 .. L/2 - 1, then L/2 .. L - 1) and correct argmax predictions; and the scored count of each half."""
+    positions 1 .. L/2 - 1, then L/2 .. L - 1) and correct argmax predictions; the scored count of each half; and
+    each row's NLL sum and scored count (2, B)."""
     targets = x[:, 1:]
     pos = torch.arange(1, x.shape[1], device=x.device).expand_as(targets)  # the target's position in the window
     mask = pos >= scored_from[:, None]
     late = pos[mask] >= x.shape[1] // 2
+    row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(targets)[mask]  # each scored token's window
     if supports_chunked_head(model):
         out, head = hidden_states_and_head(model, x)
         h = out.last_hidden_state[:, :-1]
@@ -41,6 +45,7 @@ def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
             mask = torch.ones_like(x, dtype=torch.bool)
             mask[:, 0] = False  # keep the same number of scored tokens as a causal model
             late = torch.arange(x.shape[1], device=x.device).expand_as(x)[mask] >= x.shape[1] // 2
+            row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(x)[mask]
         else:
             logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
             lt = targets
@@ -49,13 +54,18 @@ def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096):
     tok = tok.double()
     nll = torch.stack([tok[~late].sum(), tok[late].sum()])
     n_late = late.sum()
-    return nll, correct, torch.stack([late.numel() - n_late, n_late])
+    per_row = torch.zeros(2, x.shape[0], dtype=tok.dtype, device=x.device)
+    per_row[0].index_add_(0, row, tok)
+    per_row[1].index_add_(0, row, torch.ones_like(tok))
+    return nll, correct, torch.stack([late.numel() - n_late, n_late]), per_row
 
 
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None = None, batch_size: int = 4,
-             limit_tokens: int | None = None, dtype: torch.dtype | None = None, progress: bool = True) -> dict:
-    """Perplexity and next-token accuracy of ``model`` on the 1-D token tensor ``ids``."""
+             limit_tokens: int | None = None, dtype: torch.dtype | None = None, progress: bool = True,
+             per_window: bool = False) -> dict:
+    """Perplexity and next-token accuracy of ``model`` on the 1-D token tensor ``ids``; ``per_window``: also
+    ``window_nll``, each window's mean NLL over the tokens it scores, in the windows' order."""
     device = next(model.parameters()).device
     if limit_tokens:
         ids = ids[:limit_tokens]
@@ -76,21 +86,27 @@ def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None =
     nll = torch.zeros(2, dtype=torch.float64, device=device)  # first half, second half of the window
     correct = torch.zeros((), dtype=torch.long, device=device)
     count = torch.zeros(2, dtype=torch.long, device=device)
+    windows = []  # each batch's per-window NLL sums (on the device until the end: no sync a batch)
     with autocast_for(device, dtype):
         for i in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
             s = starts[i:i + batch_size]
             x = torch.stack([ids[a:a + seq_len] for a in s]).to(device)
             sf = torch.tensor(first_scored[i:i + batch_size], device=device)
-            a, b, c = _window_scores(model, x, sf)
+            a, b, c, w = _window_scores(model, x, sf)
             nll += a
             correct += b
             count += c
+            windows.append(w)
     model.train(was_training)
     n_scored = int(count.sum())
     mean = (nll.sum() / n_scored).item()
     halves = [_ppl((nll[k] / count[k]).item()) if count[k] else None for k in range(2)]
-    return {"perplexity": _ppl(mean), "nll": mean, "accuracy": correct.item() / n_scored, "tokens": n_scored,
-            "windows": len(starts), "seq_len": seq_len, "stride": stride, "perplexity_halves": halves}
+    r = {"perplexity": _ppl(mean), "nll": mean, "accuracy": correct.item() / n_scored, "tokens": n_scored,
+         "windows": len(starts), "seq_len": seq_len, "stride": stride, "perplexity_halves": halves}
+    if per_window:
+        w = torch.cat(windows, 1).cpu()
+        r["window_nll"] = [round(v, 6) for v in (w[0] / w[1].clamp_min(1)).tolist()]
+    return r
 
 
 def _ppl(mean_nll: float) -> float:

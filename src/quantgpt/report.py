@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from itertools import groupby
 from dataclasses import MISSING, fields
@@ -27,6 +28,12 @@ REPEATS_NOTE = ("Runs of one setting that may differ in seed, session and somewh
                 "group has at most 25% more steps than the shortest (runs fitted to a time budget end at different "
                 "steps), and teachers adapted by one recipe in different sessions count as one (a folder's trailing "
                 "-sNN session tag is dropped). The setting's mean over its runs is the number a default is judged by.")
+PAIRED_NOTE = ("Settings compared window by window on the same text (the rows' window_nll: each 2048-token window's "
+               "mean NLL; a setting of several runs takes their mean in each window). The difference is "
+               "exp(mean over windows of A - B) - 1, as a perplexity ratio: negative when A is better. 2 SE is twice "
+               "the standard error of that mean over the windows (windows of one article are not independent, so it "
+               "is a floor on the noise, not a test); it is the noise of the text, not of training (that is the "
+               "range across seeds).")
 REPEAT_SPAN = 1.25  # the most steps a group's longest run may have, as a multiple of its shortest's
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
            "tokens_trained", "wall_seconds_all", "device", "commit")
@@ -323,6 +330,47 @@ def seed_cells(groups: list[list[dict]]) -> tuple[list[str], list[list[str]]]:
     return ["runs", "bits", "training tokens", "seeds", "perplexity", "mean", "range"], rows
 
 
+def _label(group: list[dict]) -> str:
+    return group[0]["name"] + (f" and {len(group) - 1} more" if len(group) > 1 else "")
+
+
+def _paired(a: list[list[float]], b: list[list[float]]) -> tuple[float, float]:
+    """(exp(mean diff) - 1, 2 SE of the mean diff) in percent, of the windows' mean NLL: each side the mean of its
+    runs' windows."""
+    wa = [sum(v) / len(v) for v in zip(*a)]
+    wb = [sum(v) / len(v) for v in zip(*b)]
+    d = [x - y for x, y in zip(wa, wb)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return 100 * (math.exp(mean) - 1), 200 * math.sqrt(var / len(d))
+
+
+def paired_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: every two settings at the same bits whose runs all carry the same number of test windows
+    (``window_nll``), compared window by window on the test text and, where every run has it, on the held-out text.
+    A setting is a group of repeats or of seeds (repeat_groups, seed_groups), or a run in neither."""
+    with_windows = [r for r in rows if r.get("window_nll") and r.get("config") and not r.get("note")]
+    units, taken = [], set()
+    for g in seed_groups(with_windows) + repeat_groups(with_windows):
+        if not taken & {id(r) for r in g}:
+            units.append(g)
+            taken |= {id(r) for r in g}
+    units += [[r] for r in with_windows if id(r) not in taken]
+    out = []
+    for i, a in enumerate(units):
+        for b in units[i + 1:]:
+            if a[0]["bits"] != b[0]["bits"] or len({len(r["window_nll"]) for r in a + b}) != 1:
+                continue
+            test, test_se = _paired([r["window_nll"] for r in a], [r["window_nll"] for r in b])
+            held = ""
+            if all(r.get("held_out_window_nll") for r in a + b) and len({len(r["held_out_window_nll"]) for r in a + b}) == 1:
+                h, h_se = _paired([r["held_out_window_nll"] for r in a], [r["held_out_window_nll"] for r in b])
+                held = f"{h:+.2f}% (2 SE {h_se:.2f}%)"
+            out.append([_label(a), _label(b), a[0]["bits"], f"{len(a)} / {len(b)}", str(len(a[0]["window_nll"])),
+                        f"{test:+.2f}% (2 SE {test_se:.2f}%)", held])
+    return ["A", "B", "bits", "runs", "test windows", "test: A against B", "held out: A against B"], out
+
+
 def make_report(results, out) -> dict:
     """``results``: one JSON-lines file or several (a study made over several sessions), read as one."""
     paths = [results] if isinstance(results, (str, Path)) else list(results)
@@ -418,6 +466,9 @@ def make_report(results, out) -> dict:
     repeats = repeat_groups(rows)
     if repeats:
         md += ["## Repeats of one setting", "", REPEATS_NOTE, "", *md_table(*repeat_cells(repeats)), ""]
+    paired = paired_cells(rows)
+    if paired[1]:
+        md += ["## Paired comparisons on the same windows", "", PAIRED_NOTE, "", *md_table(*paired), ""]
     for r in rows:
         r.setdefault("scales", scales(r))
         r.setdefault("weight_bits", weight_bits(r))
@@ -436,6 +487,8 @@ def make_report(results, out) -> dict:
             + (f"<h2>Repeated seeds</h2><p>{html.escape(SEEDS_NOTE)}</p>" + html_table(*seed_cells(seeds)) if seeds else "")
             + (f"<h2>Repeats of one setting</h2><p>{html.escape(REPEATS_NOTE)}</p>" + html_table(*repeat_cells(repeats))
                if repeats else "")
+            + (f"<h2>Paired comparisons on the same windows</h2><p>{html.escape(PAIRED_NOTE)}</p>" + html_table(*paired)
+               if paired[1] else "")
             + "<h2>Every run</h2>" + html_table(*every)
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
