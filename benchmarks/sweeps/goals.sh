@@ -72,6 +72,8 @@
 #           SET=temperature=2 TAG=-T2: kd at the same temperature, against T=2's 24.769 and kd's T=1 runs (25.015,
 #           25.052 at seed 0), since quantgpt against kd must be compared at one temperature. T=2 becomes the default
 #           (for both methods) only if (1) is under the default's five-run mean (24.930) and no worse held out.
+#           Rows from commit 7764670 on carry each test and held-out window's NLL: the report's paired table then
+#           gives (1) against (2) window by window, the first quantgpt-against-kd pairing with the text's noise known.
 #           (3) With 120 s or more left on the warm machine (no staging needed):
 #           `PYTHONPATH=src QG_COMMIT=<c> timeout 100 python benchmarks/step_profile.py --steps 10 --variants
 #           quantgpt@2-2-8 kd@2-2-8 --out $OUT/step_profile.jsonl`: if host_forward - host_prepare comes near
