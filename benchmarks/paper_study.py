@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from host import host_info
 from quantgpt import evaluate, gptq_quantize, rtn_quantize
 from quantgpt.data import blocks, tokenize_files
 from quantgpt.device import autocast_for
@@ -321,7 +322,8 @@ def main():
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,
                    date=time.strftime("%Y-%m-%d"), shared_gpu=args.shared_gpu,
-                   processes=distributed.world() if row["tokens_trained"] else 1)  # training's ranks (torchrun)
+                   processes=distributed.world() if row["tokens_trained"] else 1,  # training's ranks (torchrun)
+                   **host_info())
         print(json.dumps({k: v for k, v in row.items() if "hist" not in k and "window_nll" not in k}), flush=True)
         append_row(args.out, row)
         if model is not teacher:

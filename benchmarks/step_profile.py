@@ -52,6 +52,7 @@ import time
 import torch
 
 from contrastive_speed import zipf_ids
+from host import host_info
 from smollm2_shaped import VOCAB, smollm2_shaped
 
 PARTS = ("forward", "backward", "clip", "sync", "optimizer", "freezer", "gap")
@@ -274,7 +275,7 @@ def main():
         if evals:
             row["evals_s"] = round(t0 - t_evals, 2)
         row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
-                   commit=commit, date=time.strftime("%Y-%m-%d"))
+                   commit=commit, date=time.strftime("%Y-%m-%d"), **host_info())
         print(json.dumps(row), flush=True)
         rows.append(row)
         if args.out:
