@@ -88,7 +88,7 @@ def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):
     assert row["variant"] == "kd@2-2-8+unshared+synced+evals+static" and row["inductor"] == ["combo_kernels=True"]
     assert row["step_ms"] > 0 and abs(row["parts_ms"] - row["step_ms"]) < 0.2 * row["step_ms"]
     assert row["evals_s"] > 0  # the evaluation ran before the timed steps
-    assert row["host_cpu"] and row["host_cores"] >= 1  # the host beside the GPU: its CPU model and cores
+    assert row["host_cpu"] and row["host_cores"] >= 1 and row["host_py_ms"] > 0  # the host beside the GPU
     # on the CPU the marks are the host's clock, so the host's forward is the forward's span; kd has no prepare
     assert row["host_forward"] == pytest.approx(row["forward"], rel=0.05) and "prepare" not in row
     assert 0 < qrow["host_prepare"] <= qrow["prepare"] < qrow["forward"] == pytest.approx(qrow["host_forward"], rel=0.05)
