@@ -74,8 +74,9 @@
 #           (for both methods) only if (1) is under the default's five-run mean (24.930) and no worse held out.
 #           Rows from commit 7764670 on carry each test and held-out window's NLL: the report's paired table then
 #           gives (1) against (2) window by window, the first quantgpt-against-kd pairing with the text's noise known.
-#           (3) With 120 s or more left on the warm machine (no staging needed):
-#           `PYTHONPATH=src QG_COMMIT=<c> timeout 100 python benchmarks/step_profile.py --steps 10 --variants
+#           (3) With 170 s or more left on the warm machine (no staging; its random model compiles cold, about 60 s
+#           for the first variant in section 41): `PYTHONPATH=src QG_COMMIT=<c> timeout 150 python
+#           benchmarks/step_profile.py --steps 10 --variants
 #           quantgpt@2-2-8 kd@2-2-8 --out $OUT/step_profile.jsonl`: if host_forward - host_prepare comes near
 #           forward - prepare, the forward runs at the host's pace (then: fewer launches in the forward, or CUDA graphs).
 #           Later: a teacher adapted longer, in its own call (`<link p3> && source .devcache/p3/assemble.sh &&
