@@ -169,11 +169,12 @@ def profile(tr, steps: int, cuda: bool, gc_off: bool = False) -> dict:
     sums = dict.fromkeys(PARTS, 0.0)
     prepare = 0.0
     for name, ms in marks.spans():
-        if name == "student":  # the forward's second span (after prepare); its first is the prepare
+        if name == "student":  # the forward's second span (after prepare); its first, "forward", is the prepare
             sums["forward"] += ms
         elif name in sums:
             sums[name] += ms
-            prepare += ms if name == "forward" else 0.0
+        if name == "forward":
+            prepare += ms
     row = {k: round(v / steps, 2) for k, v in sums.items()}
     if tr.contrastive is not None:
         row["prepare"] = round(prepare / steps, 2)

@@ -327,7 +327,8 @@ def test_repeat_groups_pool_a_setting_over_lengths_seeds_and_sessions(tmp_path):
     assert cells[0][3:] == ["3023, 2755, 3083", "0, 0, 1", "25, 24.8, 25.2", "25", "0.4", "26.1 (2)"]
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    md = (make_report(results, tmp_path / "out") and (tmp_path / "out" / "report.md")).read_text()
+    make_report(results, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
     assert "## Repeats of one setting" in md and "| a, b, c | quantgpt | 2-2-8 | 3023, 2755, 3083 |" in md
 
 

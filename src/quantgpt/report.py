@@ -255,10 +255,12 @@ def _session_free(text: str) -> str:
     return re.sub(r"-s\d+\b", "", text)
 
 
-def _groups(rows: list[dict], free: set, lengths: bool) -> dict[tuple, list[dict]]:
-    """Rows grouped by method, bits, ablation, training text and every config key not in ``free`` (and the tokens
-    trained unless ``lengths``), in the order first seen; rows without a config or perplexity, or with a note, left
-    out. A key missing from an older row's config takes TrainConfig's default, the behaviour from before it existed."""
+def _groups(rows: list[dict], lengths: bool) -> dict[tuple, list[dict]]:
+    """Rows grouped by method, bits, ablation, training text and every config key but SEED_FREE's (with ``lengths``,
+    LENGTH_FREE's, the teacher matched across sessions and the tokens trained left out), in the order first seen;
+    rows without a config or perplexity, or with a note, left out. A key missing from an older row's config takes
+    TrainConfig's default, the behaviour from before it existed."""
+    free = LENGTH_FREE if lengths else SEED_FREE
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -278,7 +280,7 @@ def _groups(rows: list[dict], free: set, lengths: bool) -> dict[tuple, list[dict
 def seed_groups(rows: list[dict]) -> list[list[dict]]:
     """Runs that differ only by their seed (same method, bits, ablation, training tokens and text, every other setting):
     each group of two or more seeds, in the order first seen."""
-    return [g for g in _groups(rows, SEED_FREE, False).values() if len({r["config"].get("seed", 0) for r in g}) >= 2]
+    return [g for g in _groups(rows, False).values() if len({r["config"].get("seed", 0) for r in g}) >= 2]
 
 
 def _steps(r: dict) -> int:
@@ -292,7 +294,7 @@ def repeat_groups(rows: list[dict]) -> list[list[dict]]:
     at one length. A setting's runs are split where the steps grow past REPEAT_SPAN times the shortest so far."""
     seeds = [{id(r) for r in g} for g in seed_groups(rows)]
     out = []
-    for g in _groups(rows, LENGTH_FREE, True).values():
+    for g in _groups(rows, True).values():
         spans: list[list[dict]] = []
         for r in sorted(g, key=_steps):
             if spans and _steps(r) <= REPEAT_SPAN * _steps(spans[-1][0]):
