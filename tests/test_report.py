@@ -300,6 +300,14 @@ def test_seed_groups_match_runs_that_differ_only_by_seed():
     assert cells[0] == ["q0, q1", "2-2-8", "100", "0, 1", "69.4, 68.4", "68.9", "1"]
 
 
+def _report_md(rows: list[dict], tmp_path) -> str:
+    """The report.md that make_report writes for ``rows`` (as a results file)."""
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    make_report(results, tmp_path / "out")
+    return (tmp_path / "out" / "report.md").read_text()
+
+
 def test_repeat_groups_pool_a_setting_over_lengths_seeds_and_sessions(tmp_path):
     """Runs of one setting at lengths within 25% (steps, time budget), seeds and sessions' teachers of one recipe
     (finetune_16-16-16-s28 and -s29) form one group, with each run's steps, the mean and range and the held-out mean;
@@ -325,10 +333,7 @@ def test_repeat_groups_pool_a_setting_over_lengths_seeds_and_sessions(tmp_path):
     head, cells = repeat_cells(groups)
     assert head[3:] == ["steps", "seeds", "perplexity", "mean", "range", "held out, mean (runs)"]
     assert cells[0][3:] == ["3023, 2755, 3083", "0, 0, 1", "25, 24.8, 25.2", "25", "0.4", "26.1 (2)"]
-    results = tmp_path / "r.jsonl"
-    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    make_report(results, tmp_path / "out")
-    md = (tmp_path / "out" / "report.md").read_text()
+    md = _report_md(rows, tmp_path)
     assert "## Repeats of one setting" in md and "| a, b, c | quantgpt | 2-2-8 | 3023, 2755, 3083 |" in md
 
 
@@ -357,10 +362,7 @@ def test_paired_cells_compare_settings_window_by_window(tmp_path):
     assert cells == [["q0 and 1 more", "kd", "2-2-8", "2 / 1", "4",
                       f"+{100 * (math.exp(0.05) - 1):.2f}% (2 SE {100 * se:.2f}%)",
                       f"+{100 * (math.exp(0.15) - 1):.2f}% (2 SE {200 * (0.005 / 2) ** 0.5:.2f}%)"]]
-    results = tmp_path / "r.jsonl"
-    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    make_report(results, tmp_path / "out")
-    md = (tmp_path / "out" / "report.md").read_text()
+    md = _report_md(rows, tmp_path)
     assert "## Paired comparisons on the same windows" in md and "| q0 and 1 more | kd | 2-2-8 |" in md
 
 
