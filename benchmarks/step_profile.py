@@ -27,7 +27,9 @@ step-0 evaluation (the representation statistics at batch 1, the held-out text a
 real run does: the blocks then see three batch sizes before the training step's, and torch.compile gives the
 training graph a symbolic batch size (the other variants' graphs are static: BENCHMARKS.md section 40); ``+static``
 runs each training step with torch.compile's automatic dynamic shapes off, so that with ``+evals`` the training
-graph is compiled for its own batch again (the fix, should the symbol cost). ``--inductor KEY=VALUE``
+graph is compiled for its own batch again (the fix, should the symbol cost); ``+cudagraphs`` compiles the blocks
+with CUDA graphs (TrainConfig.cudagraphs: the host launches a graph per block, not each kernel), the fix should
+the forward run at the host's pace. ``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
@@ -215,7 +217,8 @@ def main():
                         "eager; +unshared: the tied table quantized for the lookup and again for the head; +synced: the "
                         "step's data copied to the GPU with blocking copies, a stream sync before the forward; +evals: the step-0 "
                         "evaluation first, as run() does, so that the training graph compiles after its batch sizes; +static: the "
-                        "training step compiled with automatic dynamic shapes off)")
+                        "training step compiled with automatic dynamic shapes off; +cudagraphs: the blocks compiled with CUDA "
+                        "graphs)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -259,7 +262,7 @@ def main():
         Trainer._to_device = (lambda self, t: t.to(self.device)) if "synced" in flags else plain_to_device
         tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                          batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
-                         device=dev.type)
+                         device=dev.type, cudagraphs="cudagraphs" in flags)
         evals = "evals" in flags
         tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=ids[: 4 * args.seq_len] if evals else None)
         t_evals = time.perf_counter()

@@ -154,7 +154,7 @@ def test_every_run_compiles_as_in_a_fresh_process(tmp_path, model_dir, monkeypat
 
     import quantgpt.trainer as trainer
 
-    monkeypatch.setattr(trainer, "compile_blocks", lambda m: [b.compile(backend="eager") for bl in
+    monkeypatch.setattr(trainer, "compile_blocks", lambda m, **kw: [b.compile(backend="eager") for bl in
                                                                trainer.block_lists(m) for b in bl])
     graphs = []
     run = Trainer.run

@@ -78,12 +78,14 @@
 #           paired exactly with section 42's quantgpt run (same seed, steps and temperature), and a second kd seed at
 #           T=2. If the held-out loss in (1) is inside 2 SE and the test gain outside it, T=2 becomes the default
 #           (both methods); if not, T stays 1 and the T=2 rows stay an ablation.
-#           (3) With 170 s or more left on the warm machine (no staging; its random model compiles cold, about 60 s
-#           for the first variant in section 41): `PYTHONPATH=src QG_COMMIT=<c> timeout 150 python
-#           benchmarks/step_profile.py --steps 10 --variants
-#           quantgpt@2-2-8 kd@2-2-8 --out $OUT/step_profile.jsonl`: if host_forward - host_prepare comes near
-#           forward - prepare, the forward runs at the host's pace (then: fewer launches in the forward, or CUDA graphs;
-#           section 42: the GPU host runs a fixed Python workload 2.3 times slower than the CI machine).
+#           (3) With 220 s or more left on the warm machine (no staging; its random model compiles cold, about 60 s
+#           for the first variant in section 41; each variant's row is written as it ends): `PYTHONPATH=src
+#           QG_COMMIT=<c> timeout 200 python benchmarks/step_profile.py --steps 10 --variants quantgpt@2-2-8
+#           quantgpt@2-2-8+cudagraphs quantgpt@2-2-8 quantgpt@2-2-8+cudagraphs --out $OUT/step_profile.jsonl`: if
+#           host_forward - host_prepare comes near forward - prepare, the forward runs at the host's pace (section 42:
+#           the GPU host runs a fixed Python workload 2.3 times slower than the CI machine), and +cudagraphs
+#           (TrainConfig.cudagraphs: the blocks replayed as CUDA graphs) is the fix to time beside it. If it is
+#           faster in both rounds, a real run with SET=cudagraphs=true follows, and it becomes the GPU default.
 #           Later: a teacher adapted longer, in its own call (`<link p3> && source .devcache/p3/assemble.sh &&
 #           LIMIT=320 BASELINES=0 WARM=0 FT_STEPS=600 R=s36a QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh`,
 #           then `... R=s36a STEPS=3023 TAG=-ft600 PART=2`): the adaptation's 300 steps are the one length measured.
