@@ -29,7 +29,8 @@ training graph a symbolic batch size (the other variants' graphs are static: BEN
 runs each training step with torch.compile's automatic dynamic shapes off, so that with ``+evals`` the training
 graph is compiled for its own batch again (the fix, should the symbol cost); ``+cudagraphs`` compiles the blocks
 with CUDA graphs (TrainConfig.cudagraphs: the host launches a graph per block, not each kernel), the fix should
-the forward run at the host's pace. ``--inductor KEY=VALUE``
+the forward run at the host's pace (its row's ``cudagraph_skips`` counts the graphs inductor ran without one).
+``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
@@ -232,6 +233,7 @@ def main():
     from quantgpt.trainer import Trainer
 
     import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
 
     for kv in args.inductor:
         key, value = kv.split("=", 1)
@@ -265,6 +267,7 @@ def main():
                          device=dev.type, cudagraphs="cudagraphs" in flags)
         evals = "evals" in flags
         tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=ids[: 4 * args.seq_len] if evals else None)
+        skips = counters["inductor"]["cudagraph_skips"]  # after the Trainer's compiler reset
         t_evals = time.perf_counter()
         if evals:  # +evals: run()'s step-0 evaluation first, its batches of 1 and 4 compiled before the training step's
             tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
@@ -278,6 +281,8 @@ def main():
                "gc_off": args.gc_off}
         if evals:
             row["evals_s"] = round(t0 - t_evals, 2)
+        if "cudagraphs" in flags:  # graphs inductor would not capture (mutated inputs, too many re-recordings...)
+            row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
         row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
                    commit=commit, date=time.strftime("%Y-%m-%d"), **host_info())
         print(json.dumps(row), flush=True)

@@ -88,6 +88,7 @@ def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):
     row, qrow = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["variant"] == "kd@2-2-8+unshared+synced+evals+static" and row["inductor"] == ["combo_kernels=True"]
     assert qrow["variant"] == "quantgpt@2-2-8+cudagraphs"  # on the CPU nothing compiles: the flag only parses
+    assert qrow["cudagraph_skips"] == 0 and "cudagraph_skips" not in row
     assert row["step_ms"] > 0 and abs(row["parts_ms"] - row["step_ms"]) < 0.2 * row["step_ms"]
     assert row["evals_s"] > 0  # the evaluation ran before the timed steps
     assert row["host_cpu"] and row["host_cores"] >= 1 and row["host_py_ms"] > 0  # the host beside the GPU
