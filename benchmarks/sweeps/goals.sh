@@ -83,7 +83,7 @@
 #           QG_COMMIT=<c> timeout 200 python benchmarks/step_profile.py --steps 10 --variants quantgpt@2-2-8
 #           quantgpt@2-2-8+cudagraphs quantgpt@2-2-8 quantgpt@2-2-8+cudagraphs --out $OUT/step_profile.jsonl`: if
 #           host_forward - host_prepare comes near forward - prepare, the forward runs at the host's pace (section 42:
-#           the GPU host runs a fixed Python workload 2.3 times slower than the CI machine), and +cudagraphs
+#           the GPU host ran a fixed Python workload 1.2-2.7 times slower than the CI machine), and +cudagraphs
 #           (TrainConfig.cudagraphs: the blocks replayed as CUDA graphs) is the fix to time beside it. If it is
 #           faster in both rounds, a real run with SET=cudagraphs=true follows, and it becomes the GPU default.
 #           Later: a teacher adapted longer, in its own call (`<link p3> && source .devcache/p3/assemble.sh &&

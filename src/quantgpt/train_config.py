@@ -186,7 +186,7 @@ class TrainConfig:
     compile: bool | None = None  # default: on with CUDA (fuses the fake-quant arithmetic), off on CPU
     # compile the blocks with CUDA graphs (torch.compile's mode "reduce-overhead"): each block's kernels replay as
     # one graph, so the host launches a graph per block instead of every kernel. For a step paced by a slow host
-    # CPU (BENCHMARKS section 42: the H100's host runs Python 2.3 times slower than the CI machine). Needs compile;
+    # CPU (BENCHMARKS section 42: the H100's host ran Python 1.2-2.7 times slower than the CI machine). Needs compile;
     # on a CPU device it changes nothing
     cudagraphs: bool = False
     device: str = "auto"
