@@ -524,7 +524,8 @@ def test_compile_blocks_compiles_every_block_list(tiny):
 def test_cudagraphs_compiles_the_blocks_for_graphs_and_marks_each_step(tmp_path, tiny, tokenizer, ids, monkeypatch):
     """cudagraphs: both models' blocks are compiled in torch.compile's reduce-overhead mode (CUDA graphs), and every
     training step first tells torch a new iteration begins (its graphs may then reuse the last step's outputs'
-    memory); without it the mode is the default and no step is marked. It needs compile."""
+    memory); without it the mode is the default and no step is marked. It needs compile and no gradient
+    accumulation."""
     import quantgpt.trainer as trainer_mod
 
     for graphs in (True, False):
@@ -539,6 +540,8 @@ def test_cudagraphs_compiles_the_blocks_for_graphs_and_marks_each_step(tmp_path,
         assert len(marks) == (2 if graphs else 0)
     with pytest.raises(QuantGPTError, match="needs --compile"):
         _cfg(tmp_path, compile=False, cudagraphs=True)
+    with pytest.raises(QuantGPTError, match="needs --grad-accum 1"):
+        _cfg(tmp_path, grad_accum=2, cudagraphs=True)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -266,6 +266,9 @@ class TrainConfig:
             raise QuantGPTError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if self.cudagraphs and self.compile is False:
             raise QuantGPTError("--cudagraphs captures the compiled blocks: it needs --compile")
+        if self.cudagraphs and self.grad_accum > 1:  # a micro-batch's replay would overwrite the last one's gradients
+            raise QuantGPTError("--cudagraphs needs --grad-accum 1: each backward's graph reuses the memory that holds "
+                                "the gradients being accumulated")
         if self.adapt_steps is not None:
             if self.adapt_steps < 0:
                 raise QuantGPTError(f"--adapt-steps must be 0 or more, got {self.adapt_steps}")
