@@ -262,35 +262,39 @@ def main():
         lm.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
         # +synced: blocking host-to-device copies of the step's data (a stream sync each), as before _to_device
         Trainer._to_device = (lambda self, t: t.to(self.device)) if "synced" in flags else plain_to_device
-        tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
-                         batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
-                         device=dev.type, cudagraphs="cudagraphs" in flags)
-        evals = "evals" in flags
-        tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=ids[: 4 * args.seq_len] if evals else None)
-        skips = counters["inductor"]["cudagraph_skips"]  # after the Trainer's compiler reset
-        t_evals = time.perf_counter()
-        if evals:  # +evals: run()'s step-0 evaluation first, its batches of 1 and 4 compiled before the training step's
-            tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
-            tr.evaluate()
-        if "static" in flags:  # +static: the training step compiled for its own shapes, whatever batch sizes came before
-            tr.train_step = static_shapes(tr.train_step)
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            tr.train_step()
-        row = {"variant": variant, "inductor": args.inductor, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda, args.gc_off),
-               "gc_off": args.gc_off}
-        if evals:
-            row["evals_s"] = round(t0 - t_evals, 2)
-        if "cudagraphs" in flags:  # graphs inductor would not capture (mutated inputs, too many re-recordings...)
-            row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
-        row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)), device=name,
-                   commit=commit, date=time.strftime("%Y-%m-%d"), **host_info())
+        try:  # a variant that fails (a new flag on its first GPU) leaves the others' timings
+            tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
+                             batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
+                             device=dev.type, cudagraphs="cudagraphs" in flags)
+            evals = "evals" in flags
+            tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=ids[: 4 * args.seq_len] if evals else None)
+            skips = counters["inductor"]["cudagraph_skips"]  # after the Trainer's compiler reset
+            t_evals = time.perf_counter()
+            if evals:  # +evals: run()'s step-0 evaluation first, its batches of 1 and 4 compiled before the training step's
+                tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
+                tr.evaluate()
+            if "static" in flags:  # +static: the training step compiled for its own shapes, whatever batch sizes came before
+                tr.train_step = static_shapes(tr.train_step)
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                tr.train_step()
+            row = {"variant": variant, "inductor": args.inductor, "warmup_s": round(time.perf_counter() - t0, 1), **profile(tr, args.steps, cuda, args.gc_off),
+                   "gc_off": args.gc_off}
+            if evals:
+                row["evals_s"] = round(t0 - t_evals, 2)
+            if "cudagraphs" in flags:  # graphs inductor would not capture (mutated inputs, too many re-recordings...)
+                row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
+        except Exception as e:
+            row = {"variant": variant, "error": f"{type(e).__name__}: {e}"[:1000]}
+        if "error" not in row:
+            row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)))
+        row.update(device=name, commit=commit, date=time.strftime("%Y-%m-%d"), **host_info())
         print(json.dumps(row), flush=True)
         rows.append(row)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        if args.kernels:
+        if args.kernels and "error" not in row:
             table = kernel_table(tr, 2, args.kernels, cuda)
             path = os.path.join(os.path.dirname(os.path.abspath(args.out)) if args.out else ".",
                                 f"kernels_{variant.replace('@', '_').replace('+', '_')}.txt")
