@@ -17,7 +17,9 @@ Each row's ``perplexity`` is the test text's, in ``--eval-seq-len`` windows, of 
 again. With ``--eval-data``, ``held_out_perplexity`` is the whole held-out text's in the same windows and from the
 same model. Training chose its checkpoint on that text in its own ``--seq-len`` windows over ``eval_tokens``
 tokens, so this row field separates the text from the window length when the two measures disagree
-(BENCHMARKS.md section 34).
+(BENCHMARKS.md section 34). Both texts' mean NLL is also given per group of target tokens by how often the
+training text has them (``freq_groups``: the ids making up its first 50% of tokens, then 50-90%, 90-99%, the rest,
+and ids it never has; ``group_nll`` / ``held_out_group_nll`` and their token counts).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import torch
 
 from host import host_info
 from quantgpt import evaluate, gptq_quantize, rtn_quantize
+from quantgpt.evaluate import frequency_groups
 from quantgpt.data import blocks, tokenize_files
 from quantgpt.device import autocast_for
 from quantgpt.errors import QuantGPTError
@@ -259,6 +262,8 @@ def main():
     eval_ids = tokenize_files(args.eval_data, tok) if args.eval_data else None
     test_ids = tokenize_files(args.test_data, tok)
     window = test_ids[: args.eval_seq_len].reshape(1, -1)
+    # the targets grouped by how often the training text has them: each row's NLL per group says where its loss sits
+    groups, group_names = frequency_groups(train_ids, teacher.config.vocab_size)
     teacher_hist = cos_hist(teacher.to(device), window, device, dtype)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for name, spec in runs.items():
@@ -310,14 +315,16 @@ def main():
                        config=cfg.to_dict())
         # each window's mean NLL too: report.py compares two settings window by window (a paired difference)
         ev = evaluate(model, test_ids, seq_len=args.eval_seq_len, batch_size=8, dtype=dtype, progress=False,
-                      per_window=True)
+                      per_window=True, token_groups=groups)
         row.update(perplexity=ev["perplexity"], perplexity_halves=ev["perplexity_halves"], accuracy=ev["accuracy"],
-                   tokens_scored=ev["tokens"], window_nll=ev["window_nll"])
+                   tokens_scored=ev["tokens"], window_nll=ev["window_nll"], freq_groups=group_names,
+                   group_nll=ev["group_nll"], group_tokens=ev["group_tokens"])
         if eval_ids is not None:  # the held-out text in the test's windows (the module docstring says why)
             held = evaluate(model, eval_ids, seq_len=min(args.eval_seq_len, eval_ids.numel()), batch_size=8,
-                            dtype=dtype, progress=False, per_window=True)
+                            dtype=dtype, progress=False, per_window=True, token_groups=groups)
             row.update(held_out_perplexity=held["perplexity"], held_out_tokens=held["tokens"],
-                       held_out_window_nll=held["window_nll"])
+                       held_out_window_nll=held["window_nll"], held_out_group_nll=held["group_nll"],
+                       held_out_group_tokens=held["group_tokens"])
         row.update(wall_seconds=round(time.time() - t0, 1), cos_hist=cos_hist(model, window, device, dtype),
                    teacher_cos_hist=teacher_hist,
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", commit=commit,

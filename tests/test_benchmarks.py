@@ -71,6 +71,9 @@ def test_study_adapts_the_teacher_then_compresses_from_it(tmp_path, model_dir):
         assert x["host_cpu"] and x["host_cores"] >= 1
         assert len(x["window_nll"]) == len(x["held_out_window_nll"]) >= 1
         assert math.exp(sum(x["window_nll"]) / len(x["window_nll"])) == pytest.approx(x["perplexity"], rel=1e-4)
+        # the NLL by the targets' training frequency, on both texts: the groups' tokens are the scored ones
+        assert x["freq_groups"][-1] == "unseen" and sum(x["group_tokens"]) == x["tokens_scored"]
+        assert sum(x["held_out_group_tokens"]) == x["held_out_tokens"] and len(x["held_out_group_nll"]) == len(x["group_nll"])
 
 
 def test_step_profile_variants_and_kernel_table_on_the_cpu(tmp_path):

@@ -154,6 +154,42 @@ def test_per_window_nll_is_each_windows_mean(tiny, stride):
     assert "window_nll" not in evaluate(m, ids, seq_len=64, progress=False)  # opt-in
 
 
+def test_frequency_groups_cut_the_training_tokens_by_share():
+    """Ids sorted by count: an id is in the group where the share of training tokens held by more frequent ids falls
+    (first 50%, 50-90%, 90-99%, the rest), and ids the text never has are a group of their own."""
+    from quantgpt.evaluate import frequency_groups
+
+    ids = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 4 + [4] * 1)
+    groups, names = frequency_groups(ids, 7)
+    assert groups.tolist() == [0, 1, 1, 2, 3, 4, 4]
+    assert names == ["0-50%", "50-90%", "90-99%", "99-100%", "unseen"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "bart"])
+def test_group_nll_splits_the_texts_nll_by_target_group(tiny, arch):
+    """token_groups: each group's mean NLL over the scored targets in it; weighted by their counts they give the
+    whole text's NLL, the counts add up to the scored tokens, a group of one id matches that id's targets scored by
+    hand (causal), and a group no target falls in is None."""
+    m = tiny(arch)
+    ids = torch.randint(3, 300, (320,))
+    groups = (torch.arange(m.config.vocab_size) % 3).long()
+    groups[ids[1]] = 3  # ids[1] is a target in the first window
+    groups[2] = 4  # id 2 never occurs: randint starts at 3
+    r = evaluate(m, ids, seq_len=64, batch_size=3, progress=False, token_groups=groups)
+    assert sum(r["group_tokens"]) == r["tokens"] and r["group_tokens"][4] == 0 and r["group_nll"][4] is None
+    assert sum(v * k for v, k in zip(r["group_nll"], r["group_tokens"]) if k) / r["tokens"] == pytest.approx(r["nll"], rel=1e-5)
+    if arch == "llama":
+        with torch.no_grad():
+            lps, starts = [], range(0, 320 - 64 + 1, 64)
+            for a in starts:
+                x = ids[a:a + 64][None]
+                lp = F.cross_entropy(m(x).logits[0, :-1], x[0, 1:], reduction="none")
+                lps.append(lp[x[0, 1:] == ids[1]])
+        lp = torch.cat(lps)
+        assert r["group_tokens"][3] == lp.numel() and r["group_nll"][3] == pytest.approx(lp.mean().item(), rel=1e-4)
+    assert "group_nll" not in evaluate(m, ids, seq_len=64, progress=False)  # opt-in
+
+
 def test_bart_is_scored_on_reconstruction(tiny):
     m = tiny("bart")
     r = evaluate(m, torch.randint(3, 300, (130,)), seq_len=64, progress=False)

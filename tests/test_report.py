@@ -366,6 +366,26 @@ def test_paired_cells_compare_settings_window_by_window(tmp_path):
     assert "## Paired comparisons on the same windows" in md and "| q0 and 1 more | kd | 2-2-8 |" in md
 
 
+def test_frequency_table_gives_each_runs_nll_by_group(tmp_path):
+    """Runs with paper_study's group NLLs get a table: the groups' shares of the test tokens, then each run's test /
+    held-out NLL per group; runs without them are left out, and with none the report has no such section."""
+    from quantgpt.report import frequency_cells
+
+    names = ["0-50%", "50-90%", "90-99%", "99-100%", "unseen"]
+    rows = [{"name": "q", "method": "quantgpt", "bits": "2-2-8", "perplexity": 25.0, "freq_groups": names,
+             "group_nll": [1.5, 3.25, 5.0, 7.0, None], "group_tokens": [600, 300, 80, 20, 0],
+             "held_out_group_nll": [1.6, 3.5, 5.5, 8.0, None]},
+            {"name": "kd", "method": "kd", "bits": "2-2-8", "perplexity": 25.2}]
+    head, cells = frequency_cells(rows)
+    assert head == ["run", "bits"] + [f"{n}: test / held out" for n in names]
+    assert cells == [["share of the test tokens", "", "60.0%", "30.0%", "8.0%", "2.0%", "0.0%"],
+                     ["q", "2-2-8", "1.5 / 1.6", "3.25 / 3.5", "5 / 5.5", "7 / 8", "- / -"]]
+    md = _report_md(rows, tmp_path)
+    assert "## Loss by the target's frequency in the training text" in md and "| q | 2-2-8 | 1.5 / 1.6 |" in md
+    (tmp_path / "b").mkdir()
+    assert "frequency in the training text" not in _report_md(rows[1:], tmp_path / "b")
+
+
 def test_report_bad_input(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text("{not json\n")

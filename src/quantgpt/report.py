@@ -34,6 +34,11 @@ PAIRED_NOTE = ("Settings compared window by window on the same text (the rows' w
                "the standard error of that mean over the windows (windows of one article are not independent, so it "
                "is a floor on the noise, not a test); it is the noise of the text, not of training (that is the "
                "range across seeds).")
+FREQUENCY_NOTE = ("Mean NLL (nats) of the targets in each group of token ids by how often the training text has "
+                  "them: the ids that make up its first 50% of tokens, then 50-90%, 90-99%, the rest, and ids it never "
+                  "has; the test text's, then the held-out text's. The first line gives each group's share of the "
+                  "test text's scored tokens. A gap that sits in the rare groups is one the held-out text, which lost "
+                  "its <unk> words, can hardly show.")
 REPEAT_SPAN = 1.25  # the most steps a group's longest run may have, as a multiple of its shortest's
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
            "tokens_trained", "wall_seconds_all", "device", "commit")
@@ -347,6 +352,24 @@ def _paired(a: list[list[float]], b: list[list[float]]) -> tuple[float, float]:
     return 100 * (math.exp(mean) - 1), 200 * math.sqrt(var / len(d))
 
 
+def frequency_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each run with ``group_nll`` (paper_study's freq_groups), its test and held-out NLL per
+    group, after a line of the groups' shares of the test tokens (the first such run's)."""
+    runs = [r for r in rows if r.get("group_nll") and r.get("freq_groups")]
+    if not runs:
+        return [], []
+    names = runs[0]["freq_groups"]
+    total = sum(runs[0]["group_tokens"]) or 1
+    share = ["share of the test tokens", ""] + [f"{100 * k / total:.1f}%" for k in runs[0]["group_tokens"]]
+    out = [share + [""] * (len(names) + 2 - len(share))]
+    for r in runs:
+        held = r.get("held_out_group_nll") or [None] * len(names)
+        out.append([r["name"], r["bits"]] + [" / ".join("-" if v is None else _fmt(v) for v in (t, h))
+                                             for t, h in zip(r["group_nll"], held)]
+                   + [""] * (len(names) - len(r["group_nll"])))
+    return ["run", "bits"] + [f"{n}: test / held out" for n in names], out
+
+
 def paired_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: every two settings at the same bits whose runs all carry the same number of test windows
     (``window_nll``), compared window by window on the test text and, where every run has it, on the held-out text.
@@ -459,18 +482,15 @@ def make_report(results, out) -> dict:
     # a row may carry a "note" (e.g. a run known to be invalid): shown in the tables, left out of the plots
     cols = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(r.get(c) for r in rows))
     sources = ", ".join(str(p) for p in paths)
+    sections = [(title, "", best_cells(b)) for title, b in tables]  # (title, note, (header, rows)), shown if rows
+    sections += [("Repeated seeds", SEEDS_NOTE, seed_cells(seed_groups(rows))),
+                 ("Repeats of one setting", REPEATS_NOTE, repeat_cells(repeat_groups(rows))),
+                 ("Paired comparisons on the same windows", PAIRED_NOTE, paired_cells(rows)),
+                 ("Loss by the target's frequency in the training text", FREQUENCY_NOTE, frequency_cells(rows))]
+    sections = [sec for sec in sections if sec[2][1]]
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{sources}`.", ""]
-    for title, b in tables:
-        md += [f"## {title}", "", *md_table(*best_cells(b)), ""]
-    seeds = seed_groups(rows)
-    if seeds:
-        md += ["## Repeated seeds", "", SEEDS_NOTE, "", *md_table(*seed_cells(seeds)), ""]
-    repeats = repeat_groups(rows)
-    if repeats:
-        md += ["## Repeats of one setting", "", REPEATS_NOTE, "", *md_table(*repeat_cells(repeats)), ""]
-    paired = paired_cells(rows)
-    if paired[1]:
-        md += ["## Paired comparisons on the same windows", "", PAIRED_NOTE, "", *md_table(*paired), ""]
+    for title, note, cells in sections:
+        md += [f"## {title}", "", *([note, ""] if note else []), *md_table(*cells), ""]
     for r in rows:
         r.setdefault("scales", scales(r))
         r.setdefault("weight_bits", weight_bits(r))
@@ -485,12 +505,8 @@ def make_report(results, out) -> dict:
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;border:1px solid #ccc}"
             "table{border-collapse:collapse}</style><h1>quantgpt study report</h1>"
             f"<p>{len(rows)} runs from <code>{html.escape(sources)}</code>.</p>"
-            + "".join(f"<h2>{html.escape(t)}</h2>" + html_table(*best_cells(b)) for t, b in tables)
-            + (f"<h2>Repeated seeds</h2><p>{html.escape(SEEDS_NOTE)}</p>" + html_table(*seed_cells(seeds)) if seeds else "")
-            + (f"<h2>Repeats of one setting</h2><p>{html.escape(REPEATS_NOTE)}</p>" + html_table(*repeat_cells(repeats))
-               if repeats else "")
-            + (f"<h2>Paired comparisons on the same windows</h2><p>{html.escape(PAIRED_NOTE)}</p>" + html_table(*paired)
-               if paired[1] else "")
+            + "".join(f"<h2>{html.escape(t)}</h2>" + (f"<p>{html.escape(n)}</p>" if n else "") + html_table(*c)
+                      for t, n, c in sections)
             + "<h2>Every run</h2>" + html_table(*every)
             + "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures))
     (out / "report.html").write_text(page)
