@@ -38,6 +38,21 @@ def test_quantize_eval_generate(capsys, tmp_path, model_dir, method):
     assert stdout.startswith("The people")
 
 
+def test_eval_by_frequency_splits_the_nll_by_target_group(capsys, model_dir):
+    """eval --by-frequency TEXT: the targets' NLL per group of TEXT's token frequency, in the JSON (their counts add
+    up to the scored tokens and their weighted mean is the text's NLL) and as lines of the plain output."""
+    args = ["eval", model_dir, "--data", "sample", "--seq-len", "64", "--limit-tokens", "2000", "--device", "cpu",
+            "--quiet", "--by-frequency", "sample-eval"]
+    code, stdout, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["freq_groups"][0] == "0-50%" and len(r["freq_groups"]) == len(r["group_nll"])
+    assert sum(r["group_tokens"]) == r["tokens"]
+    assert sum(v * k for v, k in zip(r["group_nll"], r["group_tokens"]) if k) / r["tokens"] == pytest.approx(r["nll"], rel=1e-5)
+    code, stdout, err = run(capsys, *args)
+    assert code == 0 and "NLL by the target's frequency" in stdout and "   0-50%: " in stdout
+
+
 def test_saved_model_reloads_to_identical_logits(tmp_path, model_dir, tokenizer):
     from quantgpt import QuantConfig, quantize_model, save_fakequant
     from quantgpt.models import load_float

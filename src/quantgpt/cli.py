@@ -65,19 +65,29 @@ def cmd_quantize(args) -> int:
 
 def cmd_eval(args) -> int:
     from .data import tokenize_files
-    from .evaluate import evaluate
+    from .evaluate import evaluate, frequency_groups
     from .models import load_any
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     model, tok = load_any(args.model)
     ids = tokenize_files(args.data, tok)
+    groups = names = None
+    if args.by_frequency:  # the targets grouped by how often this (training) text has them
+        groups, names = frequency_groups(tokenize_files(args.by_frequency, tok), model.config.vocab_size)
     model.to(device)
     r = evaluate(model, ids, seq_len=args.seq_len, stride=args.stride, batch_size=args.batch_size,
-                 limit_tokens=args.limit_tokens, dtype=dtype, progress=not args.quiet)
+                 limit_tokens=args.limit_tokens, dtype=dtype, progress=not args.quiet, token_groups=groups)
     r.update(model=args.model, data=[str(d) for d in args.data], device=str(device), dtype=str(dtype).replace("torch.", ""))
-    _emit(args, r, f"perplexity {r['perplexity']:.3f}  accuracy {r['accuracy']:.4f}  "
-                   f"({r['tokens']} tokens, {r['windows']} windows of {r['seq_len']})")
+    text = (f"perplexity {r['perplexity']:.3f}  accuracy {r['accuracy']:.4f}  "
+            f"({r['tokens']} tokens, {r['windows']} windows of {r['seq_len']})")
+    if names:
+        r["freq_groups"] = names[:len(r["group_nll"])]
+        text += ("\nNLL by the target's frequency in the reference text (the ids making up its first 50% of tokens, "
+                 "then 50-90%, 90-99%, the rest; ids it never has):")
+        text += "".join(f"\n  {n:>8s}: " + (f"{v:.3f} over {k} targets" if k else "no targets")
+                        for n, v, k in zip(r["freq_groups"], r["group_nll"], r["group_tokens"]))
+    _emit(args, r, text)
     return 0
 
 
@@ -302,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, default=None, help="sliding windows moving by STRIDE tokens")
     e.add_argument("--limit-tokens", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--by-frequency", nargs="+", metavar="TEXT",
+                   help="also the NLL of the targets grouped by how often TEXT (e.g. the training text) has them: the "
+                        "ids making up its first 50%% of tokens, then 50-90%%, 90-99%%, the rest, and ids it never has")
     _common(e, seed=False)
     e.set_defaults(func=cmd_eval)
 
