@@ -19,7 +19,6 @@ from .errors import QuantGPTError
 from .lm import hidden_states_and_head, supports_chunked_head
 
 
-@torch.no_grad()
 def frequency_groups(train_ids: torch.Tensor, vocab_size: int, shares=(0.5, 0.9, 0.99)) -> tuple[torch.Tensor, list[str]]:
     """Token ids grouped by how often ``train_ids`` has them: the most frequent ids that together make up the first
     ``shares[0]`` of the training tokens, the next ones up to ``shares[1]``, and so on, then the rest of the ids the
@@ -36,6 +35,7 @@ def frequency_groups(train_ids: torch.Tensor, vocab_size: int, shares=(0.5, 0.9,
     return groups, names
 
 
+@torch.no_grad()
 def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096, groups: torch.Tensor | None = None,
                    n_groups: int = 0):
     """Sums over positions t >= scored_from[b] of each row: NLL of each half of the window (targets at

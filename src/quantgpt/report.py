@@ -37,8 +37,8 @@ PAIRED_NOTE = ("Settings compared window by window on the same text (the rows' w
 FREQUENCY_NOTE = ("Mean NLL (nats) of the targets in each group of token ids by how often the training text has "
                   "them: the ids that make up its first 50% of tokens, then 50-90%, 90-99%, the rest, and ids it never "
                   "has; the test text's, then the held-out text's. The first line gives each group's share of the "
-                  "test text's scored tokens. A gap that sits in the rare groups is one the held-out text, which lost "
-                  "its <unk> words, can hardly show.")
+                  "test text's scored tokens. A gap that sits in the rare groups shows little on a text with few rare "
+                  "targets (the study's held-out lines, which lost their <unk> words).")
 REPEAT_SPAN = 1.25  # the most steps a group's longest run may have, as a multiple of its shortest's
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
            "tokens_trained", "wall_seconds_all", "device", "commit")
