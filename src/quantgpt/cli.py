@@ -83,8 +83,7 @@ def cmd_eval(args) -> int:
             f"({r['tokens']} tokens, {r['windows']} windows of {r['seq_len']})")
     if names:
         r["freq_groups"] = names[:len(r["group_nll"])]
-        text += ("\nNLL by the target's frequency in the reference text (the ids making up its first 50% of tokens, "
-                 "then 50-90%, 90-99%, the rest; ids it never has):")
+        text += "\nNLL by the target's frequency in the reference text (its share of tokens held by more frequent ids):"
         text += "".join(f"\n  {n:>8s}: " + (f"{v:.3f} over {k} targets" if k else "no targets")
                         for n, v, k in zip(r["freq_groups"], r["group_nll"], r["group_tokens"]))
     _emit(args, r, text)

@@ -118,7 +118,7 @@ def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None =
     windows = []  # each batch's per-window NLL sums (on the device until the end: no sync a batch)
     groups = None if token_groups is None else token_groups.to(device)
     n_groups = 0 if groups is None else int(token_groups.max()) + 1
-    by_group = 0
+    by_group = torch.zeros(2, n_groups, dtype=torch.float64, device=device)  # each group's NLL sum and count
     with autocast_for(device, dtype):
         for i in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
             s = starts[i:i + batch_size]
@@ -130,7 +130,7 @@ def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None =
             count += c
             windows.append(w)
             if g is not None:
-                by_group = by_group + g
+                by_group += g
     model.train(was_training)
     n_scored = int(count.sum())
     mean = (nll.sum() / n_scored).item()
