@@ -27,10 +27,7 @@ step-0 evaluation (the representation statistics at batch 1, the held-out text a
 real run does: the blocks then see three batch sizes before the training step's, and torch.compile gives the
 training graph a symbolic batch size (the other variants' graphs are static: BENCHMARKS.md section 40); ``+static``
 runs each training step with torch.compile's automatic dynamic shapes off, so that with ``+evals`` the training
-graph is compiled for its own batch again (the fix, should the symbol cost); ``+cudagraphs`` compiles the blocks
-with CUDA graphs (TrainConfig.cudagraphs: the host launches a graph per block, not each kernel), the fix should
-the forward run at the host's pace (its row's ``cudagraph_skips`` counts the graphs inductor ran without one).
-``--inductor KEY=VALUE``
+graph is compiled for its own batch again (the fix, should the symbol cost). ``--inductor KEY=VALUE``
 sets torch._inductor.config for every variant (``combo_kernels=True``: horizontal fusion of small kernels).
 
 ``--kernels N`` then runs two more steps of each variant under torch.profiler and writes its N longest kernels
@@ -218,8 +215,7 @@ def main():
                         "eager; +unshared: the tied table quantized for the lookup and again for the head; +synced: the "
                         "step's data copied to the GPU with blocking copies, a stream sync before the forward; +evals: the step-0 "
                         "evaluation first, as run() does, so that the training graph compiles after its batch sizes; +static: the "
-                        "training step compiled with automatic dynamic shapes off; +cudagraphs: the blocks compiled with CUDA "
-                        "graphs)")
+                        "training step compiled with automatic dynamic shapes off)")
     p.add_argument("--gc-off", action="store_true", help="collect, then keep Python's garbage collector off while timing")
     p.add_argument("--kernels", type=int, default=0, metavar="N",
                    help="after the timing, profile 2 steps and write the N longest kernels to kernels_<variant>.txt")
@@ -233,7 +229,6 @@ def main():
     from quantgpt.trainer import Trainer
 
     import torch._inductor.config as inductor_config
-    from torch._dynamo.utils import counters
 
     for kv in args.inductor:
         key, value = kv.split("=", 1)
@@ -265,10 +260,9 @@ def main():
         try:  # a variant that fails (a new flag on its first GPU) leaves the others' timings
             tc = TrainConfig(model="random", bits=bits, method=method, steps=10_000, seq_len=args.seq_len,
                              batch_size=args.batch_size, out=f"/tmp/sprofile_{time.time_ns()}", progress=False,
-                             device=dev.type, cudagraphs="cudagraphs" in flags)
+                             device=dev.type)
             evals = "evals" in flags
             tr = Trainer(tc, teacher=teacher, train_ids=ids, eval_ids=ids[: 4 * args.seq_len] if evals else None)
-            skips = counters["inductor"]["cudagraph_skips"]  # after the Trainer's compiler reset
             t_evals = time.perf_counter()
             if evals:  # +evals: run()'s step-0 evaluation first, its batches of 1 and 4 compiled before the training step's
                 tr.homogeneity()  # of 32, whose graph then compiles with a symbolic batch size, as in a real run
@@ -282,8 +276,6 @@ def main():
                    "gc_off": args.gc_off}
             if evals:
                 row["evals_s"] = round(t0 - t_evals, 2)
-            if "cudagraphs" in flags:  # graphs inductor would not capture (mutated inputs, too many re-recordings...)
-                row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
         except Exception as e:
             row = {"variant": variant, "error": f"{type(e).__name__}: {e}"[:1000]}
         if "error" not in row:

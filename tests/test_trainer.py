@@ -521,29 +521,6 @@ def test_compile_blocks_compiles_every_block_list(tiny):
     assert flat._compiled_call_impl is not None
 
 
-def test_cudagraphs_compiles_the_blocks_for_graphs_and_marks_each_step(tmp_path, tiny, tokenizer, ids, monkeypatch):
-    """cudagraphs: both models' blocks are compiled in torch.compile's reduce-overhead mode (CUDA graphs), and every
-    training step first tells torch a new iteration begins (its graphs may then reuse the last step's outputs'
-    memory); without it the mode is the default and no step is marked. It needs compile and no gradient
-    accumulation."""
-    import quantgpt.trainer as trainer_mod
-
-    for graphs in (True, False):
-        modes, marks = [], []
-        monkeypatch.setattr(trainer_mod, "compile_blocks", lambda m, mode=None: modes.append(mode))
-        monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-        tr = Trainer(_cfg(tmp_path / str(graphs), compile=True, cudagraphs=graphs), teacher=tiny("llama"),
-                     tokenizer=tokenizer, train_ids=ids)
-        tr.train_step()
-        tr.train_step()
-        assert modes == ["reduce-overhead"] * 2 if graphs else modes == [None] * 2
-        assert len(marks) == (2 if graphs else 0)
-    with pytest.raises(QuantGPTError, match="needs --compile"):
-        _cfg(tmp_path, compile=False, cudagraphs=True)
-    with pytest.raises(QuantGPTError, match="needs --grad-accum 1"):
-        _cfg(tmp_path, grad_accum=2, cudagraphs=True)
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_blockwise_init_lowers_every_blocks_error(tmp_path, tiny, tokenizer, ids, arch):
     """init blockwise trains each block of the 2-bit student towards the teacher's block output: every block's

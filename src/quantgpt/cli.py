@@ -151,7 +151,7 @@ COMPRESS_KEYS = ("model", "bits", "method", "quantizer", "contrastive", "granula
                  "momentum",
                  "layer", "proj_dim", "negative_source", "lm_weight", "mse_weight", "mean_grad", "dynamic_scale",
                  "init_gamma", "head_scale", "scale_bits", "adapt_steps", "act_granularity", "act_group_size", "eval_every", "eval_tokens", "save_every",
-                 "log_every", "track_flips", "freeze_threshold", "freeze_start", "seed", "teacher_cache", "compile", "cudagraphs", "device", "dtype", "out", "resume",
+                 "log_every", "track_flips", "freeze_threshold", "freeze_start", "seed", "teacher_cache", "compile", "device", "dtype", "out", "resume",
                  "gen_temperature", "gen_top_p", "calib_samples")
 
 
@@ -234,9 +234,6 @@ def _compress_parser(sub):
                         "weights, else off)")
     c.add_argument("--freeze-start", type=float, help="fraction of the steps before any weight is frozen (default 0.25)")
     c.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    c.add_argument("--cudagraphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the transformer blocks with CUDA graphs (torch.compile mode reduce-overhead): fewer "
-                        "kernel launches from the host, for a step paced by a slow CPU (default: off)")
     c.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the teacher's last hidden states of the training text once and keep them on the device, "
                         "instead of running the teacher in every step (same losses; blocks x seq-len x hidden values). "

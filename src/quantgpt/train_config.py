@@ -184,11 +184,6 @@ class TrainConfig:
     # device memory and the contrastive layer is the last (4% faster, BENCHMARKS section 12); True insists
     teacher_cache: bool | None = None
     compile: bool | None = None  # default: on with CUDA (fuses the fake-quant arithmetic), off on CPU
-    # compile the blocks with CUDA graphs (torch.compile's mode "reduce-overhead"): each block's kernels replay as
-    # one graph, so the host launches a graph per block instead of every kernel. For a step paced by a slow host
-    # CPU (BENCHMARKS section 42: the H100's host ran Python 1.2-2.7 times slower than the CI machine). Needs compile;
-    # on a CPU device it changes nothing
-    cudagraphs: bool = False
     device: str = "auto"
     dtype: str = "auto"
     out: str = "runs/compress"
@@ -264,11 +259,6 @@ class TrainConfig:
             raise QuantGPTError(f"--steps must be positive, got {self.steps}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise QuantGPTError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
-        if self.cudagraphs and self.compile is False:
-            raise QuantGPTError("--cudagraphs captures the compiled blocks: it needs --compile")
-        if self.cudagraphs and self.grad_accum > 1:  # a micro-batch's replay would overwrite the last one's gradients
-            raise QuantGPTError("--cudagraphs needs --grad-accum 1: each backward's graph reuses the memory that holds "
-                                "the gradients being accumulated")
         if self.adapt_steps is not None:
             if self.adapt_steps < 0:
                 raise QuantGPTError(f"--adapt-steps must be 0 or more, got {self.adapt_steps}")

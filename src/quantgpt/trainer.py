@@ -50,21 +50,22 @@ def quant_param_value(q) -> float:
     return float("nan")
 
 
-def compile_blocks(model: torch.nn.Module, embeddings: bool = True, mode: str | None = None) -> None:
+def compile_blocks(model: torch.nn.Module, embeddings: bool = True) -> None:
     """torch.compile each transformer block in place. The blocks share one class and their parameters are
     graph inputs, so one compiled graph serves all of them: compiling takes seconds, not the minutes a
     whole unrolled model takes. Every block list is compiled (BART: the encoder's and the decoder's); models
     without one are compiled whole. Each quantized embedding's weight quantizer, which runs outside the blocks
     on the whole table, is compiled too. On the H100 that saved SmolLM2's 2-bit step 0.75 ms of 135 when timed
     alternating with eager, inside the noise (BENCHMARKS.md section 35): a default that costs nothing, not a
-    gain. ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``). ``mode``: torch.compile's
-    (``"reduce-overhead"``: the blocks replay as CUDA graphs, TrainConfig.cudagraphs)."""
+    gain. ``embeddings=False`` leaves them eager (step_profile's ``+eager_embed``). Not in torch.compile's
+    ``reduce-overhead`` mode (CUDA graphs): with torch 2.11 every training step fails, each block's graph output
+    being overwritten as the next block takes it in (BENCHMARKS.md section 43)."""
     lists = block_lists(model)
     if not lists:
-        model.compile(mode=mode)
+        model.compile()
         return
     for block in (b for blocks in lists for b in blocks):
-        block.compile(mode=mode)
+        block.compile()
     for m in quant_embeddings(model) if embeddings else ():
         m.weight_quantizer.compile()
 
@@ -187,9 +188,8 @@ class Trainer:
         self._seconds = 0.0  # time_budget: run_seconds_all at the last step's sync, averaged over the ranks
         self._refit = False  # time_budget: fit again after the next step (an evaluation came between)
         if compiles:
-            mode = "reduce-overhead" if cfg.cudagraphs else None
-            compile_blocks(self.student, mode=mode)
-            compile_blocks(self.teacher, mode=mode)
+            compile_blocks(self.student)
+            compile_blocks(self.teacher)
         self._t_base = self.teacher.base_model
         self._t_cache = self._teacher_states() if self._want_teacher_cache() else None
         self.fingerprint = {"model": cfg.model, "bits": cfg.bits, "quantizer": cfg.weight_quantizer,
@@ -436,8 +436,6 @@ class Trainer:
     def train_step(self) -> dict:
         cfg = self.cfg
         sums = {}
-        if cfg.cudagraphs:  # a new training iteration: the graphs may reuse the last step's output memory
-            torch.compiler.cudagraph_mark_step_begin()
         for micro in range(cfg.grad_accum):
             idx = torch.tensor(dist.share(self.batch_indices(self.step, micro)))  # all of it in one process
             x = self._to_device(self.train[idx])
