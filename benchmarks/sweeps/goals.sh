@@ -67,31 +67,24 @@
 #           and (2): T=2 at seed 1 (2946 steps, 24.749; held out 26.36) and kd at T=2 (2865 steps, 24.909; held out
 #           26.36). T=2 is under every T=1 run on the test text for both methods and worse held out for both (+0.8%,
 #           +1.4% on the means), so by the rule set beforehand T stays 1. These rows are the first with windows.
-#           Next session (R=s36). Staging p3 and p1, then p2 with the teacher and the warm-up: `cp .devcache/p2/*
-#           /root/m/ && <link p3> && source .devcache/p3/assemble.sh && LIMIT=300 BASELINES=0 R=s36 QG_COMMIT=<c>
-#           PART=1 bash benchmarks/sweeps/goals.sh` (285 s in section 42). Then, each call `<link p3> && source
-#           .devcache/p3/assemble.sh >/dev/null 2>&1; LIMIT=$((575 - SECONDS)) R=s36 QG_COMMIT=<c> ... PART=2 bash
-#           benchmarks/sweeps/goals.sh` (about 550 s each), a new seed for both temperatures so that both rows carry
-#           the test and held-out windows and the NLL by the targets' training frequency (freq_groups, added in
-#           session 36): (1) STEPS=2946 SET=seed=2 TAG=-seed2 (T=1); (2) STEPS=2946 SET="temperature=2 seed=2"
-#           TAG=-T2-seed2. The report then pairs T=1 (seed 2) with T=2 (seeds 1 and 2) window by window, and its
-#           frequency table shows where T=2's test gain and held-out loss sit. Rule, the test text never choosing:
-#           T=2 becomes the default (both methods) if held out it is within 2 SE of T=1 in the pairing; if it is worse
-#           held out, T stays 1, and the frequency table says whether that loss is on common tokens or on the rare
-#           ones the held-out text, which lost its <unk> words, barely has (then the held-out text is the question).
-#           Later: kd at T=2 and seed 1 (METHOD=kd STEPS=2946 SET="temperature=2 seed=1" TAG=-T2-seed1), the exact
-#           quantgpt-against-kd pairing at one temperature.
-#           (3) With 220 s or more left on the warm machine (no staging; its random model compiles cold, about 60 s
-#           for the first variant in section 41; each variant's row is written as it ends): `PYTHONPATH=src
-#           QG_COMMIT=<c> timeout 200 python benchmarks/step_profile.py --steps 10 --variants quantgpt@2-2-8
-#           quantgpt@2-2-8+cudagraphs quantgpt@2-2-8 quantgpt@2-2-8+cudagraphs --out $OUT/step_profile.jsonl`: if
-#           host_forward - host_prepare comes near forward - prepare, the forward runs at the host's pace (section 42:
-#           the GPU host ran a fixed Python workload 1.2-2.7 times slower than the CI machine), and +cudagraphs
-#           (TrainConfig.cudagraphs: the blocks replayed as CUDA graphs) is the fix to time beside it. If it is
-#           faster in both rounds, a real run with SET=cudagraphs=true follows, and it becomes the GPU default.
+#           Section 43 (H100, commit 0664046, R=s36, session 37; its first machine was taken back during the teacher's
+#           call, 207 s lost) ran that plan's (1): the default at seed 2 (2946 steps, 24.890; held out 26.13), the first
+#           row with the NLL by frequency group. Paired with T=2 seed 1, T=2 is 0.88% worse held out (2 SE 0.74%): T
+#           stays 1. Plan item (3)'s +cudagraphs failed in torch 2.11 (as did a stock Llama), and the option is gone.
+#           Next session (R=s37). Staging p3 and p1, then p2 with the teacher and the warm-up: `cp .devcache/p2/*
+#           /root/m/ && <link p3> && source .devcache/p3/assemble.sh && LIMIT=300 BASELINES=0 R=s37 QG_COMMIT=<c>
+#           PART=1 bash benchmarks/sweeps/goals.sh` (278 s in section 43). Then, each call `<link p3> && source
+#           .devcache/p3/assemble.sh >/dev/null 2>&1; LIMIT=$((575 - SECONDS)) R=s37 QG_COMMIT=<c> ... PART=2 bash
+#           benchmarks/sweeps/goals.sh` (about 535 s each): (1) METHOD=kd STEPS=2946 SET=seed=2 TAG=-seed2: kd at
+#           section 43's seed and steps, the first exact quantgpt-against-kd pairing at the default temperature, with
+#           the frequency groups (does the contrastive term help the rare targets, and is its held-out deficit beyond
+#           the windows' noise?); (2) STEPS=2946 SET="temperature=2 seed=2" TAG=-T2-seed2: T=2 at seed 2, paired with
+#           section 43's row at one seed, with groups (is T=2's test gain on the rare targets?). Rule, the test text
+#           never choosing: quantgpt is better than kd only if it leads held out beyond 2 SE; T=2 becomes the default
+#           only if held out it is within 2 SE of T=1 at seed 2.
 #           Later: a teacher adapted longer, in its own call (`<link p3> && source .devcache/p3/assemble.sh &&
-#           LIMIT=320 BASELINES=0 WARM=0 FT_STEPS=600 R=s36a QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh`,
-#           then `... R=s36a STEPS=3023 TAG=-ft600 PART=2`): the adaptation's 300 steps are the one length measured.
+#           LIMIT=320 BASELINES=0 WARM=0 FT_STEPS=600 R=s37a QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh`,
+#           then `... R=s37a STEPS=3023 TAG=-ft600 PART=2`): the adaptation's 300 steps are the one length measured.
 #           <link p3>: `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3` (the working
 #           tree's copy drops the link). A run whose call ends after its last step and before its row
 #           (finished_then_stopped in the log)
