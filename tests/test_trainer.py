@@ -867,3 +867,19 @@ def test_cosine_contrastive_schedule_lowers_lambda_to_zero(tmp_path, tiny, token
     assert Trainer(const, teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids).cont_lambda(99) == 0.2
     with pytest.raises(QuantGPTError, match="unknown contrastive schedule 'linear'"):
         _cfg(tmp_path, cont_schedule="linear")
+
+
+def test_a_training_step_quantizes_the_tied_table_once(tmp_path, tiny, tokenizer, ids):
+    """The trainer keeps the student's quantized tables (found once, not by walking the modules every step), and a
+    step's lookup and tied head share one fake-quantized table: its quantizer runs once a step, and afterwards the
+    table is dropped so the next step sees the updated weights."""
+    from quantgpt.modules import quant_embeddings
+
+    tr = Trainer(_cfg(tmp_path), teacher=tiny("llama"), tokenizer=tokenizer, train_ids=ids)
+    emb = tr.student.get_input_embeddings()
+    assert tr._tables == quant_embeddings(tr.student) == [emb]
+    calls = []
+    emb.weight_quantizer.register_forward_hook(lambda *a: calls.append(1))
+    tr.train_step()
+    tr.train_step()
+    assert len(calls) == 2 and emb._shared is None

@@ -23,10 +23,12 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, output_hidden_state
     return model.base_model(input_ids=input_ids, output_hidden_states=output_hidden_states, use_cache=False)
 
 
-def hidden_states_and_head(model: nn.Module, input_ids: torch.Tensor, output_hidden_states: bool = False):
+def hidden_states_and_head(model: nn.Module, input_ids: torch.Tensor, output_hidden_states: bool = False,
+                           tables: list | None = None):
     """``(hidden_states(...), Head(model))`` with a quantized tied table made once for both (shared_tables): the
-    lookup and the head use one fake-quantized tensor, and autograd goes back through it once."""
-    with shared_tables(model):
+    lookup and the head use one fake-quantized tensor, and autograd goes back through it once. ``tables``: the
+    model's quant_embeddings, found once by a caller that runs it many times."""
+    with shared_tables(model, tables):
         return hidden_states(model, input_ids, output_hidden_states), Head(model)
 
 

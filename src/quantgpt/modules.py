@@ -108,13 +108,15 @@ def quant_embeddings(model: nn.Module) -> list[QuantEmbedding]:
 
 
 @contextmanager
-def shared_tables(model: nn.Module):
+def shared_tables(model: nn.Module, tables: list[QuantEmbedding] | None = None):
     """Inside: each quantized embedding table of ``model`` is fake-quantized once, when first asked for, and that
     one tensor serves its lookup and a tied head. Without it, a forward and a head applied after it (lm.Head) quantize
     the table twice, and autograd goes back through both: a vocabulary-sized matrix quantized outside the compiled
     blocks. The weights must not change inside (one forward and its head: a training step's losses, one evaluation
-    window); the table is dropped on leaving, so the next forward sees the updated weights."""
-    tables = quant_embeddings(model)
+    window); the table is dropped on leaving, so the next forward sees the updated weights. ``tables``: the
+    model's quant_embeddings, when the caller keeps them (finding them walks every module: 0.5 ms a step for
+    SmolLM2 on the CI machine, more on the GPU's host, which paces the forward)."""
+    tables = quant_embeddings(model) if tables is None else tables
     for m in tables:
         m._shared = []
     try:

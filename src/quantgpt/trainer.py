@@ -144,6 +144,7 @@ class Trainer:
         self.teacher = teacher.to(self.device, dtype=self.dtype if self.device.type == "cuda" else torch.float32).eval()
         self.student.to(self.device)
         self.student.eval()  # no dropout while distilling; quantizers still learn
+        self._tables = quant_embeddings(self.student)  # shared_tables' list, found once (the modules stay)
         for _, q in weight_quantizers(self.student):
             q.train()
         d_s = self.student.config.hidden_size
@@ -394,7 +395,7 @@ class Trainer:
                 r_t = h_t if cfg.layer == -1 else self._reps(t_out, cfg.layer)
                 prepared = self.contrastive.prepare(r_t.reshape(-1, r_t.shape[-1]).detach(), x.reshape(-1), self.gen,
                                                     gather=dist.gather if dist.world() > 1 else None)
-            s_out, head = hidden_states_and_head(self.student, x, need_hs)
+            s_out, head = hidden_states_and_head(self.student, x, need_hs, self._tables)
             h_s = s_out.last_hidden_state
             d = h_s.shape[-1]
             hs_in = head.act(h_s) if head.act is not None else h_s
