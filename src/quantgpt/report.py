@@ -246,7 +246,7 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 # config keys that do not change what a run computes, or name its files: left out when runs are matched as seeds
 # (the training text is matched by its file names, train_text: its paths differ between machines)
 SEED_FREE = {"seed", "out", "resume", "progress", "device", "dtype", "compile", "teacher_cache", "train_data",
-             "eval_data"}
+             "eval_data", "cudagraphs"}  # cudagraphs: a speed-only option of sections 42-43's rows, removed since
 
 
 # and, for repeats of one setting at any length, the keys of a run's length and the model folder (its teacher is
