@@ -254,7 +254,7 @@ def main():
         trainer_mod.compile_blocks = (functools.partial(plain_compile, embeddings=False) if "eager_embed" in flags
                                       else plain_compile)
         # +unshared: the tied table quantized twice a step (for the lookup, then for the head), as before shared_tables
-        lm.shared_tables = (lambda model: contextlib.nullcontext()) if "unshared" in flags else plain_shared
+        lm.shared_tables = (lambda model, tables=None: contextlib.nullcontext()) if "unshared" in flags else plain_shared
         # +synced: blocking host-to-device copies of the step's data (a stream sync each), as before _to_device
         Trainer._to_device = (lambda self, t: t.to(self.device)) if "synced" in flags else plain_to_device
         try:  # a variant that fails (a new flag on its first GPU) leaves the others' timings
