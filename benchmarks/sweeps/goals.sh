@@ -73,7 +73,8 @@
 #           stays 1. Plan item (3)'s +cudagraphs failed in torch 2.11 (as did a stock Llama), and the option is gone.
 #           Next session (R=s37). Staging p3 and p1, then p2 with the teacher and the warm-up: `cp .devcache/p2/*
 #           /root/m/ && <link p3> && source .devcache/p3/assemble.sh && LIMIT=300 BASELINES=0 R=s37 QG_COMMIT=<c>
-#           PART=1 bash benchmarks/sweeps/goals.sh` (278 s in section 43). Then, each call `<link p3> && source
+#           PART=1 bash benchmarks/sweeps/goals.sh` (278 s in section 43 with WARM after the teacher; WARM now runs beside
+#           it, first tried in this call: about 190 s expected). Then, each call `<link p3> && source
 #           .devcache/p3/assemble.sh >/dev/null 2>&1; LIMIT=$((575 - SECONDS)) R=s37 QG_COMMIT=<c> ... PART=2 bash
 #           benchmarks/sweeps/goals.sh` (about 535 s each): (1) METHOD=kd STEPS=2946 SET=seed=2 TAG=-seed2: kd at
 #           section 43's seed and steps, the first exact quantgpt-against-kd pairing at the default temperature, with
@@ -108,19 +109,21 @@ TF=runs/study/finetune_16-16-16-$R
 case ${PART:?set PART=1, 2, 3 or 4} in
   1) LIMIT=${LIMIT:-575}; END=$((SECONDS + LIMIT))
      FT=${FT_STEPS:-300}  # the teacher's adaptation steps: 300 took 88 s with loading and test (section 40), 150 ms each
-     LIMIT=$((170 + (FT - 300) / 4)) QG_SHARED_GPU=1 bg ft --steps "$FT" --only finetune@16-16-16 --tag=-$R
-     wait_runs
-     # WARM=1 (default): a 10-step quantgpt run from the teacher fills the machine's compile cache (inductor's, on
-     # its disk), so that every later run here compiles warm. Session 34's first 2-bit run on a fresh machine spent
-     # about 47 s in its step-0 evaluation and first step (the run after it 12 s) and about 25 s more in its setup:
-     # some 390 steps of its budget, whichever method runs first (benchmarks/compile_cold.py; BENCHMARKS 40)
-     if [ "${WARM:-1}" = 1 ] && [ -f $TF/finetune.json ]; then
-       # (evaluated at its end only: by default its 10 steps evaluate every 2, each a held-out pass and a best-model
-       # save, some 10 of its 81 s in section 41; the step-0 evaluation already compiles the evaluation's graphs)
-       LIMIT=$((END - SECONDS)) QG_SHARED_GPU=1 bg warm --steps 10 --only quantgpt@2-2-8 --model $TF --tag=-warm-$R \
-         --set eval_every=10 --out runs/warm.jsonl
-       wait_runs
+     # WARM=1 (default): a 10-step quantgpt run fills the machine's compile cache (inductor's, on its disk), so that
+     # every later run here compiles warm. Session 34's first 2-bit run on a fresh machine spent about 47 s in its
+     # step-0 evaluation and first step (the run after it 12 s) and about 25 s more in its setup: some 390 steps of
+     # its budget, whichever method runs first (benchmarks/compile_cold.py; BENCHMARKS 40). It runs beside the
+     # teacher, from the GGUF model as given (10 steps: no adaptation of its own), since the compiled graphs depend
+     # on the architecture and shapes, not on the weights; one after the other they took 80 and 103 s of section
+     # 43's 278 s call. It is evaluated at its end only (by default its 10 steps evaluate every 2, each a held-out
+     # pass and a best-model save; the step-0 evaluation already compiles the evaluation's graphs)
+     [ "${WARM:-1}" = 1 ] && export QG_SHARED_GPU=2 || export QG_SHARED_GPU=1
+     LIMIT=$((170 + (FT - 300) / 4)) bg ft --steps "$FT" --only finetune@16-16-16 --tag=-$R
+     if [ "${WARM:-1}" = 1 ]; then
+       LIMIT=$((END - SECONDS)) bg warm --steps 10 --only quantgpt@2-2-8 --tag=-warm-$R --set eval_every=10 \
+         --out runs/warm.jsonl
      fi
+     wait_runs
      LIMIT=$((END - SECONDS))
      if [ "${BASELINES:-1}" = 0 ]; then :  # the teacher alone, for PART=2 on this machine
      elif [ -f $TF/finetune.json ]; then
