@@ -387,6 +387,30 @@ def test_frequency_table_gives_each_runs_nll_by_group(tmp_path):
     assert "frequency in the training text" not in _report_md(rows[1:], tmp_path / "b")
 
 
+def test_gap_table_gives_each_runs_loss_to_its_teacher_by_group(tmp_path):
+    """A run whose teacher (its config's model folder) is another row with groups gets its NLL less the teacher's
+    per group, test / held out, and each group's share of the test gap: share of the targets times the gap, over
+    the sum (here 3 x 0.5 and 1 x 2.0 of 3.5: 43% and 57%). A run from a teacher not in the results, and the
+    teacher itself, get no line."""
+    from quantgpt.report import gap_cells
+
+    names = ["0-50%", "rest"]
+
+    def row(name, out, model, test, held):
+        return {"name": name, "method": "kd", "bits": "2-2-8", "perplexity": 20.0, "freq_groups": names,
+                "group_nll": test, "group_tokens": [3, 1], "held_out_group_nll": held,
+                "config": {"out": f"runs/study/{out}", "model": model, "train_data": ["a.txt"]}}
+
+    rows = [row("teacher", "ft-s1", "smollm2-135m", [1.0, 2.0], [1.1, 2.5]),
+            row("student", "q-s1", "runs/study/ft-s1", [1.5, 4.0], [1.2, 3.0]),
+            row("orphan", "q-s2", "runs/study/ft-s2", [1.5, 4.0], [1.2, 3.0])]
+    head, cells = gap_cells(rows)
+    assert head == ["run", "teacher", "0-50%: test / held out (share)", "rest: test / held out (share)"]
+    assert cells == [["student", "teacher", "0.500 / 0.100 (43%)", "2.000 / 0.500 (57%)"]]
+    assert gap_cells(rows[:1]) == ([], [])
+    assert "## The loss to the teacher by frequency group" in _report_md(rows, tmp_path)
+
+
 def test_report_bad_input(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text("{not json\n")

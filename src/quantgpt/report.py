@@ -39,6 +39,10 @@ FREQUENCY_NOTE = ("Mean NLL (nats) of the targets in each group of token ids by 
                   "has; the test text's, then the held-out text's. The first line gives each group's share of the "
                   "test text's scored tokens. A gap that sits in the rare groups shows little on a text with few rare "
                   "targets (the study's held-out lines, which lost their <unk> words).")
+GAP_NOTE = ("Each run's loss to the teacher it distilled from (a row of these results with groups), per group of the "
+            "table above: the run's mean NLL less the teacher's, in nats a token, on the test text / the held-out "
+            "text, and in brackets the group's share of the whole test gap (its share of the targets times its "
+            "gap, over the sum). The shares say which tokens the compression costs.")
 REPEAT_SPAN = 1.25  # the most steps a group's longest run may have, as a multiple of its shortest's
 COLUMNS = ("name", "method", "bits", "scales", "weight_bits", "train_text", "perplexity", "halves", "accuracy",
            "tokens_trained", "wall_seconds_all", "device", "commit")
@@ -370,6 +374,34 @@ def frequency_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["run", "bits"] + [f"{n}: test / held out" for n in names], out
 
 
+def gap_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each run with group NLLs whose teacher (its config's ``model`` folder) is the ``out`` folder
+    of another row with them, the run's NLL less the teacher's per group, test / held out, with each group's share
+    of the test gap."""
+    def folder(r, key):
+        return Path(str((r.get("config") or {}).get(key) or "")).name
+
+    with_groups = [r for r in rows if r.get("group_nll") and r.get("freq_groups")]
+    teachers = {folder(r, "out"): r for r in with_groups if folder(r, "out")}
+    out, names = [], []
+    for r in with_groups:
+        t = teachers.get(folder(r, "model"))
+        if t is None or t is r or t["freq_groups"] != r["freq_groups"]:
+            continue
+        names = r["freq_groups"]
+        gap = [None if a is None or b is None else a - b for a, b in zip(r["group_nll"], t["group_nll"])]
+        weighted = [0.0 if g is None else g * k for g, k in zip(gap, r["group_tokens"])]
+        whole = sum(weighted)
+        held = [None if a is None or b is None else a - b
+                for a, b in zip(r.get("held_out_group_nll") or [None] * len(names),
+                                t.get("held_out_group_nll") or [None] * len(names))]
+        out.append([r["name"], t["name"]] + [
+            f"{'-' if g is None else f'{g:.3f}'} / {'-' if h is None else f'{h:.3f}'}"
+            + (f" ({100 * w / whole:.0f}%)" if g is not None and whole > 0 else "")
+            for g, h, w in zip(gap, held, weighted)])
+    return (["run", "teacher"] + [f"{n}: test / held out (share)" for n in names], out) if out else ([], [])
+
+
 def paired_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: every two settings at the same bits whose runs all carry the same number of test windows
     (``window_nll``), compared window by window on the test text and, where every run has it, on the held-out text.
@@ -486,7 +518,8 @@ def make_report(results, out) -> dict:
     sections += [("Repeated seeds", SEEDS_NOTE, seed_cells(seed_groups(rows))),
                  ("Repeats of one setting", REPEATS_NOTE, repeat_cells(repeat_groups(rows))),
                  ("Paired comparisons on the same windows", PAIRED_NOTE, paired_cells(rows)),
-                 ("Loss by the target's frequency in the training text", FREQUENCY_NOTE, frequency_cells(rows))]
+                 ("Loss by the target's frequency in the training text", FREQUENCY_NOTE, frequency_cells(rows)),
+                 ("The loss to the teacher by frequency group", GAP_NOTE, gap_cells(rows))]
     sections = [sec for sec in sections if sec[2][1]]
     md = ["# quantgpt study report", "", f"{len(rows)} runs from `{sources}`.", ""]
     for title, note, cells in sections:
