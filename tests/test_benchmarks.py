@@ -315,3 +315,17 @@ def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_run
     assert _goals(tmp_path / "long", PART="1", BASELINES="0", WARM="0", FT_STEPS="600").returncode == 0
     teacher = (tmp_path / "long" / "args").read_text().split()
     assert teacher[teacher.index("--steps") + 1] == "600"
+
+
+def test_cudagraph_check_runs_its_model_and_reports_each_variant():
+    """cudagraph_check (rerun on a newer torch to see whether reduce-overhead survives training): its eager variant
+    trains the stock Llama on the CPU and reports ok; an unknown variant is an error naming the known ones."""
+    script = Path(__file__).parents[1] / "benchmarks" / "cudagraph_check.py"
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--variants", "eager", "--steps", "2"],
+                       capture_output=True, text=True, cwd=script.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["variant"] == "eager" and row["ok"] is True and row["cudagraph_trees"] is True
+    bad = subprocess.run([sys.executable, str(script), "--device", "cpu", "--variants", "graphs"], capture_output=True,
+                         text=True, cwd=script.parent)
+    assert bad.returncode != 0 and "blocks, whole, clone or eager" in bad.stderr
