@@ -56,6 +56,17 @@ finish() {  # wait for this call's runs, then copy rows and logs to $OUT and pri
   wait
   cp runs/study.jsonl "$OUTDIR/" 2>/dev/null
   tar -czf "$OUTDIR/logs.tgz" runs/logs $(ls runs/study/*/train_log.jsonl 2>/dev/null)
+  # KEEP_MODEL=RUN_DIR: that run's packed model comes back too (2-2-8 SmolLM2: 52.5 MiB, over the 16 MiB a file
+  # may have), as model.safetensors.part00, 01... of 15 MiB and model_files.tgz (its config, manifest and
+  # tokenizer). Here: `cat model.safetensors.part* > DIR/model.safetensors && tar -xzf model_files.tgz -C DIR`,
+  # and quantgpt loads DIR on the CPU (generation samples, evaluations, analyses without device time)
+  if [ -n "${KEEP_MODEL:-}" ]; then
+    if [ -f "$KEEP_MODEL/model.safetensors" ]; then
+      split -b 15M -d "$KEEP_MODEL/model.safetensors" "$OUTDIR/model.safetensors.part"
+      tar -czf "$OUTDIR/model_files.tgz" -C "$KEEP_MODEL" $(cd "$KEEP_MODEL" && find . -maxdepth 1 -type f \
+        ! -name model.safetensors ! -name train_log.jsonl ! -name '*.png' -printf '%P\n')
+    else echo "KEEP_MODEL: no model.safetensors in $KEEP_MODEL" >&2; fi
+  fi
   python - <<'PY'
 import json, pathlib
 p = pathlib.Path("runs/study.jsonl")

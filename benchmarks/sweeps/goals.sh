@@ -82,7 +82,10 @@
 #           the windows' noise?); (2) STEPS=2946 SET="temperature=2 seed=2" TAG=-T2-seed2: T=2 at seed 2, paired with
 #           section 43's row at one seed, with groups (is T=2's test gain on the rare targets?). Rule, the test text
 #           never choosing: quantgpt is better than kd only if it leads held out beyond 2 SE; T=2 becomes the default
-#           only if held out it is within 2 SE of T=1 at seed 2.
+#           only if held out it is within 2 SE of T=1 at seed 2. Each PART=2 call now also brings back its run's
+#           packed model (KEEP=1, common.sh's finish: 52.5 MiB in 15 MiB parts, first tried then); reassemble it here
+#           under .devcache/models/<run> and use it on the CPU: `quantgpt generate` samples beside the teacher's, and
+#           `quantgpt eval --by-frequency` for analyses that need no device time.
 #           Later: a teacher adapted longer, in its own call (`<link p3> && source .devcache/p3/assemble.sh &&
 #           LIMIT=320 BASELINES=0 WARM=0 FT_STEPS=600 R=s37a QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh`,
 #           then `... R=s37a STEPS=3023 TAG=-ft600 PART=2`): the adaptation's 300 steps are the one length measured.
@@ -140,7 +143,9 @@ case ${PART:?set PART=1, 2, 3 or 4} in
      TB=$((LIMIT - SECONDS - RESERVE))
      LONG=(--steps "${STEPS:-8000}" --only "${METHOD:-quantgpt}@2-2-8" --set time_budget=$TB save_every=100000 ${SET:-})
      case $PART in
-       2) if [ -f $TF/finetune.json ]; then QG_SHARED_GPU=1 bg long "${LONG[@]}" --model $TF --tag=-tb${TAG:-}-$R
+       2) # KEEP=1 (default): the run's packed model comes back in parts (common.sh's finish)
+          [ "${KEEP:-1}" = 1 ] && KEEP_MODEL=runs/study/${METHOD:-quantgpt}_2-2-8-tb${TAG:-}-$R
+          if [ -f $TF/finetune.json ]; then QG_SHARED_GPU=1 bg long "${LONG[@]}" --model $TF --tag=-tb${TAG:-}-$R
           else echo "no adapted teacher at $TF (a bare machine?): run PART=3" >&2; fi ;;
        3) QG_SHARED_GPU=1 bg long "${LONG[@]}" --tag=-tb-own${TAG:-}-$R ;;
        4) S=${S/python /torchrun --standalone --nproc-per-node ${GPUS:-2} }  # one study process per GPU
