@@ -18,8 +18,8 @@ again. With ``--eval-data``, ``held_out_perplexity`` is the whole held-out text'
 same model. Training chose its checkpoint on that text in its own ``--seq-len`` windows over ``eval_tokens``
 tokens, so this row field separates the text from the window length when the two measures disagree
 (BENCHMARKS.md section 34). Both texts' mean NLL is also given per group of target tokens by how often the
-training text has them (``freq_groups``: the ids making up its first 50% of tokens, then 50-90%, 90-99%, the rest,
-and ids it never has; ``group_nll`` / ``held_out_group_nll`` and their token counts).
+training text has them (``freq_groups``, as quantgpt.evaluate.frequency_groups cuts them by default;
+``group_nll`` / ``held_out_group_nll`` and their token counts).
 """
 from __future__ import annotations
 

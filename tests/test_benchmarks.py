@@ -272,7 +272,8 @@ def _goals(tmp_path, **env) -> subprocess.CompletedProcess:
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
-    stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" >> {tmp_path}/args\n')
+    stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" >> {tmp_path}/args\n'
+                    f'echo "$QG_SHARED_GPU" >> {tmp_path}/shared\n')
     stub.chmod(0o755)
     (stub.parent / "torchrun").symlink_to(stub)  # PART=4's launcher
     smi = stub.parent / "nvidia-smi"
@@ -297,21 +298,52 @@ def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, r
     assert f"time_budget={budget}" in args
 
 
+def test_goals_long_run_brings_back_its_packed_model_in_parts(tmp_path):
+    """PART=2 (KEEP=1 by default) returns its run's packed model under the device's 16 MiB-a-file limit: 15 MiB
+    parts that concatenate to the file, and its small files (config, manifest, tokenizer) in model_files.tgz
+    without the train log or plots; KEEP=0 returns none."""
+    import tarfile
+
+    run = tmp_path / "runs" / "study" / "kd_2-2-8-tb-x-t"  # METHOD=kd TAG=-x, R=t: the run's folder
+    run.mkdir(parents=True)
+    model = bytes(range(256)) * (70 * 1024)  # 17.5 MiB
+    (run / "model.safetensors").write_bytes(model)
+    for name in ("config.json", "quantgpt.json", "tokenizer.json", "train_log.jsonl", "loss.png"):
+        (run / name).write_text("{}")
+    r = _goals(tmp_path, PART="2", METHOD="kd", TAG="-x")
+    assert r.returncode == 0, r.stderr
+    parts = sorted((tmp_path / "out").glob("model.safetensors.part*"))
+    assert [p.name for p in parts] == ["model.safetensors.part00", "model.safetensors.part01"]
+    assert parts[0].stat().st_size == 15 * 2**20 and b"".join(p.read_bytes() for p in parts) == model
+    with tarfile.open(tmp_path / "out" / "model_files.tgz") as t:
+        assert sorted(t.getnames()) == ["config.json", "quantgpt.json", "tokenizer.json"]
+    other = tmp_path / "no" / "runs" / "study" / "quantgpt_2-2-8-tb-t"
+    other.mkdir(parents=True)
+    (other / "model.safetensors").write_bytes(model)
+    assert _goals(tmp_path / "no", PART="2", KEEP="0").returncode == 0
+    assert (tmp_path / "no" / "out" / "logs.tgz").is_file() and not list((tmp_path / "no" / "out").glob("model*"))
+
+
 def test_goals_teacher_call_returns_when_its_run_ends_though_the_gpu_sampler_runs(tmp_path):
     """PART=1 waits for its teacher's run before it starts the baselines; a bare `wait` also waited for common.sh's
     GPU sampler, which only finish stops, and session 34's call hung until its 300 s limit (timeout's 124 here)."""
     r = _goals(tmp_path, PART="1", BASELINES="0")
     assert r.returncode == 0, r.stderr
-    teacher, warm = [line.split() for line in (tmp_path / "args").read_text().splitlines()]
-    assert "finetune@16-16-16" in teacher and teacher[teacher.index("--steps") + 1] == "300"
-    # then the short run that warms the compile cache, from the teacher, its row kept out of the study's
+    lines = [line.split() for line in (tmp_path / "args").read_text().splitlines()]
+    (teacher,) = [a for a in lines if "finetune@16-16-16" in a]  # the two start together: in either order
+    (warm,) = [a for a in lines if a is not teacher]
+    assert teacher[teacher.index("--steps") + 1] == "300"
+    # beside it the short run that warms the compile cache, from the model as given (its graphs do not depend on
+    # the weights), its row kept out of the study's; the two share the GPU
     assert warm[warm.index("--only") + 1] == "quantgpt@2-2-8" and warm[warm.index("--steps") + 1] == "10"
-    assert warm[warm.index("--model") + 1] == "runs/study/finetune_16-16-16-t"
+    assert "--model" not in warm
+    assert (tmp_path / "shared").read_text().split() == ["2", "2"]
     assert [v for k, v in zip(warm, warm[1:]) if k == "--out"][-1] == "runs/warm.jsonl"  # the last --out wins
     assert "eval_every=10" in warm  # evaluated at its end only
     assert (tmp_path / "out" / "logs.tgz").is_file()
     assert _goals(tmp_path / "cold", PART="1", BASELINES="0", WARM="0").returncode == 0
     assert len((tmp_path / "cold" / "args").read_text().splitlines()) == 1
+    assert (tmp_path / "cold" / "shared").read_text().split() == ["1"]  # the teacher alone
     assert _goals(tmp_path / "long", PART="1", BASELINES="0", WARM="0", FT_STEPS="600").returncode == 0
     teacher = (tmp_path / "long" / "args").read_text().split()
     assert teacher[teacher.index("--steps") + 1] == "600"

@@ -276,6 +276,8 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluate import FREQUENCY_GROUPS
+
     p = argparse.ArgumentParser(prog="quantgpt", description="Compress generative language models to 2-8 bits.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -309,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit-tokens", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--by-frequency", nargs="+", metavar="TEXT",
-                   help="also the NLL of the targets grouped by how often TEXT (e.g. the training text) has them: the "
-                        "ids making up its first 50%% of tokens, then 50-90%%, 90-99%%, the rest, and ids it never has")
+                   help="also the NLL of the targets grouped by how often TEXT (e.g. the training text) has them: "
+                        + FREQUENCY_GROUPS.replace("%", "%%"))
     _common(e, seed=False)
     e.set_defaults(func=cmd_eval)
 

@@ -19,6 +19,11 @@ from .errors import QuantGPTError
 from .lm import hidden_states_and_head, supports_chunked_head
 
 
+# the default groups of frequency_groups in words, for help texts and reports
+FREQUENCY_GROUPS = ("the ids that make up its first 50% of tokens, then 50-90%, 90-99%, the rest, and ids it never "
+                    "has")
+
+
 def frequency_groups(train_ids: torch.Tensor, vocab_size: int, shares=(0.5, 0.9, 0.99)) -> tuple[torch.Tensor, list[str]]:
     """Token ids grouped by how often ``train_ids`` has them: the most frequent ids that together make up the first
     ``shares[0]`` of the training tokens, the next ones up to ``shares[1]``, and so on, then the rest of the ids the

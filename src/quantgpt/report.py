@@ -21,6 +21,7 @@ from .errors import QuantGPTError  # noqa: E402
 from .plots import read_log  # noqa: E402
 from .adapt import ADAPT_DIR  # noqa: E402
 from .train_config import TrainConfig  # noqa: E402
+from .evaluate import FREQUENCY_GROUPS  # noqa: E402
 
 SEEDS_NOTE = ("Runs that differ only by their seed. The best-perplexity tables take the best seed of each method; "
               "the range here is the noise a single comparison carries.")
@@ -35,8 +36,7 @@ PAIRED_NOTE = ("Settings compared window by window on the same text (the rows' w
                "is a floor on the noise, not a test); it is the noise of the text, not of training (that is the "
                "range across seeds).")
 FREQUENCY_NOTE = ("Mean NLL (nats) of the targets in each group of token ids by how often the training text has "
-                  "them: the ids that make up its first 50% of tokens, then 50-90%, 90-99%, the rest, and ids it never "
-                  "has; the test text's, then the held-out text's. The first line gives each group's share of the "
+                  f"them: {FREQUENCY_GROUPS}; the test text's, then the held-out text's. The first line gives each group's share of the "
                   "test text's scored tokens. A gap that sits in the rare groups shows little on a text with few rare "
                   "targets (the study's held-out lines, which lost their <unk> words).")
 GAP_NOTE = ("Each run's loss to the teacher it distilled from (a row of these results with groups), per group of the "
