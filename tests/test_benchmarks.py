@@ -316,7 +316,8 @@ def test_goals_long_run_brings_back_its_packed_model_in_parts(tmp_path):
     assert [p.name for p in parts] == ["model.safetensors.part00", "model.safetensors.part01"]
     assert parts[0].stat().st_size == 15 * 2**20 and b"".join(p.read_bytes() for p in parts) == model
     with tarfile.open(tmp_path / "out" / "model_files.tgz") as t:
-        assert sorted(t.getnames()) == ["config.json", "quantgpt.json", "tokenizer.json"]
+        assert sorted(t.getnames()) == ["config.json", "kept_run.txt", "quantgpt.json", "tokenizer.json"]
+        assert t.extractfile("kept_run.txt").read().decode().strip() == "kd_2-2-8-tb-x-t"
     other = tmp_path / "no" / "runs" / "study" / "quantgpt_2-2-8-tb-t"
     other.mkdir(parents=True)
     (other / "model.safetensors").write_bytes(model)
@@ -361,3 +362,48 @@ def test_cudagraph_check_runs_its_model_and_reports_each_variant():
     bad = subprocess.run([sys.executable, str(script), "--device", "cpu", "--variants", "graphs"], capture_output=True,
                          text=True, cwd=script.parent)
     assert bad.returncode != 0 and "blocks, whole, clone or eager" in bad.stderr
+
+
+def test_fetch_model_rebuilds_a_packed_model_from_its_parts(tmp_path, tiny, tokenizer):
+    """fetch_model.py: the parts and model_files.tgz a PART=2 call returns become a folder named by kept_run.txt
+    that loads as the packed model it was (the same logits); a gap in the parts, or a missing last part, is an
+    error before anything is written."""
+    import tarfile
+
+    import torch
+
+    sys.path.insert(0, str(SPEED.parent))
+    from fetch_model import fetch
+
+    from quantgpt.config import QuantConfig
+    from quantgpt.convert import quantize_model
+    from quantgpt.models import load_any
+    from quantgpt.packed import save_packed
+
+    src = save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=16)), tokenizer, tmp_path / "p")
+    data = (src / "model.safetensors").read_bytes()
+    files = tmp_path / "files"
+    files.mkdir()
+    third = len(data) // 3 + 1
+    for i in range(3):
+        (files / f"model.safetensors.part{i:02d}").write_bytes(data[i * third:(i + 1) * third])
+    (tmp_path / "kept_run.txt").write_text("quantgpt_2-2-8-tb-x-t\n")
+    with tarfile.open(files / "model_files.tgz", "w:gz") as t:
+        for f in src.iterdir():
+            if f.name != "model.safetensors":
+                t.add(f, f.name)
+        t.add(tmp_path / "kept_run.txt", "kept_run.txt")
+    folder = fetch(files, tmp_path / "models")
+    assert folder == tmp_path / "models" / "quantgpt_2-2-8-tb-x-t" and not (folder / "kept_run.txt").exists()
+    assert (folder / "model.safetensors").read_bytes() == data
+    x = torch.randint(3, 300, (1, 12))
+    with torch.no_grad():
+        a, b = (load_any(str(d))[0](input_ids=x).logits for d in (src, folder))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (files / "model.safetensors.part02").unlink()
+    with pytest.raises(SystemExit, match="parts missing"):
+        fetch(files, tmp_path / "other")
+    (files / "model.safetensors.part03").write_bytes(b"")
+    with pytest.raises(SystemExit, match="not 00 to"):
+        fetch(files, tmp_path / "other")
+    assert not (tmp_path / "other" / "quantgpt_2-2-8-tb-x-t").exists()

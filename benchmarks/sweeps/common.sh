@@ -58,13 +58,15 @@ finish() {  # wait for this call's runs, then copy rows and logs to $OUT and pri
   tar -czf "$OUTDIR/logs.tgz" runs/logs $(ls runs/study/*/train_log.jsonl 2>/dev/null)
   # KEEP_MODEL=RUN_DIR: that run's packed model comes back too (2-2-8 SmolLM2: 52.5 MiB, over the 16 MiB a file
   # may have), as model.safetensors.part00, 01... of 15 MiB and model_files.tgz (its config, manifest and
-  # tokenizer). Here: `cat model.safetensors.part* > DIR/model.safetensors && tar -xzf model_files.tgz -C DIR`,
-  # and quantgpt loads DIR on the CPU (generation samples, evaluations, analyses without device time)
+  # tokenizer, and kept_run.txt: the run's folder name). Here, benchmarks/fetch_model.py FILES_AT puts them
+  # together under .devcache/models/RUN, which quantgpt loads on the CPU (generation samples, evaluations, analyses
+  # without device time)
   if [ -n "${KEEP_MODEL:-}" ]; then
     if [ -f "$KEEP_MODEL/model.safetensors" ]; then
       split -b 15M -d "$KEEP_MODEL/model.safetensors" "$OUTDIR/model.safetensors.part"
+      basename "$KEEP_MODEL" > runs/kept_run.txt
       tar -czf "$OUTDIR/model_files.tgz" -C "$KEEP_MODEL" $(cd "$KEEP_MODEL" && find . -maxdepth 1 -type f \
-        ! -name model.safetensors ! -name train_log.jsonl ! -name '*.png' -printf '%P\n')
+        ! -name model.safetensors ! -name train_log.jsonl ! -name '*.png' -printf '%P\n') -C "$PWD/runs" kept_run.txt
     else echo "KEEP_MODEL: no model.safetensors in $KEEP_MODEL" >&2; fi
   fi
   python - <<'PY'

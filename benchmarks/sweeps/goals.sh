@@ -83,9 +83,10 @@
 #           section 43's row at one seed, with groups (is T=2's test gain on the rare targets?). Rule, the test text
 #           never choosing: quantgpt is better than kd only if it leads held out beyond 2 SE; T=2 becomes the default
 #           only if held out it is within 2 SE of T=1 at seed 2. Each PART=2 call now also brings back its run's
-#           packed model (KEEP=1, common.sh's finish: 52.5 MiB in 15 MiB parts, first tried then); reassemble it here
-#           under .devcache/models/<run> and use it on the CPU: `quantgpt generate` samples beside the teacher's, and
-#           `quantgpt eval --by-frequency` for analyses that need no device time.
+#           packed model (KEEP=1, common.sh's finish: 52.5 MiB in 15 MiB parts, first tried then): here
+#           `python benchmarks/fetch_model.py <files_at>` puts it together under .devcache/models/<run> for the CPU:
+#           `quantgpt generate` samples beside the teacher's, and `quantgpt eval --by-frequency` for analyses that
+#           need no device time.
 #           Later: a teacher adapted longer, in its own call (`<link p3> && source .devcache/p3/assemble.sh &&
 #           LIMIT=320 BASELINES=0 WARM=0 FT_STEPS=600 R=s37a QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh`,
 #           then `... R=s37a STEPS=3023 TAG=-ft600 PART=2`): the adaptation's 300 steps are the one length measured.
