@@ -36,8 +36,8 @@ PAIRED_NOTE = ("Settings compared window by window on the same text (the rows' w
                "is a floor on the noise, not a test); it is the noise of the text, not of training (that is the "
                "range across seeds).")
 FREQUENCY_NOTE = ("Mean NLL (nats) of the targets in each group of token ids by how often the training text has "
-                  f"them: {FREQUENCY_GROUPS}; the test text's, then the held-out text's. The first line gives each group's share of the "
-                  "test text's scored tokens. A gap that sits in the rare groups shows little on a text with few rare "
+                  f"them: {FREQUENCY_GROUPS}; the test text's, then the held-out text's. The first line gives each "
+                  "group's share of the test text's scored tokens. A gap that sits in the rare groups shows little on a text with few rare "
                   "targets (the study's held-out lines, which lost their <unk> words).")
 GAP_NOTE = ("Each run's loss to the teacher it distilled from (a row of these results with groups), per group of the "
             "table above: the run's mean NLL less the teacher's, in nats a token, on the test text / the held-out "
@@ -356,10 +356,20 @@ def _paired(a: list[list[float]], b: list[list[float]]) -> tuple[float, float]:
     return 100 * (math.exp(mean) - 1), 200 * math.sqrt(var / len(d))
 
 
+def _with_groups(rows: list[dict]) -> list[dict]:
+    """The rows with paper_study's NLL per frequency group (``freq_groups``, ``group_nll``)."""
+    return [r for r in rows if r.get("group_nll") and r.get("freq_groups")]
+
+
+def _held_groups(r: dict) -> list:
+    """A row's held-out NLL per group, or None in each group where it has none."""
+    return r.get("held_out_group_nll") or [None] * len(r["freq_groups"])
+
+
 def frequency_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: each run with ``group_nll`` (paper_study's freq_groups), its test and held-out NLL per
     group, after a line of the groups' shares of the test tokens (the first such run's)."""
-    runs = [r for r in rows if r.get("group_nll") and r.get("freq_groups")]
+    runs = _with_groups(rows)
     if not runs:
         return [], []
     names = runs[0]["freq_groups"]
@@ -367,9 +377,8 @@ def frequency_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     share = ["share of the test tokens", ""] + [f"{100 * k / total:.1f}%" for k in runs[0]["group_tokens"]]
     out = [share + [""] * (len(names) + 2 - len(share))]
     for r in runs:
-        held = r.get("held_out_group_nll") or [None] * len(names)
         out.append([r["name"], r["bits"]] + [" / ".join("-" if v is None else _fmt(v) for v in (t, h))
-                                             for t, h in zip(r["group_nll"], held)]
+                                             for t, h in zip(r["group_nll"], _held_groups(r))]
                    + [""] * (len(names) - len(r["group_nll"])))
     return ["run", "bits"] + [f"{n}: test / held out" for n in names], out
 
@@ -381,7 +390,7 @@ def gap_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     def folder(r, key):
         return Path(str((r.get("config") or {}).get(key) or "")).name
 
-    with_groups = [r for r in rows if r.get("group_nll") and r.get("freq_groups")]
+    with_groups = _with_groups(rows)
     teachers = {folder(r, "out"): r for r in with_groups if folder(r, "out")}
     out, names = [], []
     for r in with_groups:
@@ -392,9 +401,7 @@ def gap_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         gap = [None if a is None or b is None else a - b for a, b in zip(r["group_nll"], t["group_nll"])]
         weighted = [0.0 if g is None else g * k for g, k in zip(gap, r["group_tokens"])]
         whole = sum(weighted)
-        held = [None if a is None or b is None else a - b
-                for a, b in zip(r.get("held_out_group_nll") or [None] * len(names),
-                                t.get("held_out_group_nll") or [None] * len(names))]
+        held = [None if a is None or b is None else a - b for a, b in zip(_held_groups(r), _held_groups(t))]
         out.append([r["name"], t["name"]] + [
             f"{'-' if g is None else f'{g:.3f}'} / {'-' if h is None else f'{h:.3f}'}"
             + (f" ({100 * w / whole:.0f}%)" if g is not None and whole > 0 else "")
