@@ -276,10 +276,9 @@ def main():
                    "gc_off": args.gc_off}
             if evals:
                 row["evals_s"] = round(t0 - t_evals, 2)
+            row["tok_per_s"] = round(args.batch_size * args.seq_len / (row["step_ms"] / 1000))
         except Exception as e:
             row = {"variant": variant, "error": f"{type(e).__name__}: {e}"[:1000]}
-        if "error" not in row:
-            row.update(tok_per_s=round(args.batch_size * args.seq_len / (row["step_ms"] / 1000)))
         row.update(device=name, commit=commit, date=time.strftime("%Y-%m-%d"), **host_info())
         print(json.dumps(row), flush=True)
         rows.append(row)
