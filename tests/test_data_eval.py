@@ -118,6 +118,20 @@ def test_window_halves(tiny, arch):
     assert all(math.isfinite(p) for p in bart)
 
 
+def test_evaluate_finds_the_tables_once(tiny, monkeypatch):
+    """evaluate finds the quantized tables once for all its windows; shared_tables never walks the modules again."""
+    import quantgpt.modules as modules
+
+    m = tiny("llama")
+    quantize_model(m, QuantConfig(bits="2-2-8"))
+    ids = torch.randint(0, 300, (300,))
+    want = evaluate(m, ids, seq_len=64, batch_size=1, progress=False)["perplexity"]
+    walks = []
+    monkeypatch.setattr(modules, "quant_embeddings", lambda model: walks.append(1) or [])
+    assert evaluate(m, ids, seq_len=64, batch_size=1, progress=False)["perplexity"] == want
+    assert walks == []
+
+
 def test_sliding_window_scores_each_token_once(tiny):
     m = tiny("llama")
     ids = torch.randint(0, 300, (200,))

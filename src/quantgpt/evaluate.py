@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .device import autocast_for
 from .errors import QuantGPTError
 from .lm import hidden_states_and_head, supports_chunked_head
+from .modules import quant_embeddings
 
 
 # the default groups of frequency_groups in words, for help texts and reports
@@ -42,18 +43,19 @@ def frequency_groups(train_ids: torch.Tensor, vocab_size: int, shares=(0.5, 0.9,
 
 @torch.no_grad()
 def _window_scores(model, x, scored_from: torch.Tensor, chunk: int = 4096, groups: torch.Tensor | None = None,
-                   n_groups: int = 0):
+                   n_groups: int = 0, tables: list | None = None):
     """Sums over positions t >= scored_from[b] of each row: NLL of each half of the window (targets at
     positions 1 .. L/2 - 1, then L/2 .. L - 1) and correct argmax predictions; the scored count of each half;
     each row's NLL sum and scored count (2, B); and with ``groups`` (each token id's group, below ``n_groups``) each
-    group's NLL sum and scored count (2, n_groups), else None."""
+    group's NLL sum and scored count (2, n_groups), else None. ``tables``: the model's quant_embeddings, found once
+    by evaluate for all its windows."""
     targets = x[:, 1:]
     pos = torch.arange(1, x.shape[1], device=x.device).expand_as(targets)  # the target's position in the window
     mask = pos >= scored_from[:, None]
     late = pos[mask] >= x.shape[1] // 2
     row = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(targets)[mask]  # each scored token's window
     if supports_chunked_head(model):
-        out, head = hidden_states_and_head(model, x)
+        out, head = hidden_states_and_head(model, x, tables=tables)
         h = out.last_hidden_state[:, :-1]
         h, lt = h[mask], targets[mask]
         tok, correct = [], torch.zeros((), device=x.device, dtype=torch.long)
@@ -124,12 +126,13 @@ def evaluate(model, ids: torch.Tensor, seq_len: int = 2048, stride: int | None =
     groups = None if token_groups is None else token_groups.to(device)
     n_groups = 0 if groups is None else int(token_groups.max()) + 1
     by_group = torch.zeros(2, n_groups, dtype=torch.float64, device=device)  # each group's NLL sum and count
+    tables = quant_embeddings(model)  # once, not a walk over every module a window
     with autocast_for(device, dtype):
         for i in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
             s = starts[i:i + batch_size]
             x = torch.stack([ids[a:a + seq_len] for a in s]).to(device)
             sf = torch.tensor(first_scored[i:i + batch_size], device=device)
-            a, b, c, w, g = _window_scores(model, x, sf, groups=groups, n_groups=n_groups)
+            a, b, c, w, g = _window_scores(model, x, sf, groups=groups, n_groups=n_groups, tables=tables)
             nll += a
             correct += b
             count += c
