@@ -72,12 +72,14 @@ def test_study_then_report(tmp_path, model_dir, capsys):
 
     # a row carrying a note (a run known to be invalid) is listed with it, and left out of the plots
     lines = out.read_text().splitlines()
-    flagged = {**json.loads(lines[-1]), "note": "invalid: trained with a known bug", "held_out_perplexity": 123.25}
+    flagged = {**json.loads(lines[-1]), "note": "invalid: trained with a known bug", "held_out_perplexity": 123.25,
+               "commit": "8f0d29b6f8080ebc5044fe6b572977d9b13f1408"}  # a full hash, as a sweep may record it
     out.write_text("\n".join(lines[:-1] + [json.dumps(flagged)]) + "\n")
     assert main(["report", str(out), "--out", str(tmp_path / "report2"), "--json"]) == 0
     capsys.readouterr()
     md = (tmp_path / "report2" / "report.md").read_text()
     assert "| note |" in md and "invalid: trained with a known bug" in md
+    assert "| 8f0d29b |" in md and "8f0d29b6" not in md  # the table of every run shows a commit as git's short form
     assert "| held_out_perplexity |" in md and "123.2" in md  # its column only once a row has one
     assert "held_out_perplexity" not in (tmp_path / "report" / "report.md").read_text()
 

@@ -157,6 +157,13 @@ def read_results(path) -> list[dict]:
     return rows
 
 
+def _shown(row: dict, col: str):
+    """A row's value as the table of every run shows it: a commit by its first 7 characters, as git shows it
+    (rows record whatever the sweep was given, a full hash or a short one)."""
+    v = row.get(col)
+    return v[:7] if col == "commit" and isinstance(v, str) else v
+
+
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
@@ -537,7 +544,7 @@ def make_report(results, out) -> dict:
         r.setdefault("train_text", train_text(r))
         r.setdefault("wall_seconds_all", wall_seconds_all(r))
         r.setdefault("halves", halves(r))
-    every = (list(cols), [[_fmt(r.get(c)) for c in cols] for r in rows_sorted])
+    every = (list(cols), [[_fmt(_shown(r, c)) for c in cols] for r in rows_sorted])
     md += ["## Every run", "", *md_table(*every)]
     md += [""] + [f"## {title}\n\n![{title}]({f})\n" for title, f in figures]
     (out / "report.md").write_text("\n".join(md))
