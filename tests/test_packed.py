@@ -324,3 +324,65 @@ def test_eight_bit_scales_round_trip_through_every_export(tmp_path, tiny, tokeni
     with torch.no_grad():
         c = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").float()(input_ids=x).logits
     assert (a - c).abs().max() <= 5e-3 * a.abs().max(), (a - c).abs().max()
+
+
+@pytest.mark.parametrize("granularity,group_size", [("tensor", None), ("channel", None), ("group", 8), ("group", 24)])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("cols,asym", [(48, True), (48, False), (11, True)])
+def test_dequantize_rows_is_the_rows_of_dequantize(granularity, group_size, bits, cols, asym):
+    """An embedding lookup unpacks only the rows it needs, and gets exactly the rows of the whole matrix: every
+    layout of scales (one, a row's, groups, ragged groups), every packed width, with zero points or without, and
+    rows that do not start on a byte (11 columns), which unpack the whole matrix."""
+    from quantgpt.packed import PackedWeight
+    from quantgpt.quantizers.base import scale_rows
+
+    g = torch.Generator().manual_seed(bits * cols)
+    rows = 13
+    n = scale_rows((rows, cols), granularity, group_size, ragged=True)
+    codes = torch.randint(0, 2**bits, (rows, cols), generator=g)
+    scale = (torch.rand(n, 1, generator=g) + 0.5).half()
+    zero = torch.randn(n, 1, generator=g).half() if asym else None
+    w = PackedWeight(pack(codes, bits), scale, zero, bits, (rows, cols), -(2 ** (bits - 1)), granularity, group_size)
+    full = w.dequantize()
+    first = torch.arange(rows) * (n // rows) if n > 1 else torch.zeros(rows, dtype=torch.long)  # column 0's scale
+    z = 0 if zero is None else zero.float()[first, 0]
+    assert torch.equal(full[:, 0], (codes[:, 0] - 2 ** (bits - 1) - z) * scale.float()[first, 0])  # (code - zero) x scale
+    ids = torch.tensor([[3, 0, 12, 3], [7, 7, 1, 5]])
+    assert torch.equal(w.dequantize_rows(ids), full[ids])
+    assert torch.equal(w.dequantize_rows(torch.tensor([4])), full[[4]])
+    assert w.dequantize_rows(ids, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_packed_embedding_unpacks_only_its_rows(tmp_path, tiny, tokenizer, monkeypatch):
+    """A loaded packed model's lookup goes through dequantize_rows and never unpacks the whole table; its logits
+    are those of the fake-quantized model (test_loaded_packed_model_matches_fake_quantized checks every layout)."""
+    import quantgpt.packed as packed
+
+    m = quantize_model(tiny("llama"), QuantConfig(bits="2-2-16", grid="asym", group_size=16, embedding_group_size=8,
+                                                  scale_bits=8))
+    save_packed(m, tokenizer, tmp_path / "p")
+    p = load(tmp_path / "p")
+    emb = p.get_input_embeddings()
+    whole = []
+    real = packed.PackedWeight.dequantize
+    monkeypatch.setattr(packed.PackedWeight, "dequantize",
+                        lambda self, *a, **k: whole.append(self.shape) or real(self, *a, **k))
+    x = torch.randint(3, 300, (2, 5))
+    with torch.no_grad():
+        out = emb(x)
+    assert whole == [] and out.shape == (2, 5, 32)
+    assert torch.equal(out, real(emb.packed)[x])
+
+
+def test_packed_generate_speed_script_compares_the_two_lookups(tmp_path, tiny, tokenizer):
+    """benchmarks/packed_generate_speed.py runs both lookups on a packed model and finds the same text."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8")), tokenizer, tmp_path / "p")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "packed_generate_speed.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "p"), "--tokens", "4", "--rounds", "1",
+                        "--device", "cpu", "--prompt", "hello world"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "the same text: True" in r.stdout and "rows / whole" in r.stdout

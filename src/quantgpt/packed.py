@@ -65,6 +65,26 @@ class PackedWeight(nn.Module):
         enc = Encoded(codes, *self.float_scales(), 0, 0, self.granularity, self.group_size)
         return enc.dequantize().to(dtype)
 
+    def dequantize_rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """``dequantize(dtype)[index]``, unpacking only those rows: an embedding lookup of a few tokens (each step
+        of generation) then costs its rows, not the whole table. Rows start on a byte when a row's codes fill whole
+        8-code words (columns a multiple of 8, as in every model here); otherwise the whole matrix is unpacked."""
+        rows, cols = self.shape
+        if cols % 8:
+            return self.dequantize(dtype)[index]
+        flat = index.reshape(-1)
+        width = packed_nbytes(cols, self.bits)  # bytes a row
+        codes = unpack(self.qweight.view(rows, width)[flat].reshape(-1), self.bits, flat.numel() * cols)
+        codes = (codes + self.qmin).reshape(-1, cols)
+        scale, zero = self.float_scales()
+
+        def own(t):  # a row's scales (or zero points) are the next ones in row order; one for all stays as it is
+            return t if t is None or t.numel() == 1 else t.reshape(rows, -1)[flat].reshape(-1, 1)
+
+        scale, zero = own(scale), own(zero)
+        out = Encoded(codes, scale, zero, 0, 0, self.granularity, self.group_size).dequantize().to(dtype)
+        return out.reshape(*index.shape, cols)
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers())
 
@@ -111,7 +131,7 @@ class PackedEmbedding(nn.Module):
         return self._shared[0] if self._shared else self.packed_weight
 
     def forward(self, ids):
-        out = F.embedding(ids, self.packed.dequantize(), self.padding_idx)
+        out = self.packed.dequantize_rows(ids)  # padding_idx only changes the gradient, and there is none here
         return out * self.embed_scale if self.embed_scale is not None else out
 
 

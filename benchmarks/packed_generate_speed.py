@@ -1,0 +1,52 @@
+"""Greedy generation from a packed model with its embedding looked up row by row (PackedWeight.dequantize_rows,
+the default) against the whole table unpacked at every lookup (the path before it), alternating, in one process:
+seconds for the same new tokens, and whether the texts agree.
+
+    python benchmarks/packed_generate_speed.py .devcache/models/kd_2-2-8-tb-seed2-s37 --tokens 40 --device cpu
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+import quantgpt
+from quantgpt import packed
+from quantgpt.device import pick_device
+
+p = argparse.ArgumentParser()
+p.add_argument("model", help="a packed model folder")
+p.add_argument("--device", default="auto")
+p.add_argument("--prompt", default="The history of the Roman Empire")
+p.add_argument("--tokens", type=int, default=40, help="new tokens a generation")
+p.add_argument("--rounds", type=int, default=2, help="generations of each lookup, alternating")
+args = p.parse_args()
+device = pick_device(args.device)
+model = quantgpt.load(args.model).to(device).eval()
+tok = AutoTokenizer.from_pretrained(args.model)
+x = tok(args.prompt, return_tensors="pt").input_ids.to(device)
+rows = packed.PackedEmbedding.forward
+
+
+def whole(self, ids):
+    return F.embedding(ids, self.packed.dequantize(), self.padding_idx)
+
+
+texts, seconds = {}, {"whole": [], "rows": []}
+for _ in range(args.rounds):
+    for name, forward in (("whole", whole), ("rows", rows)):
+        packed.PackedEmbedding.forward = forward
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(x, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds[name].append(time.perf_counter() - t)
+        texts[name] = tok.decode(out[0, x.shape[1]:])
+packed.PackedEmbedding.forward = rows
+print(f"{'lookup':8} {'seconds':>20}  tokens/s")
+for name, s in seconds.items():
+    print(f"{name:8} {' '.join(f'{v:6.2f}' for v in s):>20}  {args.tokens / min(s):.2f}")
+print(f"rows / whole (best of {args.rounds}): {min(seconds['rows']) / min(seconds['whole']):.3f}; "
+      f"the same text: {texts['rows'] == texts['whole']}")
