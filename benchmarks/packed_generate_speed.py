@@ -1,10 +1,12 @@
 """Greedy generation from a packed model with its embedding looked up row by row (PackedWeight.dequantize_rows,
 the default) against the whole table unpacked at every lookup (the path before it), alternating, in one process:
-seconds for the same new tokens, and whether the texts agree.
+seconds for the same new tokens, and whether the texts agree. ``--float`` also times the same model exported to
+a plain float ``transformers`` folder (``quantgpt export --dequantize``), loaded in float32 as the packed one runs.
 
     python benchmarks/packed_generate_speed.py .devcache/models/kd_2-2-8-tb-seed2-s37 --tokens 40 --device cpu
 """
 import argparse
+import tempfile
 import time
 
 import torch
@@ -21,6 +23,7 @@ p.add_argument("--device", default="auto")
 p.add_argument("--prompt", default="The history of the Roman Empire")
 p.add_argument("--tokens", type=int, default=40, help="new tokens a generation")
 p.add_argument("--rounds", type=int, default=2, help="generations of each lookup, alternating")
+p.add_argument("--float", action="store_true", help="also the model dequantized to a plain float folder")
 args = p.parse_args()
 device = pick_device(args.device)
 model = quantgpt.load(args.model).to(device).eval()
@@ -33,20 +36,37 @@ def whole(self, ids):
     return F.embedding(ids, self.packed.dequantize(), self.padding_idx)
 
 
-texts, seconds = {}, {"whole": [], "rows": []}
+def timed(m, name):
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = m.generate(x, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds.setdefault(name, []).append(time.perf_counter() - t)
+    texts[name] = tok.decode(out[0, x.shape[1]:])
+
+
+texts, seconds = {}, {}
 for _ in range(args.rounds):
     for name, forward in (("whole", whole), ("rows", rows)):
         packed.PackedEmbedding.forward = forward
-        t = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(x, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds[name].append(time.perf_counter() - t)
-        texts[name] = tok.decode(out[0, x.shape[1]:])
+        timed(model, name)
 packed.PackedEmbedding.forward = rows
-print(f"{'lookup':8} {'seconds':>20}  tokens/s")
+if args.float:
+    from transformers import AutoModelForCausalLM
+
+    from quantgpt.cli import main
+
+    with tempfile.TemporaryDirectory() as d:
+        assert main(["export", args.model, "--dequantize", "--out", d]) == 0
+        plain = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device).eval()
+    for _ in range(args.rounds):
+        timed(plain, "float")
+print(f"{'model':8} {'seconds':>20}  tokens/s")
 for name, s in seconds.items():
     print(f"{name:8} {' '.join(f'{v:6.2f}' for v in s):>20}  {args.tokens / min(s):.2f}")
 print(f"rows / whole (best of {args.rounds}): {min(seconds['rows']) / min(seconds['whole']):.3f}; "
       f"the same text: {texts['rows'] == texts['whole']}")
+if args.float:
+    print(f"float / rows: {min(seconds['float']) / min(seconds['rows']):.3f}; the same text: "
+          f"{texts['float'] == texts['rows']}")

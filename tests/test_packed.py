@@ -383,6 +383,6 @@ def test_packed_generate_speed_script_compares_the_two_lookups(tmp_path, tiny, t
     save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8")), tokenizer, tmp_path / "p")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "packed_generate_speed.py"
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "p"), "--tokens", "4", "--rounds", "1",
-                        "--device", "cpu", "--prompt", "hello world"], capture_output=True, text=True)
+                        "--device", "cpu", "--prompt", "hello world", "--float"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "the same text: True" in r.stdout and "rows / whole" in r.stdout
+    assert "the same text: True" in r.stdout and "rows / whole" in r.stdout and "float / rows" in r.stdout
