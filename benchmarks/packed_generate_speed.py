@@ -1,5 +1,6 @@
 """Greedy generation from a packed model with its embedding looked up row by row (PackedWeight.dequantize_rows,
-the default) against the whole table unpacked at every lookup (the path before it), alternating, in one process:
+the default) against the whole table unpacked at every lookup (the path before it), and the same folder loaded
+with every matrix dequantized once (``load(..., unpack=True)``, ``--unpack``), alternating, in one process:
 seconds for the same new tokens, and whether the texts agree. ``--float`` also times the same model exported to
 a plain float ``transformers`` folder (``quantgpt export --dequantize``), loaded in float32 as the packed one runs.
 
@@ -27,6 +28,7 @@ p.add_argument("--float", action="store_true", help="also the model dequantized 
 args = p.parse_args()
 device = pick_device(args.device)
 model = quantgpt.load(args.model).to(device).eval()
+unpacked = quantgpt.load(args.model, unpack=True).to(device).eval()
 tok = AutoTokenizer.from_pretrained(args.model)
 x = tok(args.prompt, return_tensors="pt").input_ids.to(device)
 rows = packed.PackedEmbedding.forward
@@ -51,7 +53,8 @@ for _ in range(args.rounds):
     for name, forward in (("whole", whole), ("rows", rows)):
         packed.PackedEmbedding.forward = forward
         timed(model, name)
-packed.PackedEmbedding.forward = rows
+    packed.PackedEmbedding.forward = rows
+    timed(unpacked, "unpacked")
 if args.float:
     from transformers import AutoModelForCausalLM
 
@@ -67,6 +70,8 @@ for name, s in seconds.items():
     print(f"{name:8} {' '.join(f'{v:6.2f}' for v in s):>20}  {args.tokens / min(s):.2f}")
 print(f"rows / whole (best of {args.rounds}): {min(seconds['rows']) / min(seconds['whole']):.3f}; "
       f"the same text: {texts['rows'] == texts['whole']}")
+print(f"unpacked / rows: {min(seconds['unpacked']) / min(seconds['rows']):.3f}; the same text: "
+      f"{texts['unpacked'] == texts['rows']}")
 if args.float:
     print(f"float / rows: {min(seconds['float']) / min(seconds['rows']):.3f}; the same text: "
           f"{texts['float'] == texts['rows']}")

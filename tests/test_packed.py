@@ -386,3 +386,44 @@ def test_packed_generate_speed_script_compares_the_two_lookups(tmp_path, tiny, t
                         "--device", "cpu", "--prompt", "hello world", "--float"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "the same text: True" in r.stdout and "rows / whole" in r.stdout and "float / rows" in r.stdout
+    assert "unpacked / rows" in r.stdout and r.stdout.count("the same text: True") >= 2
+
+
+@pytest.mark.parametrize("arch,kw", [("llama", dict(bits="2-2-8", grid="asym", group_size=16, embedding_group_size=8,
+                                                     scale_bits=8)), ("gpt2", dict(bits="4-4-8")), ("bart", dict(bits="2-2-8"))])
+def test_unpacked_load_gives_the_same_outputs_without_unpacking_again(tmp_path, tiny, tokenizer, monkeypatch, arch, kw):
+    """load(..., unpack=True) dequantizes every packed matrix once: the logits are those of the packed model bit for
+    bit, no forward unpacks a code again, the float copies move with the model and are not saved, and the CLI's
+    --unpack generates the same text."""
+    import quantgpt.packed as packed
+
+    save_packed(quantize_model(tiny(arch), QuantConfig(**kw)), tokenizer, tmp_path / "p")
+    p, u = load(tmp_path / "p"), load(tmp_path / "p", unpack=True)
+    weights = [m for m in u.modules() if isinstance(m, packed.PackedWeight)]
+    assert weights and all(m.unpacked is not None and m.unpacked.shape == m.shape for m in weights)
+    assert all(m.unpacked is None for m in p.modules() if isinstance(m, packed.PackedWeight))
+    assert not any(k.endswith("unpacked") for k in u.state_dict())
+    assert weights[0].nbytes() < weights[0].unpacked.numel()  # the packed bytes only
+    x = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        want = p(input_ids=x).logits
+    calls = []
+    monkeypatch.setattr(packed, "unpack", lambda *a: calls.append(1))
+    with torch.no_grad():
+        got = u(input_ids=x).logits
+    assert calls == [] and torch.equal(got, want)
+    u.to(torch.device("meta"))
+    assert all(m.unpacked.is_meta for m in weights)
+
+
+def test_generate_and_eval_unpack_flag(tmp_path, tiny, tokenizer, capsys):
+    save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8")), tokenizer, tmp_path / "p")
+    out = {}
+    for flag in ([], ["--unpack"]):
+        assert main(["generate", str(tmp_path / "p"), "--prompt", "hello", "--max-new-tokens", "5", "--device", "cpu",
+                     "--json", "--quiet", *flag]) == 0
+        assert main(["eval", str(tmp_path / "p"), "--data", "sample", "--seq-len", "32", "--limit-tokens", "200",
+                     "--device", "cpu", "--json", "--quiet", *flag]) == 0
+        gen, ev = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+        out[bool(flag)] = (gen["completion"], ev["perplexity"])
+    assert out[True] == out[False]

@@ -20,6 +20,12 @@ def _common(p, seed=True):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _unpack_flag(p):
+    p.add_argument("--unpack", action="store_true",
+                   help="a packed model's weights dequantized once at load, not at every forward: faster, with a "
+                        "float model's memory (the same outputs)")
+
+
 def _emit(args, result: dict, text: str) -> None:
     print(json.dumps(result) if args.json else text)
 
@@ -70,7 +76,7 @@ def cmd_eval(args) -> int:
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    model, tok = load_any(args.model)
+    model, tok = load_any(args.model, unpack=args.unpack)
     ids = tokenize_files(args.data, tok)
     groups = names = None
     if args.by_frequency:  # the targets grouped by how often this (training) text has them
@@ -96,7 +102,7 @@ def cmd_generate(args) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
-    model, tok = load_any(args.model)
+    model, tok = load_any(args.model, unpack=args.unpack)
     model.to(device)
     enc = tok(args.prompt, return_tensors="pt").to(device)
     sample = args.temperature > 0
@@ -313,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by-frequency", nargs="+", metavar="TEXT",
                    help="also the NLL of the targets grouped by how often TEXT (e.g. the training text) has them: "
                         + FREQUENCY_GROUPS.replace("%", "%%"))
+    _unpack_flag(e)
     _common(e, seed=False)
     e.set_defaults(func=cmd_eval)
 
@@ -343,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=50)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=0.95)
+    _unpack_flag(g)
     _common(g)
     g.set_defaults(func=cmd_generate)
     return p

@@ -138,12 +138,13 @@ def save_float(model, tokenizer, out, merge: bool = False) -> Path:
     return Path(out)
 
 
-def load_any(spec: str, dtype: torch.dtype | None = None, device=None):
-    """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``."""
+def load_any(spec: str, dtype: torch.dtype | None = None, device=None, unpack: bool = False):
+    """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``. ``unpack``:
+    see checkpoint.load."""
     kind, loc = resolve(spec)
     if kind == "quantgpt":
         from .checkpoint import load
 
-        return load(loc, dtype=dtype, device=device, return_tokenizer=True)
+        return load(loc, dtype=dtype, device=device, return_tokenizer=True, unpack=unpack)
     model, tokenizer = load_float(spec, dtype)
     return (model if device is None else model.to(device)), tokenizer

@@ -44,6 +44,14 @@ class PackedWeight(nn.Module):
         self.group_code_names = tuple(group_codes or ())
         self.bits, self.shape, self.qmin = bits, tuple(shape), qmin
         self.granularity, self.group_size = granularity, group_size
+        self.register_buffer("unpacked", None, persistent=False)  # the float32 matrix once unpack_once ran
+
+    def unpack_once(self) -> None:
+        """Dequantize now and keep the float32 matrix (4 bytes a weight, moved with the module): every later
+        forward reads it instead of unpacking the codes again. Generation, which runs the model once a token,
+        then costs a float model's steps; the file stays packed."""
+        self.unpacked = None
+        self.unpacked = self.dequantize()
 
     def float_scales(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(scale, zero)`` as float32 ``(rows, 1)``: the stored fp16 ones, or under 8-bit scales scale = code x
@@ -60,6 +68,8 @@ class PackedWeight(nn.Module):
         return scale, (-0.5 - values("center") / scale) if "center_code" in self.group_code_names else zero
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        if self.unpacked is not None:
+            return self.unpacked.to(dtype)
         n = self.shape[0] * self.shape[1]
         codes = (unpack(self.qweight, self.bits, n) + self.qmin).reshape(self.shape)
         enc = Encoded(codes, *self.float_scales(), 0, 0, self.granularity, self.group_size)
@@ -70,7 +80,7 @@ class PackedWeight(nn.Module):
         of generation) then costs its rows, not the whole table. Rows start on a byte when a row's codes fill whole
         8-code words (columns a multiple of 8, as in every model here); otherwise the whole matrix is unpacked."""
         rows, cols = self.shape
-        if cols % 8:
+        if cols % 8 or self.unpacked is not None:
             return self.dequantize(dtype)[index]
         flat = index.reshape(-1)
         width = packed_nbytes(cols, self.bits)  # bytes a row
@@ -86,7 +96,8 @@ class PackedWeight(nn.Module):
         return out.reshape(*index.shape, cols)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.buffers())
+        """The packed matrix's bytes: codes and scales, not the float copy of unpack_once."""
+        return sum(t.numel() * t.element_size() for n, t in self.named_buffers() if n != "unpacked")
 
     def extra_repr(self):
         return f"bits={self.bits}, shape={self.shape}, granularity={self.granularity}, group_size={self.group_size}"
@@ -208,7 +219,17 @@ def save_packed(model, tokenizer, out, extra: dict | None = None, merge: bool = 
     return Path(out)
 
 
-def load_packed(folder, manifest: dict, dtype=None, device=None):
+def unpack_weights(model: nn.Module) -> nn.Module:
+    """Dequantize every packed matrix of ``model`` once (PackedWeight.unpack_once): the float weights in memory,
+    the activation quantizers kept, the same outputs. For fast generation and evaluation from a packed folder when
+    memory allows (4 bytes a weight: about 540 MB for SmolLM2-135M)."""
+    for m in model.modules():
+        if isinstance(m, PackedWeight):
+            m.unpack_once()
+    return model
+
+
+def load_packed(folder, manifest: dict, dtype=None, device=None, unpack: bool = False):
     from transformers import AutoConfig
 
     from .convert import quantize_model
@@ -278,4 +299,5 @@ def load_packed(folder, manifest: dict, dtype=None, device=None):
     missing = [k for k in missing if k not in aliases and not k.endswith(
         tuple(f"{owner}.{t}" for owner in ("packed", "packed_weight") for t in MODULE_TENSORS))]
     missing += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in missing]
-    return finish_loading(model, path, missing, unexpected, dtype, device)
+    model = finish_loading(model, path, missing, unexpected, dtype, device)
+    return unpack_weights(model) if unpack else model
