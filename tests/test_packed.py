@@ -427,3 +427,27 @@ def test_generate_and_eval_unpack_flag(tmp_path, tiny, tokenizer, capsys):
         gen, ev = (json.loads(line) for line in capsys.readouterr().out.splitlines())
         out[bool(flag)] = (gen["completion"], ev["perplexity"])
     assert out[True] == out[False]
+
+
+def test_a_dtype_cast_keeps_the_stored_scales(tmp_path, tiny, tokenizer):
+    """load(dtype=bfloat16) and model.to(dtype) cast the compute tensors, not the scales: every packed matrix
+    dequantizes to the float32 one rounded once to bfloat16, not to a matrix made from bfloat16-rounded scales;
+    unpack=True keeps its copy in the asked dtype."""
+    import quantgpt.packed as packed
+
+    save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", grid="asym", group_size=16,
+                                                          embedding_group_size=8, scale_bits=8)), tokenizer, tmp_path / "p")
+    save_packed(quantize_model(tiny("gpt2"), QuantConfig(bits="4-4-8")), tokenizer, tmp_path / "g")  # fp16 scales
+    for folder in ("p", "g"):
+        full = [m for m in load(tmp_path / folder).modules() if isinstance(m, packed.PackedWeight)]
+        for half in (load(tmp_path / folder, dtype=torch.bfloat16), load(tmp_path / folder).to(torch.bfloat16)):
+            cast = [m for m in half.modules() if isinstance(m, packed.PackedWeight)]
+            assert len(cast) == len(full) > 0
+            for a, b in zip(full, cast):
+                for (n, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
+                    assert x.dtype == y.dtype and torch.equal(x, y), n
+                assert torch.equal(b.dequantize(torch.bfloat16), a.dequantize().to(torch.bfloat16))
+        u = load(tmp_path / folder, dtype=torch.bfloat16, unpack=True)
+        assert all(m.unpacked.dtype == torch.bfloat16 for m in u.modules() if isinstance(m, packed.PackedWeight))
+        assert u.get_input_embeddings().packed.dequantize(torch.bfloat16).data_ptr() == \
+            u.get_input_embeddings().packed.unpacked.data_ptr()  # no copy a forward

@@ -46,12 +46,24 @@ class PackedWeight(nn.Module):
         self.granularity, self.group_size = granularity, group_size
         self.register_buffer("unpacked", None, persistent=False)  # the float32 matrix once unpack_once ran
 
-    def unpack_once(self) -> None:
-        """Dequantize now and keep the float32 matrix (4 bytes a weight, moved with the module): every later
-        forward reads it instead of unpacking the codes again. Generation, which runs the model once a token,
-        then costs a float model's steps; the file stays packed."""
+    def unpack_once(self, dtype=torch.float32) -> None:
+        """Dequantize now and keep the matrix in ``dtype`` (the model's compute dtype; moved with the module):
+        every later forward reads it instead of unpacking the codes again. Generation, which runs the model once
+        a token, then costs a float model's steps; the file stays packed."""
         self.unpacked = None
-        self.unpacked = self.dequantize()
+        self.unpacked = self.dequantize(dtype)
+
+    def _apply(self, fn, recurse=True):
+        """``model.to(dtype)`` and ``.half()`` move the scales (and zero points, and 8-bit scales' factors) to the
+        new device but keep their stored dtype: cast to bfloat16, fp16 scales would lose 3 bits each and every
+        weight would move off the saved grid. The unpacked copy, a compute tensor, follows the cast."""
+        keep = {n: t for n, t in self._buffers.items() if t is not None and n != "unpacked" and t.is_floating_point()}
+        super()._apply(fn, recurse)
+        for n, t in keep.items():
+            moved = self._buffers[n]
+            if moved.dtype != t.dtype:
+                self._buffers[n] = t.to(moved.device)
+        return self
 
     def float_scales(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(scale, zero)`` as float32 ``(rows, 1)``: the stored fp16 ones, or under 8-bit scales scale = code x
@@ -219,13 +231,13 @@ def save_packed(model, tokenizer, out, extra: dict | None = None, merge: bool = 
     return Path(out)
 
 
-def unpack_weights(model: nn.Module) -> nn.Module:
-    """Dequantize every packed matrix of ``model`` once (PackedWeight.unpack_once): the float weights in memory,
-    the activation quantizers kept, the same outputs. For fast generation and evaluation from a packed folder when
-    memory allows (4 bytes a weight: about 540 MB for SmolLM2-135M)."""
+def unpack_weights(model: nn.Module, dtype=torch.float32) -> nn.Module:
+    """Dequantize every packed matrix of ``model`` once, to ``dtype`` (PackedWeight.unpack_once): the float weights
+    in memory, the activation quantizers kept, the same outputs. For fast generation and evaluation from a packed
+    folder when memory allows (4 bytes a weight in float32: about 540 MB for SmolLM2-135M)."""
     for m in model.modules():
         if isinstance(m, PackedWeight):
-            m.unpack_once()
+            m.unpack_once(dtype)
     return model
 
 
@@ -300,4 +312,4 @@ def load_packed(folder, manifest: dict, dtype=None, device=None, unpack: bool = 
         tuple(f"{owner}.{t}" for owner in ("packed", "packed_weight") for t in MODULE_TENSORS))]
     missing += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in missing]
     model = finish_loading(model, path, missing, unexpected, dtype, device)
-    return unpack_weights(model) if unpack else model
+    return unpack_weights(model, dtype or torch.float32) if unpack else model
