@@ -89,6 +89,12 @@
 #           a pairing with section 43 (another teacher), so run it only from a 300-step teacher (R=s38b, FT_STEPS
 #           unset). Each PART=2 call brings back its packed model: `python benchmarks/fetch_model.py <files_at>`
 #           rebuilds it under .devcache/models/<run> for `quantgpt generate` and `quantgpt eval --by-frequency`.
+#           (3) if a warm machine has 150 s left: packed generation on the GPU (BENCHMARKS section 45 has the CPU's).
+#           The model (56 MiB) and the tree (11 MB) pass one call's 64 MiB, so it goes like the staging: parts 00-01
+#           in .devcache/gen1 (`mkdir -p /root/g && cp .devcache/gen1/* /root/g/`), then parts 02-03 and
+#           model_files.tgz in .devcache/gen2 (`cp .devcache/gen2/* /root/g/ && PYTHONPATH=src python
+#           benchmarks/fetch_model.py /root/g --to /root/models && PYTHONPATH=src python
+#           benchmarks/packed_generate_speed.py /root/models/<run> --tokens 100 --device cuda --float`).
 #           <link p3>: `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3` (the working
 #           tree's copy drops the link). A run whose call ends after its last step and before its row
 #           (finished_then_stopped in the log)
