@@ -65,16 +65,23 @@ class PackedWeight(nn.Module):
                 self._buffers[n] = t.to(moved.device)
         return self
 
-    def float_scales(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def float_scales(self, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(scale, zero)`` as float32 ``(rows, 1)``: the stored fp16 ones, or under 8-bit scales scale = code x
-        factor and, on the asym grid, centre = code x factor and zero = -1/2 - centre / scale."""
-        zero = None if self.zero is None else self.zero.float()
+        factor and, on the asym grid, centre = code x factor and zero = -1/2 - centre / scale. ``index`` (1-D):
+        only those matrix rows' scales, in that order, selected before any arithmetic."""
+        def rows(t):  # (matrix rows, values a row): a row's scales, codes, factors or zero points are the next ones
+            if t is None or t.numel() == 1:  # one value for the whole matrix
+                return t
+            t = t.reshape(self.shape[0], -1)
+            return t if index is None else t[index]
+
+        zero = None if self.zero is None else rows(self.zero).float().reshape(-1, 1)
         if not self.group_code_names:
-            return self.scale.float(), zero
+            return rows(self.scale).float().reshape(-1, 1), zero
 
         def values(kind):
             code, factor = getattr(self, f"{kind}_code"), getattr(self, f"{kind}_factor")
-            return (code.float().reshape(self.shape[0], -1) * factor.float()).reshape(-1, 1)
+            return (rows(code).float() * rows(factor).float()).reshape(-1, 1)
 
         scale = values("scale")
         return scale, (-0.5 - values("center") / scale) if "center_code" in self.group_code_names else zero
@@ -92,19 +99,16 @@ class PackedWeight(nn.Module):
         of generation) then costs its rows, not the whole table. Rows start on a byte when a row's codes fill whole
         8-code words (columns a multiple of 8, as in every model here); otherwise the whole matrix is unpacked."""
         rows, cols = self.shape
-        if cols % 8 or self.unpacked is not None:
+        if self.unpacked is not None:  # the rows first: a cast of the whole table at every lookup is what unpack saves
+            return self.unpacked[index].to(dtype)
+        if cols % 8:
             return self.dequantize(dtype)[index]
         flat = index.reshape(-1)
         width = packed_nbytes(cols, self.bits)  # bytes a row
         codes = unpack(self.qweight.view(rows, width)[flat].reshape(-1), self.bits, flat.numel() * cols)
         codes = (codes + self.qmin).reshape(-1, cols)
-        scale, zero = self.float_scales()
-
-        def own(t):  # a row's scales (or zero points) are the next ones in row order; one for all stays as it is
-            return t if t is None or t.numel() == 1 else t.reshape(rows, -1)[flat].reshape(-1, 1)
-
-        scale, zero = own(scale), own(zero)
-        out = Encoded(codes, scale, zero, 0, 0, self.granularity, self.group_size).dequantize().to(dtype)
+        enc = Encoded(codes, *self.float_scales(flat), 0, 0, self.granularity, self.group_size)
+        out = enc.dequantize().to(dtype)
         return out.reshape(*index.shape, cols)
 
     def nbytes(self) -> int:
