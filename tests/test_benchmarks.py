@@ -407,3 +407,43 @@ def test_fetch_model_rebuilds_a_packed_model_from_its_parts(tmp_path, tiny, toke
     with pytest.raises(SystemExit, match="not 00 to"):
         fetch(files, tmp_path / "other")
     assert not (tmp_path / "other" / "quantgpt_2-2-8-tb-x-t").exists()
+
+
+def test_stage_model_cuts_a_packed_folder_that_fetch_model_rebuilds(tmp_path, tiny, tokenizer):
+    """stage_model.py: a packed folder becomes g0, g1, g2 (one part each, model_files.tgz with the last), whose files
+    copied into one folder, as the device calls do into /root/g, fetch_model.py rebuilds byte for byte under the
+    folder's own name; a part over --room is an error, and so is a folder without weights."""
+    import shutil
+
+    sys.path.insert(0, str(SPEED.parent))
+    from fetch_model import fetch
+    from stage_model import stage
+
+    from quantgpt.config import QuantConfig
+    from quantgpt.convert import quantize_model
+    from quantgpt.packed import save_packed
+
+    src = save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8", group_size=16)), tokenizer,
+                      tmp_path / "quantgpt_2-2-8-tb-y-t")
+    (src / "train_log.jsonl").write_text("{}\n")  # not part of the model: left behind
+    folders = stage(src, tmp_path / "cache", parts=3)
+    assert [f.name for f in folders] == ["g0", "g1", "g2"]
+    assert [sorted(p.name for p in f.iterdir()) for f in folders] == [
+        ["model.safetensors.part00"], ["model.safetensors.part01"], ["model.safetensors.part02", "model_files.tgz"]]
+    sizes = [(f / f"model.safetensors.part{i:02d}").stat().st_size for i, f in enumerate(folders)]
+    assert sizes[0] == sizes[1] >= sizes[2] > 0 and sum(sizes) == (src / "model.safetensors").stat().st_size
+    g = tmp_path / "g"
+    g.mkdir()
+    for f in folders:
+        for p in f.iterdir():
+            shutil.copy(p, g / p.name)
+    folder = fetch(g, tmp_path / "models")
+    assert folder.name == src.name
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in src.iterdir() if p.suffix != ".jsonl")
+    for p in folder.iterdir():
+        assert p.read_bytes() == (src / p.name).read_bytes(), p.name
+    with pytest.raises(SystemExit, match="over --room"):
+        stage(src, tmp_path / "small", parts=2, room_mb=sizes[0] / 1e6)
+    (src / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        stage(src, tmp_path / "none")

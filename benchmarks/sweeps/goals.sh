@@ -76,8 +76,10 @@
 #           window by window (test -0.00%, held out -0.20%; 2 SE 0.27% and 0.48%), so quantgpt is not better than kd.
 #           The teacher's call with WARM beside it took 206.6 s (278 s before), and the packed model came back
 #           (KEEP=1; fetch_model.py rebuilt it, 52.5 MiB).
-#           Next session (R=s38). Staging p3 and p1, then p2 with a teacher adapted 600 steps instead of 300 and the
-#           warm-up beside it: `cp .devcache/p2/* /root/m/ && <link p3> && source .devcache/p3/assemble.sh &&
+#           Session 39 got no machine (six requests from 01:28 to 01:59 UTC failed or were refused, 586 s, and
+#           then none was lent), so the plan stands. Next session (R=s38). Staging p3 and p1, then p2 with a
+#           teacher adapted 600 steps instead of 300 and the warm-up beside it: `cp .devcache/p2/* /root/m/ &&
+#           <link p3> && source .devcache/p3/assemble.sh &&
 #           LIMIT=320 BASELINES=0 FT_STEPS=600 R=s38 QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh` (about
 #           260 s). Then `<link p3> && source .devcache/p3/assemble.sh >/dev/null 2>&1; LIMIT=$((575 - SECONDS))
 #           R=s38 QG_COMMIT=<c> STEPS=2946 SET=seed=2 TAG=-ft600-seed2 PART=2 bash benchmarks/sweeps/goals.sh`
@@ -89,12 +91,14 @@
 #           a pairing with section 43 (another teacher), so run it only from a 300-step teacher (R=s38b, FT_STEPS
 #           unset). Each PART=2 call brings back its packed model: `python benchmarks/fetch_model.py <files_at>`
 #           rebuilds it under .devcache/models/<run> for `quantgpt generate` and `quantgpt eval --by-frequency`.
-#           (3) if a warm machine has 150 s left: packed generation on the GPU (BENCHMARKS section 45 has the CPU's).
-#           The model (56 MiB) and the tree (11 MB) pass one call's 64 MiB, so it goes like the staging: parts 00-01
-#           in .devcache/gen1 (`mkdir -p /root/g && cp .devcache/gen1/* /root/g/`), then parts 02-03 and
-#           model_files.tgz in .devcache/gen2 (`cp .devcache/gen2/* /root/g/ && PYTHONPATH=src python
-#           benchmarks/fetch_model.py /root/g --to /root/models && PYTHONPATH=src python
-#           benchmarks/packed_generate_speed.py /root/models/<run> --tokens 100 --device cuda --float`).
+#           (3) packed generation on the GPU (BENCHMARKS section 45 has the CPU's), inside the staging calls:
+#           `python benchmarks/stage_model.py .devcache/models/kd_2-2-8-tb-seed2-s37` cuts the model into
+#           .devcache/g0, g1, g2 (18-19 MB: each fits beside a staging part and the tree in one call's 64 MiB).
+#           The p3 call carries g0 too, the p1 call g1 and the p2 call g2, each copying it on:
+#           `mkdir -p /root/g && cp .devcache/gN/* /root/g/`. After PART=1 in the p2 call (the GPU then idle):
+#           `; PYTHONPATH=src python benchmarks/fetch_model.py /root/g --to /root/models && PYTHONPATH=src timeout 200
+#           python benchmarks/packed_generate_speed.py /root/models/kd_2-2-8-tb-seed2-s37 --tokens 100 --rounds 3
+#           --device cuda --float | tee $OUT/gen_gpu.txt` (no extra call: session 38's plan took two more).
 #           <link p3>: `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3` (the working
 #           tree's copy drops the link). A run whose call ends after its last step and before its row
 #           (finished_then_stopped in the log)
