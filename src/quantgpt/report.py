@@ -37,8 +37,8 @@ PAIRED_NOTE = ("Settings compared window by window on the same text (the rows' w
                "range across seeds).")
 FREQUENCY_NOTE = ("Mean NLL (nats) of the targets in each group of token ids by how often the training text has "
                   f"them: {FREQUENCY_GROUPS}; the test text's, then the held-out text's. The first line gives each "
-                  "group's share of the test text's scored tokens. A gap that sits in the rare groups shows little on a text with few rare "
-                  "targets (the study's held-out lines, which lost their <unk> words).")
+                  "group's share of the test text's scored tokens. A gap that sits in the rare groups shows little "
+                  "on a text with few rare targets (the study's held-out lines, which lost their <unk> words).")
 GAP_NOTE = ("Each run's loss to the teacher it distilled from (a row of these results with groups), per group of the "
             "table above: the run's mean NLL less the teacher's, in nats a token, on the test text / the held-out "
             "text, and in brackets the group's share of the whole test gap (its share of the targets times its "
