@@ -14,9 +14,9 @@ checked against the limit given by ``--room`` (MB; default 23).
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 from fetch_model import check_safetensors
@@ -42,35 +42,21 @@ def stage(model: Path, dest: Path, parts: int = 3, room_mb: float | None = None)
         f.mkdir(parents=True)
     with open(weights, "rb") as src:
         for i, f in enumerate(folders):
-            with open(f / f"model.safetensors.part{i:02d}", "wb") as out:
-                shutil.copyfileobj(_Limited(src, each), out)
-    with tempfile.TemporaryDirectory() as tmp:
-        name = Path(tmp) / "kept_run.txt"
-        name.write_text(model.name + "\n")
-        with tarfile.open(folders[-1] / "model_files.tgz", "w:gz") as t:
-            for f in sorted(model.iterdir()):
-                if f.is_file() and f.name not in SKIP and f.suffix != ".png":
-                    t.add(f, f.name)
-            t.add(name, "kept_run.txt")
+            (f / f"model.safetensors.part{i:02d}").write_bytes(src.read(each))  # a part: a few tens of MB
+    name = (model.name + "\n").encode()
+    with tarfile.open(folders[-1] / "model_files.tgz", "w:gz") as t:
+        for f in sorted(model.iterdir()):
+            if f.is_file() and f.name not in SKIP and f.suffix != ".png":
+                t.add(f, f.name)
+        info = tarfile.TarInfo("kept_run.txt")
+        info.size = len(name)
+        t.addfile(info, io.BytesIO(name))
     sizes = [sum(p.stat().st_size for p in f.iterdir()) for f in folders]
     for f, s in zip(folders, sizes):
         print(f"{f}: {s / 1e6:.1f} MB")
     if room_mb is not None and max(sizes) > room_mb * 1e6:
         raise SystemExit(f"a part is {max(sizes) / 1e6:.1f} MB, over --room {room_mb} MB: use more --parts")
     return folders
-
-
-class _Limited:
-    """A reader of at most ``n`` more bytes of ``f`` (for shutil.copyfileobj)."""
-
-    def __init__(self, f, n: int):
-        self.f, self.left = f, n
-
-    def read(self, size: int = -1) -> bytes:
-        size = self.left if size < 0 else min(size, self.left)
-        data = self.f.read(size)
-        self.left -= len(data)
-        return data
 
 
 def main() -> None:
