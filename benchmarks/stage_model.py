@@ -10,6 +10,9 @@ beside ``.devcache/pN``), is copied to /root/g there, and after the last one
 A call carries 64 MiB with the tracked tree (about 11 MB) and its staging part (about 32 MB), which leaves some
 20 MB: a 2-2-8 SmolLM2 model (52.5 MiB) fits in three parts, one a call. The sizes are printed; each part is
 checked against the limit given by ``--room`` (MB; default 23).
+
+The other way, common.sh's finish sends a run's packed model back from the device with ``--flat 15``: parts of
+15 MiB (a file that comes back may have 16) and model_files.tgz all in ``--to`` itself, which fetch_model.py joins.
 """
 from __future__ import annotations
 
@@ -24,25 +27,32 @@ from fetch_model import check_safetensors
 SKIP = {"model.safetensors", "train_log.jsonl"}  # the weights go in parts; the log is not the model
 
 
-def stage(model: Path, dest: Path, parts: int = 3, room_mb: float | None = None) -> list[Path]:
-    """Write ``dest/g0 .. g{parts-1}`` from the packed folder ``model``; returns the folders. SystemExit when the
+def stage(model: Path, dest: Path, parts: int = 3, room_mb: float | None = None,
+          flat_mib: float | None = None) -> list[Path]:
+    """Write ``dest/g0 .. g{parts-1}`` from the packed folder ``model``, a part in each; returns the folders.
+    ``flat_mib``: parts of that many MiB, as many as it takes, all in ``dest`` (returned once). SystemExit when the
     folder has no readable model.safetensors, or a folder would pass ``room_mb``."""
     weights = model / "model.safetensors"
     if not weights.is_file():
         raise SystemExit(f"{model}: no model.safetensors (a packed model folder?)")
     check_safetensors(weights)
-    if parts < 1:
-        raise SystemExit(f"--parts {parts}: at least 1")
     size = weights.stat().st_size
-    each = -(-size // parts)  # the last part is the shortest: it also carries model_files.tgz
-    folders = [dest / f"g{i}" for i in range(parts)]
-    for f in folders:
-        if f.exists():
+    if flat_mib is not None:
+        each = int(flat_mib * 2**20)
+        parts = max(1, -(-size // each))
+    elif parts < 1:
+        raise SystemExit(f"--parts {parts}: at least 1")
+    else:
+        each = -(-size // parts)  # the last part is the shortest: it also carries model_files.tgz
+    folders = [dest] * parts if flat_mib is not None else [dest / f"g{i}" for i in range(parts)]
+    written = dict.fromkeys(folders, 0)  # bytes this writes into each folder
+    for f in written:
+        if f.exists() and flat_mib is None:  # a g folder holds one model's part alone
             shutil.rmtree(f)
-        f.mkdir(parents=True)
+        f.mkdir(parents=True, exist_ok=True)
     with open(weights, "rb") as src:
         for i, f in enumerate(folders):
-            (f / f"model.safetensors.part{i:02d}").write_bytes(src.read(each))  # a part: a few tens of MB
+            written[f] += (f / f"model.safetensors.part{i:02d}").write_bytes(src.read(each))  # a few tens of MB
     name = (model.name + "\n").encode()
     with tarfile.open(folders[-1] / "model_files.tgz", "w:gz") as t:
         for f in sorted(model.iterdir()):
@@ -51,8 +61,9 @@ def stage(model: Path, dest: Path, parts: int = 3, room_mb: float | None = None)
         info = tarfile.TarInfo("kept_run.txt")
         info.size = len(name)
         t.addfile(info, io.BytesIO(name))
-    sizes = [sum(p.stat().st_size for p in f.iterdir()) for f in folders]
-    for f, s in zip(folders, sizes):
+    written[folders[-1]] += (folders[-1] / "model_files.tgz").stat().st_size
+    folders, sizes = list(written), list(written.values())
+    for f, s in written.items():
         print(f"{f}: {s / 1e6:.1f} MB")
     if room_mb is not None and max(sizes) > room_mb * 1e6:
         raise SystemExit(f"a part is {max(sizes) / 1e6:.1f} MB, over --room {room_mb} MB: use more --parts")
@@ -65,8 +76,9 @@ def main() -> None:
     p.add_argument("--parts", type=int, default=3, help="how many calls carry it (default 3: p3's, p1's and p2's)")
     p.add_argument("--to", type=Path, default=Path(".devcache"), help="where g0, g1... go (default .devcache)")
     p.add_argument("--room", type=float, default=23.0, help="MB a call has left for its part (default 23)")
+    p.add_argument("--flat", type=float, metavar="MIB", help="parts of MIB MiB, all in --to (common.sh's finish)")
     a = p.parse_args()
-    stage(a.model, a.to, a.parts, a.room)
+    stage(a.model, a.to, a.parts, None if a.flat else a.room, a.flat)
 
 
 if __name__ == "__main__":

@@ -265,14 +265,15 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
 
 def _goals(tmp_path, **env) -> subprocess.CompletedProcess:
     """goals.sh run with stand-ins on the PATH: a python (and torchrun) that records the study's arguments in
-    ``args`` (a line a call), and an nvidia-smi, so that common.sh's GPU sampler runs as on the device; an adapted teacher's folder
+    ``args`` (a line a call) and runs the rest (heredocs, stage_model.py), and an nvidia-smi, so that common.sh's GPU sampler runs as on the device; an adapted teacher's folder
     is in place for PART=2."""
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t").mkdir(parents=True)
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t" / "finetune.json").write_text("{}")
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
-    stub.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\necho "$@" >> {tmp_path}/args\n'
+    stub.write_text(f'#!/bin/sh\ncase "$1" in -|*/stage_model.py) exec {sys.executable} "$@";; esac\n'
+                    f'echo "$@" >> {tmp_path}/args\n'
                     f'echo "$QG_SHARED_GPU" >> {tmp_path}/shared\n')
     stub.chmod(0o755)
     (stub.parent / "torchrun").symlink_to(stub)  # PART=4's launcher
@@ -301,13 +302,16 @@ def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, r
 def test_goals_long_run_brings_back_its_packed_model_in_parts(tmp_path):
     """PART=2 (KEEP=1 by default) returns its run's packed model under the device's 16 MiB-a-file limit: 15 MiB
     parts that concatenate to the file, and its small files (config, manifest, tokenizer) in model_files.tgz
-    without the train log or plots; KEEP=0 returns none."""
+    without the train log or plots, which fetch_model.py joins again; KEEP=0 returns none."""
     import tarfile
+
+    import torch
+    from safetensors.torch import save_file
 
     run = tmp_path / "runs" / "study" / "kd_2-2-8-tb-x-t"  # METHOD=kd TAG=-x, R=t: the run's folder
     run.mkdir(parents=True)
-    model = bytes(range(256)) * (70 * 1024)  # 17.5 MiB
-    (run / "model.safetensors").write_bytes(model)
+    save_file({"w": torch.arange(70 * 2**16, dtype=torch.float32)}, run / "model.safetensors")  # 17.5 MiB
+    model = (run / "model.safetensors").read_bytes()
     for name in ("config.json", "quantgpt.json", "tokenizer.json", "train_log.jsonl", "loss.png"):
         (run / name).write_text("{}")
     r = _goals(tmp_path, PART="2", METHOD="kd", TAG="-x")
@@ -318,9 +322,15 @@ def test_goals_long_run_brings_back_its_packed_model_in_parts(tmp_path):
     with tarfile.open(tmp_path / "out" / "model_files.tgz") as t:
         assert sorted(t.getnames()) == ["config.json", "kept_run.txt", "quantgpt.json", "tokenizer.json"]
         assert t.extractfile("kept_run.txt").read().decode().strip() == "kd_2-2-8-tb-x-t"
+    sys.path.insert(0, str(SPEED.parent))
+    from fetch_model import fetch
+
+    back = fetch(tmp_path / "out", tmp_path / "models")  # as here from the call's files
+    assert back.name == run.name and (back / "model.safetensors").read_bytes() == model
     other = tmp_path / "no" / "runs" / "study" / "quantgpt_2-2-8-tb-t"
     other.mkdir(parents=True)
     (other / "model.safetensors").write_bytes(model)
+    (other / "config.json").write_text("{}")
     assert _goals(tmp_path / "no", PART="2", KEEP="0").returncode == 0
     assert (tmp_path / "no" / "out" / "logs.tgz").is_file() and not list((tmp_path / "no" / "out").glob("model*"))
 

@@ -8,6 +8,7 @@
 set -u
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TRANSFORMERS_VERBOSITY=error
 OUTDIR=${OUT:-results}
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)  # benchmarks/
 mkdir -p runs/logs "$OUTDIR"
 : > runs/bg_pids  # the runs of this call (runs/ outlives a call while the machine is warm)
 # The study's training text (BENCHMARKS.md section 14): `corpora`, the Wikipedia excerpt twice more, and the
@@ -58,17 +59,10 @@ finish() {  # wait for this call's runs, then copy rows and logs to $OUT and pri
   tar -czf "$OUTDIR/logs.tgz" runs/logs $(ls runs/study/*/train_log.jsonl 2>/dev/null)
   # KEEP_MODEL=RUN_DIR: that run's packed model comes back too (2-2-8 SmolLM2: 52.5 MiB, over the 16 MiB a file
   # may have), as model.safetensors.part00, 01... of 15 MiB and model_files.tgz (its config, manifest and
-  # tokenizer, and kept_run.txt: the run's folder name). Here, benchmarks/fetch_model.py FILES_AT puts them
-  # together under .devcache/models/RUN, which quantgpt loads on the CPU (generation samples, evaluations, analyses
-  # without device time)
-  if [ -n "${KEEP_MODEL:-}" ]; then
-    if [ -f "$KEEP_MODEL/model.safetensors" ]; then
-      split -b 15M -d "$KEEP_MODEL/model.safetensors" "$OUTDIR/model.safetensors.part"
-      basename "$KEEP_MODEL" > runs/kept_run.txt
-      tar -czf "$OUTDIR/model_files.tgz" -C "$KEEP_MODEL" $(cd "$KEEP_MODEL" && find . -maxdepth 1 -type f \
-        ! -name model.safetensors ! -name train_log.jsonl ! -name '*.png' -printf '%P\n') -C "$PWD/runs" kept_run.txt
-    else echo "KEEP_MODEL: no model.safetensors in $KEEP_MODEL" >&2; fi
-  fi
+  # tokenizer, and kept_run.txt: the run's folder name), cut by stage_model.py --flat. Here,
+  # benchmarks/fetch_model.py FILES_AT puts them together under .devcache/models/RUN, which quantgpt loads on the
+  # CPU (generation samples, evaluations, analyses without device time)
+  [ -n "${KEEP_MODEL:-}" ] && python "$BENCH/stage_model.py" "$KEEP_MODEL" --flat 15 --to "$OUTDIR"
   python - <<'PY'
 import json, pathlib
 p = pathlib.Path("runs/study.jsonl")
