@@ -87,10 +87,12 @@
 #           (about 540 s): (1) the default from the longer-adapted teacher, at section 43's seed and steps, paired
 #           with it window by window. The adaptation's 300 steps are the one length ever measured, and a better
 #           teacher is the lever left for the 2-2-8 goal (quantgpt and kd tie; T=2 loses held out). Rule: 600 steps
-#           become the study's adaptation only if the student leads section 43's held out beyond 2 SE. (2), if the
-#           time is left: STEPS=2946 SET="temperature=2 seed=2" TAG=-T2-seed2 from the same teacher is no longer
-#           a pairing with section 43 (another teacher), so run it only from a 300-step teacher (R=s38b, FT_STEPS
-#           unset). Each PART=2 call brings back its packed model: `python benchmarks/fetch_model.py <files_at>`
+#           become the study's adaptation only if the student leads section 43's held out beyond 2 SE. (2), if
+#           about 560 s are left on the same machine: kd from the same teacher (`METHOD=kd STEPS=2946 SET=seed=2
+#           TAG=-ft600-seed2 PART=2`, the same link first), paired with (1): whether quantgpt leads kd from the better
+#           teacher (the two tie from the 300-step one, section 44). T=2 at seed 2 (SET="temperature=2 seed=2"
+#           TAG=-T2-seed2) pairs with section 43 only from a 300-step teacher (R=s38b, FT_STEPS unset), so it waits
+#           for a session that adapts one. Each PART=2 call brings back its packed model: `python benchmarks/fetch_model.py <files_at>`
 #           rebuilds it under .devcache/models/<run> for `quantgpt generate` and `quantgpt eval --by-frequency`.
 #           (3) packed generation on the GPU (BENCHMARKS section 45 has the CPU's), inside the staging calls:
 #           `python benchmarks/stage_model.py .devcache/models/kd_2-2-8-tb-seed2-s37` cuts the model into
