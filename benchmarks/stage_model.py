@@ -39,12 +39,12 @@ def stage(model: Path, dest: Path, parts: int = 3, room_mb: float | None = None,
     size = weights.stat().st_size
     if flat_mib is not None:
         each = int(flat_mib * 2**20)
-        parts = max(1, -(-size // each))
+        folders = [dest] * max(1, -(-size // each))
     elif parts < 1:
         raise SystemExit(f"--parts {parts}: at least 1")
     else:
         each = -(-size // parts)  # the last part is the shortest: it also carries model_files.tgz
-    folders = [dest] * parts if flat_mib is not None else [dest / f"g{i}" for i in range(parts)]
+        folders = [dest / f"g{i}" for i in range(parts)]
     written = dict.fromkeys(folders, 0)  # bytes this writes into each folder
     for f in written:
         if f.exists() and flat_mib is None:  # a g folder holds one model's part alone
@@ -62,12 +62,12 @@ def stage(model: Path, dest: Path, parts: int = 3, room_mb: float | None = None,
         info.size = len(name)
         t.addfile(info, io.BytesIO(name))
     written[folders[-1]] += (folders[-1] / "model_files.tgz").stat().st_size
-    folders, sizes = list(written), list(written.values())
     for f, s in written.items():
         print(f"{f}: {s / 1e6:.1f} MB")
-    if room_mb is not None and max(sizes) > room_mb * 1e6:
-        raise SystemExit(f"a part is {max(sizes) / 1e6:.1f} MB, over --room {room_mb} MB: use more --parts")
-    return folders
+    largest = max(written.values())
+    if room_mb is not None and largest > room_mb * 1e6:
+        raise SystemExit(f"a part is {largest / 1e6:.1f} MB, over --room {room_mb} MB: use more --parts")
+    return list(written)
 
 
 def main() -> None:

@@ -265,8 +265,8 @@ def test_sweep_calls_sample_the_gpu_and_finish_stops_the_sampler(tmp_path):
 
 def _goals(tmp_path, **env) -> subprocess.CompletedProcess:
     """goals.sh run with stand-ins on the PATH: a python (and torchrun) that records the study's arguments in
-    ``args`` (a line a call) and runs the rest (heredocs, stage_model.py), and an nvidia-smi, so that common.sh's GPU sampler runs as on the device; an adapted teacher's folder
-    is in place for PART=2."""
+    ``args`` (a line a call) and runs the rest (heredocs, stage_model.py), and an nvidia-smi, so that common.sh's
+    GPU sampler runs as on the device; an adapted teacher's folder is in place for PART=2."""
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t").mkdir(parents=True)
     (tmp_path / "runs" / "study" / "finetune_16-16-16-t" / "finetune.json").write_text("{}")
     (tmp_path / "runs" / "valid_held_nounk.txt").write_text("held\n")
@@ -330,7 +330,6 @@ def test_goals_long_run_brings_back_its_packed_model_in_parts(tmp_path):
     other = tmp_path / "no" / "runs" / "study" / "quantgpt_2-2-8-tb-t"
     other.mkdir(parents=True)
     (other / "model.safetensors").write_bytes(model)
-    (other / "config.json").write_text("{}")
     assert _goals(tmp_path / "no", PART="2", KEEP="0").returncode == 0
     assert (tmp_path / "no" / "out" / "logs.tgz").is_file() and not list((tmp_path / "no" / "out").glob("model*"))
 

@@ -11,10 +11,13 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 
-def _permuted(w: torch.Tensor, heads: int) -> np.ndarray:
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().numpy()
+
+
+def _permuted(w: np.ndarray, heads: int) -> np.ndarray:
     """A q or k projection in llama.cpp's order (rotary halves interleaved by head), which transformers' reader
     undoes."""
-    w = w.detach().float().numpy()
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -43,13 +46,13 @@ def write_gguf(model, tokenizer, path) -> None:
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    w.add_tensor("token_embd.weight", model.model.embed_tokens.weight.detach().float().numpy())
+    w.add_tensor("token_embd.weight", _array(model.model.embed_tokens.weight))
     for i, layer in enumerate(model.model.layers):
         for hf, name in names.items():
-            t = layer.get_submodule(hf).weight
+            t = _array(layer.get_submodule(hf).weight)
             heads = {"attn_q": c.num_attention_heads, "attn_k": c.num_key_value_heads}.get(name)
-            w.add_tensor(f"blk.{i}.{name}.weight", _permuted(t, heads) if heads else t.detach().float().numpy())
-    w.add_tensor("output_norm.weight", model.model.norm.weight.detach().float().numpy())
+            w.add_tensor(f"blk.{i}.{name}.weight", _permuted(t, heads) if heads else t)
+    w.add_tensor("output_norm.weight", _array(model.model.norm.weight))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
