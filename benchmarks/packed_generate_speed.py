@@ -3,6 +3,8 @@ the default) against the whole table unpacked at every lookup (the path before i
 with every matrix dequantized once (``load(..., unpack=True)``, ``--unpack``), alternating, in one process:
 seconds for the same new tokens, and whether the texts agree. ``--float`` also times the same model exported to
 a plain float ``transformers`` folder (``quantgpt export --dequantize``), loaded in float32 as the packed one runs.
+``--kernel`` also times the folder loaded with ``kernel=True`` (every linear layer multiplied by the Triton kernel
+from the packed codes; CUDA).
 
     python benchmarks/packed_generate_speed.py .devcache/models/kd_2-2-8-tb-seed2-s37 --tokens 40 --device cpu
 """
@@ -25,10 +27,12 @@ p.add_argument("--prompt", default="The history of the Roman Empire")
 p.add_argument("--tokens", type=int, default=40, help="new tokens a generation")
 p.add_argument("--rounds", type=int, default=2, help="generations of each lookup, alternating")
 p.add_argument("--float", action="store_true", help="also the model dequantized to a plain float folder")
+p.add_argument("--kernel", action="store_true", help="also the model loaded with kernel=True (Triton, CUDA)")
 args = p.parse_args()
 device = pick_device(args.device)
 model = quantgpt.load(args.model).to(device).eval()
 unpacked = quantgpt.load(args.model, unpack=True).to(device).eval()
+kernel = quantgpt.load(args.model, kernel=True).to(device).eval() if args.kernel else None
 tok = AutoTokenizer.from_pretrained(args.model)
 x = tok(args.prompt, return_tensors="pt").input_ids.to(device)
 rows = packed.PackedEmbedding.forward
@@ -55,6 +59,8 @@ for _ in range(args.rounds):
         timed(model, name)
     packed.PackedEmbedding.forward = rows
     timed(unpacked, "unpacked")
+    if kernel is not None:
+        timed(kernel, "kernel")
 if args.float:
     from transformers import AutoModelForCausalLM
 
@@ -72,6 +78,9 @@ print(f"rows / whole (best of {args.rounds}): {min(seconds['rows']) / min(second
       f"the same text: {texts['rows'] == texts['whole']}")
 print(f"unpacked / rows: {min(seconds['unpacked']) / min(seconds['rows']):.3f}; the same text: "
       f"{texts['unpacked'] == texts['rows']}")
+if kernel is not None:
+    print(f"kernel / unpacked: {min(seconds['kernel']) / min(seconds['unpacked']):.3f}; the same text: "
+          f"{texts['kernel'] == texts['unpacked']}")
 if args.float:
     print(f"float / rows: {min(seconds['float']) / min(seconds['rows']):.3f}; the same text: "
           f"{texts['float'] == texts['rows']}")

@@ -9,6 +9,9 @@ import torch
 torch.set_num_threads(2)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton, where installed, runs kernels on CPU tensors in its interpreter: how test_kernels checks the packed-weight
+# kernel without a GPU. Triton reads this when it is imported, so it is set before anything imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 VOCAB = 384
 
@@ -24,6 +27,21 @@ def stop_after(tr, n: int) -> None:
         return row
 
     tr.train_step = interrupted
+
+
+def cli_outputs(folder, *flags, capsys) -> tuple[str, float]:
+    """``quantgpt generate`` (5 greedy tokens) and ``quantgpt eval`` (200 tokens) of ``folder`` on the CPU with the
+    extra ``flags``: the completion and the perplexity."""
+    import json
+
+    from quantgpt.cli import main
+
+    assert main(["generate", str(folder), "--prompt", "hello", "--max-new-tokens", "5", "--device", "cpu", "--json",
+                 "--quiet", *flags]) == 0
+    assert main(["eval", str(folder), "--data", "sample", "--seq-len", "32", "--limit-tokens", "200", "--device", "cpu",
+                 "--json", "--quiet", *flags]) == 0
+    gen, ev = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    return gen["completion"], ev["perplexity"]
 
 
 def step_seconds(tr, clock: list, cost) -> None:

@@ -296,7 +296,10 @@ def test_goals_runs_keep_their_reserve_outside_the_time_budget(tmp_path, part, r
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "args").read_text().split()
     assert "benchmarks/paper_study.py" in args and "--only" in args
-    assert f"time_budget={budget}" in args
+    # TB = LIMIT - SECONDS - RESERVE: bash's SECONDS is whole seconds since the script started, so the setup before
+    # it may have crossed a second or two (a loaded machine); RESERVE's values differ by 60
+    tb = [int(a.split("=")[1]) for a in args if a.startswith("time_budget=")]
+    assert len(tb) == 1 and budget - 3 <= tb[0] <= budget, tb
 
 
 def test_goals_long_run_brings_back_its_packed_model_in_parts(tmp_path):

@@ -417,16 +417,10 @@ def test_unpacked_load_gives_the_same_outputs_without_unpacking_again(tmp_path, 
 
 
 def test_generate_and_eval_unpack_flag(tmp_path, tiny, tokenizer, capsys):
+    from conftest import cli_outputs
+
     save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8")), tokenizer, tmp_path / "p")
-    out = {}
-    for flag in ([], ["--unpack"]):
-        assert main(["generate", str(tmp_path / "p"), "--prompt", "hello", "--max-new-tokens", "5", "--device", "cpu",
-                     "--json", "--quiet", *flag]) == 0
-        assert main(["eval", str(tmp_path / "p"), "--data", "sample", "--seq-len", "32", "--limit-tokens", "200",
-                     "--device", "cpu", "--json", "--quiet", *flag]) == 0
-        gen, ev = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-        out[bool(flag)] = (gen["completion"], ev["perplexity"])
-    assert out[True] == out[False]
+    assert cli_outputs(tmp_path / "p", "--unpack", capsys=capsys) == cli_outputs(tmp_path / "p", capsys=capsys)
 
 
 def test_a_dtype_cast_keeps_the_stored_scales(tmp_path, tiny, tokenizer):

@@ -101,7 +101,12 @@
 #           `mkdir -p /root/g && cp .devcache/gN/* /root/g/`. After PART=1 in the p2 call (the GPU then idle):
 #           `; PYTHONPATH=src python benchmarks/fetch_model.py /root/g --to /root/models && PYTHONPATH=src timeout 200
 #           python benchmarks/packed_generate_speed.py /root/models/kd_2-2-8-tb-seed2-s37 --tokens 100 --rounds 3
-#           --device cuda --float | tee $OUT/gen_gpu.txt` (no extra call: session 38's plan took two more).
+#           --device cuda --float --kernel | tee $OUT/gen_gpu.txt; PYTHONPATH=src timeout 120 python
+#           benchmarks/kernel_check.py /root/models/kd_2-2-8-tb-seed2-s37 --device cuda --json $OUT/kernel.json |
+#           tee $OUT/kernel.txt` (no extra call: session 38's plan took two more). Session 41 (no machine lent)
+#           wrote the packed-weight Triton kernel (kernels.py, tested only in Triton's interpreter): --kernel adds
+#           its generation to the table, and kernel_check.py checks and times it against the packed and unpacked
+#           paths on every shape of the model, in bf16, fp16 and fp32, for 1 to 2048 input rows.
 #           <link p3>: `mkdir -p .devcache && rm -rf .devcache/p3 && ln -s /root/m/p3 .devcache/p3` (the working
 #           tree's copy drops the link). A run whose call ends after its last step and before its row
 #           (finished_then_stopped in the log)

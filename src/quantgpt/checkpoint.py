@@ -113,10 +113,12 @@ def save_fakequant(model, tokenizer, out, extra: dict | None = None, merge: bool
     return Path(out)
 
 
-def load(folder, dtype: torch.dtype | None = None, device=None, return_tokenizer: bool = False, unpack: bool = False):
+def load(folder, dtype: torch.dtype | None = None, device=None, return_tokenizer: bool = False, unpack: bool = False,
+         kernel: bool = False):
     """Load a model folder written by quantgpt (packed or fake-quantized); the model (and tokenizer if asked).
     ``unpack``: a packed model's matrices are dequantized once here, not at every forward (packed.unpack_weights:
-    faster, with float memory); a fake-quantized folder ignores it."""
+    faster, with float memory). ``kernel``: its linear layers multiply from the packed codes with the Triton kernel
+    (packed.use_kernel; CUDA only). A fake-quantized folder ignores both."""
     from transformers import AutoTokenizer
 
     from . import packed
@@ -125,7 +127,7 @@ def load(folder, dtype: torch.dtype | None = None, device=None, return_tokenizer
     manifest = read_manifest(folder)
     fmt, version = manifest.get("format"), manifest.get("version")
     if fmt == packed.FORMAT and version == packed.VERSION:
-        model = packed.load_packed(folder, manifest, dtype=dtype, device=device, unpack=unpack)
+        model = packed.load_packed(folder, manifest, dtype=dtype, device=device, unpack=unpack, kernel=kernel)
     elif fmt == FORMAT and version == VERSION:
         model = _load_fakequant(folder, manifest, dtype, device)
     else:

@@ -20,10 +20,25 @@ def _common(p, seed=True):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _unpack_flag(p):
-    p.add_argument("--unpack", action="store_true",
-                   help="a packed model's weights dequantized once at load, not at every forward: faster, with a "
-                        "float model's memory (the same outputs)")
+def _packed_flags(p):
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--unpack", action="store_true",
+                     help="a packed model's weights dequantized once at load, not at every forward: faster, with a "
+                          "float model's memory (the same outputs)")
+    how.add_argument("--kernel", action="store_true",
+                     help="a packed model's linear layers multiply from the packed codes with the Triton kernel "
+                          "(CUDA): packed memory, no float copies")
+
+
+def _load_packed_for(args, device):
+    """``load_any`` with the packed-model flags, the kernel's device checked first."""
+    from .models import load_any
+
+    if args.kernel:
+        from .kernels import check_device
+
+        check_device(device)
+    return load_any(args.model, unpack=args.unpack, kernel=args.kernel)
 
 
 def _emit(args, result: dict, text: str) -> None:
@@ -72,11 +87,10 @@ def cmd_quantize(args) -> int:
 def cmd_eval(args) -> int:
     from .data import tokenize_files
     from .evaluate import evaluate, frequency_groups
-    from .models import load_any
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    model, tok = load_any(args.model, unpack=args.unpack)
+    model, tok = _load_packed_for(args, device)
     ids = tokenize_files(args.data, tok)
     groups = names = None
     if args.by_frequency:  # the targets grouped by how often this (training) text has them
@@ -97,12 +111,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .models import load_any
-
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
-    model, tok = load_any(args.model, unpack=args.unpack)
+    model, tok = _load_packed_for(args, device)
     model.to(device)
     enc = tok(args.prompt, return_tensors="pt").to(device)
     sample = args.temperature > 0
@@ -319,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by-frequency", nargs="+", metavar="TEXT",
                    help="also the NLL of the targets grouped by how often TEXT (e.g. the training text) has them: "
                         + FREQUENCY_GROUPS.replace("%", "%%"))
-    _unpack_flag(e)
+    _packed_flags(e)
     _common(e, seed=False)
     e.set_defaults(func=cmd_eval)
 
@@ -350,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=50)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=0.95)
-    _unpack_flag(g)
+    _packed_flags(g)
     _common(g)
     g.set_defaults(func=cmd_generate)
     return p

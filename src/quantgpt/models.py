@@ -176,13 +176,13 @@ def save_float(model, tokenizer, out, merge: bool = False) -> Path:
     return Path(out)
 
 
-def load_any(spec: str, dtype: torch.dtype | None = None, device=None, unpack: bool = False):
-    """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``. ``unpack``:
-    see checkpoint.load."""
+def load_any(spec: str, dtype: torch.dtype | None = None, device=None, unpack: bool = False, kernel: bool = False):
+    """A float model or a quantgpt folder, whichever ``spec`` names. Returns ``(model, tokenizer)``. ``unpack`` and
+    ``kernel``: see checkpoint.load."""
     kind, loc = resolve(spec)
     if kind == "quantgpt":
         from .checkpoint import load
 
-        return load(loc, dtype=dtype, device=device, return_tokenizer=True, unpack=unpack)
+        return load(loc, dtype=dtype, device=device, return_tokenizer=True, unpack=unpack, kernel=kernel)
     model, tokenizer = load_float(spec, dtype)
     return (model if device is None else model.to(device)), tokenizer

@@ -130,6 +130,11 @@ class PackedLinear(nn.Module):
         self._tied = [tied] if tied is not None else []
         self.row_scale = row_scale  # a tied head's own row scales (QuantConfig.head_scale), stored as a float tensor
         self.transposed = transposed  # in place of GPT-2's Conv1D (its float weight is (in, out)): for --dequantize
+        self.kernel = False  # multiply with kernels.packed_linear (Triton) from the packed codes: use_kernel
+
+    def packed_source(self) -> PackedWeight | None:
+        """The packed matrix this layer multiplies by: its own or, tied, its embedding's (None: float weights)."""
+        return self._tied[0].packed if self._tied else self.packed
 
     def dequantized_weight(self, dtype=torch.float32):
         if self._tied:
@@ -140,6 +145,12 @@ class PackedLinear(nn.Module):
     def forward(self, x):
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
+        if self.kernel and self.packed_source().unpacked is None:
+            from .kernels import packed_linear
+
+            kind = x.device.type  # under autocast the product takes autocast's dtype, as F.linear's does
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+            return packed_linear(x, self.packed_source(), self.bias, self.row_scale, dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
 
@@ -245,12 +256,24 @@ def unpack_weights(model: nn.Module, dtype=torch.float32) -> nn.Module:
     return model
 
 
-def load_packed(folder, manifest: dict, dtype=None, device=None, unpack: bool = False):
+def use_kernel(model: nn.Module, on: bool = True) -> nn.Module:
+    """Every packed linear layer of ``model`` (tied heads included) multiplies with the Triton kernel
+    (kernels.packed_linear) straight from its codes, on CUDA: packed memory, no float copy of a matrix, the outputs
+    of the dequantizing path to float rounding. Layers whose weights stay float are left as they are."""
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            m.kernel = on and m.packed_source() is not None
+    return model
+
+
+def load_packed(folder, manifest: dict, dtype=None, device=None, unpack: bool = False, kernel: bool = False):
     from transformers import AutoConfig
 
     from .convert import quantize_model
     from .models import _auto_class
 
+    if unpack and kernel:
+        raise QuantGPTError("unpack and kernel exclude each other: the kernel multiplies from the packed codes")
     folder = Path(folder)
     path = folder / "model.safetensors"
     try:
@@ -316,4 +339,6 @@ def load_packed(folder, manifest: dict, dtype=None, device=None, unpack: bool = 
         tuple(f"{owner}.{t}" for owner in ("packed", "packed_weight") for t in MODULE_TENSORS))]
     missing += [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta and n not in missing]
     model = finish_loading(model, path, missing, unexpected, dtype, device)
+    if kernel:
+        return use_kernel(model)
     return unpack_weights(model, dtype or torch.float32) if unpack else model
