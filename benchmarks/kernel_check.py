@@ -3,6 +3,9 @@ tied head included), against the two paths it replaces: the packed path (the mat
 then F.linear) and the unpacked one (F.linear on a float copy made once). For each compute dtype and number of
 input rows (one token of generation to a 2048-token window): the largest difference from the packed path's
 output relative to its largest value, and on CUDA the median time of one product (CUDA events, alternating).
+``--logits TEXT`` also compares the whole model's logits on TEXT, loaded with and without kernel=True, with its
+activation quantizers and without them (a float difference in one layer can move a quantized activation across a
+rounding step, which no tolerance on one product shows).
 
     python benchmarks/kernel_check.py .devcache/models/kd_2-2-8-tb-seed2-s37 --device cuda --json $OUT/kernel.json
 """
@@ -24,6 +27,7 @@ p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 256, 2048], help="
 p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16", "float32"])
 p.add_argument("--repeats", type=int, default=50, help="timed products of each path (CUDA)")
 p.add_argument("--json", help="also write the rows to this file")
+p.add_argument("--logits", metavar="TEXT", help="also compare the whole model's logits on this text")
 args = p.parse_args()
 device = pick_device(args.device)
 kernels.check_device(device)
@@ -91,6 +95,25 @@ for r in rows:
           f"{us[0]} {us[1]}{us[2][1:]} {ratio}")
 print(f"largest relative difference: {max(r['rel_err'] for r in rows):.2e} over {len(rows)} products; device {device}"
       + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else " (Triton's interpreter)"))
+result = {"products": rows}
+if args.logits:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(args.model)(args.logits, return_tensors="pt").input_ids.to(device)
+    fast = quantgpt.load(args.model, kernel=True).to(device).eval()
+    for acts in (True, False):
+        if not acts:  # the same models with every activation quantizer off
+            for net in (model, fast):
+                for m in net.modules():
+                    if isinstance(m, packed.PackedLinear):
+                        m.act_quantizer = None
+        with torch.no_grad():
+            want, got = model(input_ids=ids).logits.float(), fast(input_ids=ids).logits.float()
+        key = "logits" if acts else "logits_no_act_quant"
+        result[key] = dict(tokens=ids.shape[1], rel_err=((got - want).abs().max() / want.abs().max()).item(),
+                           argmax_agree=(got.argmax(-1) == want.argmax(-1)).float().mean().item())
+        print(f"{key}: {ids.shape[1]} tokens, largest relative difference {result[key]['rel_err']:.2e}, "
+              f"the same top token at {result[key]['argmax_agree']:.1%} of positions")
 if args.json:
     with open(args.json, "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump(result, f, indent=1)

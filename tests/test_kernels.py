@@ -184,8 +184,11 @@ def test_benchmark_scripts_run_the_kernel(tmp_path, tiny, tokenizer):
     untimed); packed_generate_speed.py --kernel generates the unpacked model's text through it."""
     save_packed(quantize_model(tiny("llama"), QuantConfig(**LAYOUTS[0])), tokenizer, tmp_path / "p")
     out = _script("kernel_check.py", tmp_path / "p", "--device", "cpu", "--rows", 1, 20, "--dtypes", "float32",
-                  "float16", "--json", tmp_path / "k.json")
-    rows = json.loads((tmp_path / "k.json").read_text())
+                  "float16", "--json", tmp_path / "k.json", "--logits", "hello world, hello")
+    result = json.loads((tmp_path / "k.json").read_text())
+    rows = result["products"]
+    for key in ("logits", "logits_no_act_quant"):
+        assert result[key]["tokens"] > 3 and result[key]["rel_err"] < 1e-4 and result[key]["argmax_agree"] == 1, key
     shapes = {tuple(r["shape"]) for r in rows}
     assert {(32, 32), (16, 32), (64, 32), (32, 64), (384, 32)} <= shapes  # q/o, k/v, gate/up, down, the tied head
     assert len(rows) == len(shapes) * 4 and all(r["us_kernel"] is None for r in rows)
