@@ -104,7 +104,7 @@ def _layout(packed) -> tuple[int, int]:
     return 0, in_f  # tensor: one scale
 
 
-def _blocks(m: int, n: int, k: int) -> tuple[int, int, int]:
+def _blocks(m: int, k: int) -> tuple[int, int, int]:
     """Tile sizes: few rows of ``x`` (generation) take the smallest tile tl.dot allows and narrower columns,
     so that a small matrix still spreads over many programs."""
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
@@ -137,7 +137,7 @@ def packed_linear(x: torch.Tensor, packed, bias: torch.Tensor | None = None,
     if "center_code" in packed.group_code_names:
         zero, zfactor, zero_kind = packed.center_code, packed.center_factor, 2
     groups_per_row, group_size = _layout(packed)
-    block_m, block_n, block_k = _blocks(m, out_f, in_f)
+    block_m, block_n, block_k = _blocks(m, in_f)
     grid = (-(-m // block_m), -(-out_f // block_n))
     dummy = y  # a pointer for the arguments a layout does not use (never read)
     _packed_matmul[grid](
