@@ -1,7 +1,8 @@
 """Greedy generation from a packed model with its embedding looked up row by row (PackedWeight.dequantize_rows,
 the default) against the whole table unpacked at every lookup (the path before it), and the same folder loaded
 with every matrix dequantized once (``load(..., unpack=True)``, ``--unpack``), alternating, in one process:
-seconds for the same new tokens, and whether the texts agree. ``--float`` also times the same model exported to
+seconds for the same new tokens, the megabytes each model holds (parameters and buffers), and whether the texts
+agree. ``--float`` also times the same model exported to
 a plain float ``transformers`` folder (``quantgpt export --dequantize``), loaded in float32 as the packed one runs.
 ``--kernel`` also times the folder loaded with ``kernel=True`` (every linear layer multiplied by the Triton kernel
 from the packed codes; CUDA).
@@ -19,6 +20,7 @@ from transformers import AutoTokenizer
 import quantgpt
 from quantgpt import packed
 from quantgpt.device import pick_device
+from quantgpt.sizes import resident_bytes
 
 p = argparse.ArgumentParser()
 p.add_argument("model", help="a packed model folder")
@@ -75,9 +77,11 @@ if args.float:
         plain = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device).eval()
     for _ in range(args.rounds):
         timed(plain, "float")
-print(f"{'model':8} {'seconds':>20}  tokens/s")
+held = {"whole": model, "rows": model, "unpacked": unpacked, "kernel": kernel, "float": plain if args.float else None}
+print(f"{'model':8} {'seconds':>20}  tokens/s  MB held")  # parameters and buffers: codes, scales, float copies
 for name, s in seconds.items():
-    print(f"{name:8} {' '.join(f'{v:6.2f}' for v in s):>20}  {args.tokens / min(s):.2f}")
+    mb = f"{resident_bytes(held[name]) / 2**20:8.1f}" if held[name] is not None else f"{'-':>8}"
+    print(f"{name:8} {' '.join(f'{v:6.2f}' for v in s):>20}  {args.tokens / min(s):8.2f} {mb}")
 print(f"rows / whole (best of {args.rounds}): {min(seconds['rows']) / min(seconds['whole']):.3f}; "
       f"the same text: {texts['rows'] == texts['whole']}")
 print(f"unpacked / rows: {min(seconds['unpacked']) / min(seconds['rows']):.3f}; the same text: "

@@ -445,3 +445,25 @@ def test_a_dtype_cast_keeps_the_stored_scales(tmp_path, tiny, tokenizer):
         assert all(m.unpacked.dtype == torch.bfloat16 for m in u.modules() if isinstance(m, packed.PackedWeight))
         assert u.get_input_embeddings().packed.dequantize(torch.bfloat16).data_ptr() == \
             u.get_input_embeddings().packed.unpacked.data_ptr()  # no copy a forward
+
+
+def test_resident_bytes_counts_what_a_loaded_model_holds(tmp_path, tiny, tokenizer):
+    """sizes.resident_bytes: a packed model holds its file's tensors (the tied head's table once); unpack adds a
+    float32 copy of every packed matrix (4 bytes a weight); a float model holds its parameters, tied ones once."""
+    from safetensors.torch import load_file
+
+    import quantgpt.packed as packed
+    from quantgpt.sizes import resident_bytes
+
+    save_packed(quantize_model(tiny("llama"), QuantConfig(bits="2-2-8")), tokenizer, tmp_path / "p")
+    on_disk = sum(t.numel() * t.element_size() for t in load_file(str(tmp_path / "p" / "model.safetensors")).values())
+    p, u = load(tmp_path / "p"), load(tmp_path / "p", unpack=True)
+    saved = p.state_dict()
+    unsaved = sum(b.numel() * b.element_size() for n, b in p.named_buffers() if n not in saved)  # rotary inv_freq
+    assert 0 < unsaved < 100 and resident_bytes(p) == on_disk + unsaved
+    weights = sum(m.shape[0] * m.shape[1] for m in p.modules() if isinstance(m, packed.PackedWeight))
+    assert resident_bytes(u) == on_disk + unsaved + 4 * weights
+    f = tiny("llama")
+    assert f.lm_head.weight is f.model.embed_tokens.weight
+    assert resident_bytes(f) == sum(t.numel() * 4 for t in f.parameters()) + sum(
+        b.numel() * b.element_size() for b in f.buffers())

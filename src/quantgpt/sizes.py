@@ -62,6 +62,17 @@ def size_report(folder) -> dict:
     }
 
 
+def resident_bytes(model) -> int:
+    """The bytes a loaded model holds: every distinct parameter and buffer, saved or not (packed codes, scales,
+    float tensors, and the float copies of ``unpack``), each shared storage counted once."""
+    seen = {}
+    for t in (*model.parameters(), *model.buffers()):
+        if t is not None and not t.is_meta:
+            st = t.untyped_storage()
+            seen[(st.data_ptr(), t.device)] = st.nbytes()
+    return sum(seen.values())
+
+
 def _itemsize(dtype: str) -> int:
     return {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[dtype]
 
