@@ -78,7 +78,8 @@
 #           (KEEP=1; fetch_model.py rebuilt it, 52.5 MiB).
 #           Session 39 got no machine (six requests from 01:28 to 01:59 UTC failed or were refused, 586 s, and
 #           then none was lent), nor did session 40 (none lent from its start; section 46: the GGUF read 2.6 times
-#           faster on the CPU), so the plan stands. Next session (R=s38). Staging p3 and p1, then p2 with a
+#           faster on the CPU) or session 41 (none lent; section 47: the packed-weight kernel, checked in Triton's
+#           interpreter), so the plan stands. Next session (R=s38). Staging p3 and p1, then p2 with a
 #           teacher adapted 600 steps instead of 300 and the warm-up beside it: `cp .devcache/p2/* /root/m/ &&
 #           <link p3> && source .devcache/p3/assemble.sh &&
 #           LIMIT=320 BASELINES=0 FT_STEPS=600 R=s38 QG_COMMIT=<c> PART=1 bash benchmarks/sweeps/goals.sh` (about
