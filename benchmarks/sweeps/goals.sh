@@ -103,8 +103,8 @@
 #           `; PYTHONPATH=src python benchmarks/fetch_model.py /root/g --to /root/models && PYTHONPATH=src timeout 200
 #           python benchmarks/packed_generate_speed.py /root/models/kd_2-2-8-tb-seed2-s37 --tokens 100 --rounds 3
 #           --device cuda --float --kernel | tee $OUT/gen_gpu.txt; PYTHONPATH=src timeout 120 python
-#           benchmarks/kernel_check.py /root/models/kd_2-2-8-tb-seed2-s37 --device cuda --json $OUT/kernel.json |
-#           tee $OUT/kernel.txt` (no extra call: session 38's plan took two more). Session 41 (no machine lent)
+#           benchmarks/kernel_check.py /root/models/kd_2-2-8-tb-seed2-s37 --device cuda --json $OUT/kernel.json
+#           --logits "The history of the Roman Empire" | tee $OUT/kernel.txt` (no extra call: session 38's plan took two more). Session 41 (no machine lent)
 #           wrote the packed-weight Triton kernel (kernels.py, tested only in Triton's interpreter): --kernel adds
 #           its generation to the table, and kernel_check.py checks and times it against the packed and unpacked
 #           paths on every shape of the model, in bf16, fp16 and fp32, for 1 to 2048 input rows.
