@@ -104,7 +104,11 @@
 #           python benchmarks/packed_generate_speed.py /root/models/kd_2-2-8-tb-seed2-s37 --tokens 100 --rounds 3
 #           --device cuda --float --kernel | tee $OUT/gen_gpu.txt; PYTHONPATH=src timeout 120 python
 #           benchmarks/kernel_check.py /root/models/kd_2-2-8-tb-seed2-s37 --device cuda --json $OUT/kernel.json
-#           --logits "The history of the Roman Empire" | tee $OUT/kernel.txt` (no extra call: session 38's plan took two more). Session 41 (no machine lent)
+#           --logits "The history of the Roman Empire" | tee $OUT/kernel.txt`. (4) If a call's worth of time is left
+#           after the runs but not (2)'s 560 s, on the same machine: `for f in "" --kernel; do PYTHONPATH=src python -m
+#           quantgpt.cli eval /root/models/kd_2-2-8-tb-seed2-s37 --data $QG_DATA/wikitext2/test.raw.txt --seq-len 2048
+#           --json --quiet $f; done | tee $OUT/eval_kernel.txt` (assemble.sh sourced first): the test perplexity
+#           through the kernel against the packed path's (section 44: 24.891). (no extra call: session 38's plan took two more). Session 41 (no machine lent)
 #           wrote the packed-weight Triton kernel (kernels.py, tested only in Triton's interpreter): --kernel adds
 #           its generation to the table, and kernel_check.py checks and times it against the packed and unpacked
 #           paths on every shape of the model, in bf16, fp16 and fp32, for 1 to 2048 input rows.
