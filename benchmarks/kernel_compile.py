@@ -8,23 +8,21 @@ to compile for a GPU; this finds that before a device session, for the Triton in
 """
 import argparse
 import itertools
-import os
 import sys
 import time
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    sys.exit("run without TRITON_INTERPRET=1: the compiler, not the interpreter, is what this checks")
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-from quantgpt import kernels  # noqa: E402
+from quantgpt import kernels
 
 p = argparse.ArgumentParser()
 p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100, H200), 80 (A100)")
 p.add_argument("--quick", action="store_true", help="five layouts, each in one dtype")
 args = p.parse_args()
+if kernels.INTERPRET:  # Triton was imported for its interpreter: the kernel is not a compilable JITFunction
+    sys.exit("run without TRITON_INTERPRET=1: the compiler, not the interpreter, is what this checks")
 
 # (bits, 8-bit scale codes, zero kind: 0 none, 1 stored, 2 centre codes)
 LAYOUTS = [(b, c, z) for b in (2, 3, 4, 8) for c, z in ((True, 2), (True, 1), (True, 0), (False, 1), (False, 0))]
