@@ -2,7 +2,9 @@
 tied head included), against the two paths it replaces: the packed path (the matrix dequantized at every product,
 then F.linear) and the unpacked one (F.linear on a float copy made once). For each compute dtype and number of
 input rows (one token of generation to a 2048-token window): the largest difference from the packed path's
-output relative to its largest value, and on CUDA the median time of one product (CUDA events, alternating).
+output relative to its largest value, and on CUDA the median time of one product (CUDA events, alternating) and
+the kernel's rate over the bytes a product must move (the packed matrix, its input and output: against the GPU's
+memory bandwidth, how far from bound by it the kernel is).
 ``--logits TEXT`` also compares the whole model's logits on TEXT, loaded with and without kernel=True, with its
 activation quantizers and without them (a float difference in one layer can move a quantized activation across a
 rounding step, which no tolerance on one product shows).
@@ -83,16 +85,20 @@ with torch.no_grad():
                     for k, fn in (("kernel", kernel_path), ("packed", packed_path), ("float", float_path)):
                         us = median_us(fn)
                         t[k] = us if k not in t or us is None else min(t[k], us)
+                # the bytes one product must move at least: the packed matrix, the input and the output
+                moved = pw.nbytes() + x.numel() * x.element_size() + n * pw.shape[0] * x.element_size()
                 rows.append(dict(module=name, shape=list(pw.shape), bits=pw.bits, dtype=str(dtype).replace("torch.", ""),
-                                 rows=n, rel_err=err, us_kernel=t["kernel"], us_packed=t["packed"], us_float=t["float"]))
+                                 rows=n, rel_err=err, us_kernel=t["kernel"], us_packed=t["packed"], us_float=t["float"],
+                                 kernel_gb_s=moved / t["kernel"] / 1e3 if t["kernel"] else None))
 
 print(f"{'module':34} {'shape':>12} {'dtype':>8} {'rows':>5} {'rel. err':>9} {'kernel us':>10} {'packed us':>10} "
-      f"{'float us':>9} {'kernel/float':>12}")
+      f"{'float us':>10} {'kernel/float':>12} {'kernel GB/s':>11}")
 for r in rows:
-    us = [f"{r[k]:10.1f}" if r[k] is not None else f"{'-':>10}" for k in ("us_kernel", "us_packed", "us_float")]
+    cells = [f"{r[k]:{w}.{d}f}" if r[k] is not None else f"{'-':>{w}}"
+             for k, w, d in (("us_kernel", 10, 1), ("us_packed", 10, 1), ("us_float", 10, 1), ("kernel_gb_s", 11, 0))]
     ratio = f"{r['us_kernel'] / r['us_float']:12.2f}" if r["us_kernel"] else f"{'-':>12}"
     print(f"{r['module'][-34:]:34} {'x'.join(map(str, r['shape'])):>12} {r['dtype']:>8} {r['rows']:5d} {r['rel_err']:9.2e} "
-          f"{us[0]} {us[1]}{us[2][1:]} {ratio}")
+          f"{cells[0]} {cells[1]} {cells[2]} {ratio} {cells[3]}")
 print(f"largest relative difference: {max(r['rel_err'] for r in rows):.2e} over {len(rows)} products; device {device}"
       + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else " (Triton's interpreter)"))
 result = {"products": rows}
