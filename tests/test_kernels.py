@@ -82,10 +82,13 @@ def test_kernel_reads_codes_across_bytes_and_ragged_groups(bits, cols, granulari
 @pytest.mark.parametrize("m", [1, 5, 17, 40, 70])
 def test_kernel_product_matches_f_linear(m):
     """Any number of rows (one token of generation to a batch of windows; every tile size), with a bias and a tied
-    head's row scales: F.linear's result to float32 rounding."""
+    head's row scales, from an input that is a strided view (batch and positions swapped): F.linear's result to
+    float32 rounding."""
     pw = random_packed(2, 100, 96, "group", 16, codes=True, zero=True, seed=m)
     g = torch.Generator().manual_seed(m)
-    x, bias, rs = torch.randn(2, m, 96, generator=g), torch.randn(100, generator=g), torch.rand(100, generator=g) + 0.5
+    x = torch.randn(m, 2, 96, generator=g).transpose(0, 1)
+    bias, rs = torch.randn(100, generator=g), torch.rand(100, generator=g) + 0.5
+    assert m == 1 or not x.is_contiguous()  # one row: the swap moves nothing
     want = F.linear(x, pw.dequantize() * rs[:, None], bias)
     got = kernels.packed_linear(x, pw, bias, rs)
     assert got.shape == want.shape == (2, m, 100) and got.dtype == torch.float32
