@@ -94,14 +94,12 @@ def check_device(device: torch.device) -> None:
                             "Triton's interpreter, TRITON_INTERPRET=1, for testing)")
 
 
-def _layout(packed) -> tuple[int, int]:
-    """``(groups_per_row, group_size)``: scale row of element (n, k) is ``n * groups_per_row + k // group_size``."""
+def _layout(packed, scale: torch.Tensor) -> tuple[int, int]:
+    """``(groups_per_row, group_size)``: element (n, k)'s scale is number ``n * groups_per_row + k // group_size`` of
+    the stored ones. As PackedWeight.float_scales reads them, a row's scales are the next ones (one a row under
+    channel granularity) and a single one serves the whole matrix."""
     out_f, in_f = packed.shape
-    if packed.granularity == "group":
-        return -(-in_f // packed.group_size), packed.group_size
-    if packed.granularity == "channel":
-        return 1, in_f
-    return 0, in_f  # tensor: one scale
+    return (0 if scale.numel() == 1 else scale.numel() // out_f), packed.group_size or in_f
 
 
 def _blocks(m: int, k: int) -> tuple[int, int, int]:
@@ -136,7 +134,7 @@ def packed_linear(x: torch.Tensor, packed, bias: torch.Tensor | None = None,
     zero, zfactor, zero_kind = packed.zero, None, 0 if packed.zero is None else 1
     if "center_code" in packed.group_code_names:
         zero, zfactor, zero_kind = packed.center_code, packed.center_factor, 2
-    groups_per_row, group_size = _layout(packed)
+    groups_per_row, group_size = _layout(packed, scale)
     block_m, block_n, block_k = _blocks(m, in_f)
     grid = (-(-m // block_m), -(-out_f // block_n))
     dummy = y  # a pointer for the arguments a layout does not use (never read)
