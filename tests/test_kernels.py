@@ -171,14 +171,15 @@ def test_kernel_errors(tmp_path, tiny, tokenizer, monkeypatch, capsys):
         main(["eval", str(tmp_path / "p"), "--data", "sample", "--kernel", "--unpack"])
 
 
-def _script(name, *argv):
+def _script(name, *argv, env=None):
+    """Run benchmarks/``name`` with ``argv`` (and ``env``, default this process's) in a child process: its stdout."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / name
-    r = subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
 
@@ -210,15 +211,9 @@ def test_kernel_compiles_for_an_h100():
     bits with one stored zero. In a child process without TRITON_INTERPRET: the interpreter patches Triton's
     language objects in the process that runs it."""
     import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_compile.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = [x for x in r.stdout.splitlines() if x.startswith("sm_90")]
-    assert len(lines) == 10 and all(int(x.split()[-2]) > 1000 for x in lines), r.stdout
+    out = _script("kernel_compile.py", "--quick", env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    lines = [x for x in out.splitlines() if x.startswith("sm_90")]
+    assert len(lines) == 10 and all(int(x.split()[-2]) > 1000 for x in lines), out
     assert {x.split()[1] for x in lines} == {"bf16", "fp16", "fp32"}
-    assert "10 of 10 compiled" in r.stdout
+    assert "10 of 10 compiled" in out
